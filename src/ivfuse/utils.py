@@ -1,0 +1,96 @@
+"""Small shared helpers: atomic writes, shared-data location, checksummed downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import InputError
+
+__all__ = ["atomic_write_text", "atomic_write_bytes", "shared_root", "sha256sum", "resolve_file"]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def shared_root() -> Path:
+    """Folder holding shared data and weights: ``$IVFUSE_SHARED`` or ``../shared`` beside the repo/cwd."""
+    env = os.environ.get("IVFUSE_SHARED")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for base in [Path.cwd(), *here.parents]:
+        cand = base.parent / "shared"
+        if (cand / "data").is_dir() or (cand / "weights").is_dir():
+            return cand
+    return Path.cwd().parent / "shared"
+
+
+def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_file(
+    local: str | os.PathLike | None,
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    filename: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Return a weights file: ``local`` if given (must exist), else a cached/downloaded copy of ``url``.
+
+    Downloads go to ``$IVFUSE_CACHE`` (default ``~/.cache/ivfuse``) through a temporary file and are
+    checked against ``sha256`` before being renamed into place. Offline, pass ``local``.
+    """
+    if local is not None:
+        p = Path(local)
+        if not p.is_file():
+            raise InputError(f"{p}: weights file not found")
+        return p
+    if url is None:
+        raise InputError("no weights file given and no download URL known; pass a local path")
+    cache = Path(cache_dir or os.environ.get("IVFUSE_CACHE", Path.home() / ".cache" / "ivfuse"))
+    dest = cache / (filename or url.rsplit("/", 1)[-1])
+    if dest.is_file() and (sha256 is None or sha256sum(dest) == sha256):
+        return dest
+    import urllib.request
+
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=cache)
+    os.close(fd)
+    try:
+        try:
+            urllib.request.urlretrieve(url, tmp)  # noqa: S310 - fixed https URLs from the weights table
+        except OSError as e:
+            raise InputError(f"{url}: download failed ({e}); download it yourself and pass the local path") from None
+        if sha256 is not None and sha256sum(tmp) != sha256:
+            raise InputError(f"{url}: checksum mismatch after download (expected sha256 {sha256[:12]}...)")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
