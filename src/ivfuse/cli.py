@@ -12,7 +12,7 @@ import ast
 import difflib
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import IvfuseError
@@ -128,8 +128,142 @@ def _cmd_list(a: argparse.Namespace) -> int:
     return 0
 
 
-#: extra modes registered by other modules: name -> (help, add_arguments(parser), run(args))
-EXTRA_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+def _split_names(v: str | None) -> list[str] | None:
+    return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+
+def _load_detector(a: argparse.Namespace, data_names=None):
+    from .tasks import create_detector
+
+    kw = {"weights": a.weights} if a.weights else {}
+    if getattr(a, "reset_head", False):
+        from .tasks.detectors import transfer_matching
+
+        det = create_detector(a.model, weights=None, num_classes=len(data_names), class_names=tuple(data_names))
+        transfer_matching(create_detector(a.model, **kw), det)  # pretrained body, new class head
+    else:
+        det = create_detector(a.model, **kw)
+    return det.to(a.device)
+
+
+def _cmd_downstream(a: argparse.Namespace) -> int:
+    import json
+
+    from .utils import atomic_write_text
+
+    if a.task == "detect":
+        from .tasks.downstream import class_mapping, evaluate_detector, finetune_detector, load_detection_set
+
+        if not a.labels:
+            raise IvfuseError("downstream detect needs --labels")
+        data = load_detection_set(a.images, a.labels, _split_names(a.names))
+        det = _load_detector(a, data.class_names)
+        mapping = class_mapping(data.class_names, det.class_names)
+        result: dict = {"model": a.model, "weights": a.weights, "images": str(a.images), "labels": [str(x) for x in a.labels]}
+        if a.train_images:
+            train = load_detection_set(a.train_images, a.train_labels or a.labels, data.class_names)
+            hist = finetune_detector(det, train, mapping, a.epochs, a.batch, a.lr, a.imgsz, progress=not a.quiet)
+            result["finetune"] = {"images": len(train), "epochs": a.epochs, "loss_per_epoch": hist}
+            if a.save:
+                det.save(a.save)
+                result["finetune"]["saved"] = str(a.save)
+        result.update(evaluate_detector(det, data, mapping, progress=not a.quiet))
+        print(f"{a.model}: mAP50 {result['mAP50']:.4f}  mAP50:95 {result['mAP50_95']:.4f}  ({result['n_images']} images)")
+        for n, v in result["per_class"].items():
+            if v["AP50"] is not None:
+                print(f"  {n:>12s}: AP50 {v['AP50']:.4f}  AP50:95 {v['AP50_95']:.4f}  ({v['n_gt']} boxes)")
+    else:
+        from .tasks.downstream import evaluate_segmenter, finetune_segmenter, load_segmentation_set
+
+        if not a.masks:
+            raise IvfuseError("downstream segment needs --masks")
+        data = load_segmentation_set(a.images, a.masks)
+        seg = _load_segmenter(a)
+        result = {"model": a.model, "weights": a.weights, "images": str(a.images)}
+        if a.train_images:
+            train = load_segmentation_set(a.train_images, a.train_masks or a.masks)
+            result["finetune"] = {"images": len(train), "epochs": a.epochs,
+                                  "loss_per_epoch": finetune_segmenter(seg, train, a.epochs, a.batch, a.lr, progress=not a.quiet)}  # fmt: skip
+        result.update(evaluate_segmenter(seg, data, seg.num_classes, seg.class_names, progress=not a.quiet))
+        print(f"{a.model}: mIoU {result['mIoU']:.4f}  pixel acc {result['pixel_acc']:.4f}  ({result['n_images']} images)")
+    if a.out:
+        atomic_write_text(a.out, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {a.out}")
+    return 0
+
+
+def _load_segmenter(a: argparse.Namespace):
+    from .tasks import DeepLabV3Plus, ESPNetv2Seg
+    from .weights import weights_path
+
+    names = _split_names(getattr(a, "names", None))
+    if a.model == "espnetv2":
+        if a.weights is None and getattr(a, "num_classes", None):
+            return ESPNetv2Seg(a.num_classes, class_names=names)
+        return ESPNetv2Seg.from_checkpoint(weights_path("espnetv2_city", a.weights))
+    if a.model == "deeplabv3plus":
+        k = getattr(a, "num_classes", None) or (len(names) if names else None)
+        if not k:
+            raise IvfuseError("deeplabv3plus needs --num-classes (or --names)")
+        m = DeepLabV3Plus(k, a.backbone, class_names=names)
+        if a.weights:
+            import torch
+
+            m.load_state_dict(torch.load(a.weights, map_location="cpu", weights_only=True))
+        return m
+    from .errors import suggest
+
+    raise suggest(a.model, ["espnetv2", "deeplabv3plus"], "segmenter")
+
+
+def _cmd_detect(a: argparse.Namespace) -> int:
+    import torch
+    from torchvision.utils import draw_bounding_boxes
+
+    from .data.images import read_vis, write_image
+    from .data.pairing import list_images
+
+    det = _load_detector(a)
+    imgs = list_images(a.images) if Path(a.images).is_dir() else {Path(a.images).stem: Path(a.images)}
+    out = Path(a.output)
+    out.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    for k, p in tqdm(sorted(imgs.items()), desc="detect", disable=a.quiet):
+        x = read_vis(p)
+        d = det.predict([x], conf=a.conf)[0]
+        u8 = (x.expand(3, -1, -1) * 255).round().to(torch.uint8)
+        labels = [f"{det.class_names[int(c)]} {float(s):.2f}" for c, s in zip(d.labels, d.scores)]
+        drawn = draw_bounding_boxes(u8, d.xyxy, labels, colors="yellow", width=2)
+        write_image(out / f"{k}.png", drawn.float() / 255)
+    print(f"wrote {len(imgs)} images with boxes to {out}")
+    return 0
+
+
+def _cmd_segment(a: argparse.Namespace) -> int:
+    import torch
+    from torchvision.utils import draw_segmentation_masks
+
+    from .data.images import read_vis, write_image
+    from .data.pairing import list_images
+    from .tasks.segmenters import CITYSCAPES_PALETTE
+
+    seg = _load_segmenter(a)
+    imgs = list_images(a.images) if Path(a.images).is_dir() else {Path(a.images).stem: Path(a.images)}
+    out = Path(a.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for k, p in sorted(imgs.items()):
+        x = read_vis(p)
+        pred = seg.predict(x[None])[0]
+        u8 = (x.expand(3, -1, -1) * 255).round().to(torch.uint8)
+        present = pred.unique().tolist()
+        masks = torch.stack([pred == c for c in present])
+        pal = CITYSCAPES_PALETTE if seg.num_classes == 20 else None
+        colors = [pal[c] for c in present] if pal else None
+        over = draw_segmentation_masks(u8, masks, alpha=0.55, colors=colors)
+        write_image(out / f"{k}.png", torch.cat([u8, over], 2).float() / 255)
+    print(f"wrote {len(imgs)} segmentation overlays to {out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,15 +301,56 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["methods", "metrics", "datasets"])
     ls.set_defaults(run=_cmd_list)
 
-    for name, (help_, add, run) in EXTRA_COMMANDS.items():
-        sp = sub.add_parser(name, help=help_)
-        add(sp)
-        sp.set_defaults(run=run)
+    d = sub.add_parser("downstream", help="evaluate images with a detector (mAP) or segmenter (mIoU), optionally fine-tuning first")
+    d.add_argument("task", choices=["detect", "segment"])
+    d.add_argument("--images", required=True, help="folder of images to judge (IR, visible or fused)")
+    d.add_argument("--labels", action="append", help="YOLO/VOC label folder or COCO json; repeat to join sets (union)")
+    d.add_argument("--masks", help="folder of class-id mask PNGs (segment)")
+    d.add_argument("--names", help="comma-separated dataset class names (default: classes.txt beside the labels)")
+    d.add_argument("--model", default=None, help="detector (yolov5n, ..., fasterrcnn_resnet50_fpn) or segmenter (espnetv2, deeplabv3plus)")
+    d.add_argument("--weights", help="weights file (default: the shared COCO YOLOv5n / Cityscapes ESPNetv2)")
+    d.add_argument("--backbone", default="resnet50", help="timm backbone for deeplabv3plus")
+    d.add_argument("--num-classes", type=int, help="classes of a segmenter trained from scratch")
+    d.add_argument("--reset-head", action="store_true", help="new detection head with the dataset's classes")
+    d.add_argument("--train-images", help="fine-tune on these images first")
+    d.add_argument("--train-labels", action="append", help="labels of the training images (default: --labels)")
+    d.add_argument("--train-masks", help="masks of the training images (default: --masks)")
+    d.add_argument("--epochs", type=int, default=5)
+    d.add_argument("--batch", type=int, default=4)
+    d.add_argument("--lr", type=float, default=0.002)
+    d.add_argument("--imgsz", type=int, default=640)
+    d.add_argument("--save", help="save the fine-tuned weights here")
+    d.add_argument("--out", help="write results JSON")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("-q", "--quiet", action="store_true")
+    d.set_defaults(run=_cmd_downstream)
+
+    dt = sub.add_parser("detect", help="draw detections on images for people to look at")
+    dt.add_argument("--images", required=True, help="image or folder")
+    dt.add_argument("-o", "--output", required=True, help="output folder")
+    dt.add_argument("--model", default="yolov5n")
+    dt.add_argument("--weights")
+    dt.add_argument("--conf", type=float, default=0.25)
+    dt.add_argument("--device", default="cpu")
+    dt.add_argument("-q", "--quiet", action="store_true")
+    dt.set_defaults(run=_cmd_detect)
+
+    sg = sub.add_parser("segment", help="save colour-coded segmentation maps beside the images")
+    sg.add_argument("--images", required=True, help="image or folder")
+    sg.add_argument("-o", "--output", required=True, help="output folder")
+    sg.add_argument("--model", default="espnetv2")
+    sg.add_argument("--weights")
+    sg.add_argument("--backbone", default="resnet50")
+    sg.add_argument("--num-classes", type=int)
+    sg.add_argument("--names")
+    sg.set_defaults(run=_cmd_segment)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "downstream" and args.model is None:
+        args.model = "yolov5n" if args.task == "detect" else "espnetv2"
     try:
         return args.run(args)
     except IvfuseError as e:

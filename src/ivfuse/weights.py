@@ -1,0 +1,76 @@
+"""Known pretrained weights: where they come from, their checksums, and how to point ivfuse at a local copy.
+
+Resolution order for a name in :data:`WEIGHTS` (see :func:`weights_path`):
+
+1. an explicit local file (``weights=...`` / ``--weights``);
+2. the file in the shared weights folder (``$IVFUSE_SHARED/weights`` or ``../shared/weights``);
+3. the ivfuse cache (``$IVFUSE_CACHE`` or ``~/.cache/ivfuse``), downloaded from ``url`` if a URL is known and
+   checked against ``sha256`` before it is used.
+
+YOLOv5 release files (``yolov5s.pt``) are pickled models that cannot be loaded with
+``torch.load(weights_only=True)``; convert them once (see :mod:`ivfuse.tasks.yolov5`) and pass the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+from .utils import resolve_file, shared_root
+
+__all__ = ["WeightsInfo", "WEIGHTS", "weights_path"]
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    name: str
+    filename: str
+    description: str
+    url: str | None = None
+    sha256: str | None = None
+
+
+WEIGHTS = {
+    w.name: w
+    for w in [
+        WeightsInfo(
+            "yolov5n_coco", "yolov5n_coco_v6.1_state_dict.pt",
+            "YOLOv5n v6.1 COCO (80 classes) as {state_dict, yaml, names}; converted from the official release",
+            None, "5056833b0bee2f05ee1d875d8dfc4e1990dc43aab8da556cd6074c9c3d4ec3bd",
+        ),
+        WeightsInfo(
+            "espnetv2_city", "espnetv2_s2.0_cityscapes_1024x512.pth",
+            "ESPNetv2 s=2.0 Cityscapes 1024x512 (EdgeNets model zoo)",
+            "https://github.com/sacmehta/EdgeNets/raw/master/model/segmentation/model_zoo/espnetv2/espnetv2_s_2.0_city_1024x512.pth",
+            "a72d59699801c7ce8e8b89a53af9097eaaa60dc12180ecde86fd700ba1222fe8",
+        ),
+        WeightsInfo(
+            "vgg16_features", "vgg16_features_imagenet_fp16.pth",
+            "ImageNet VGG16 convolutional layers (torchvision vgg16().features keys), float16",
+            None, "9a4afbc2b31a88b59c492c881249cd109fd7950326a00fbcc8054bed791bb89e",
+        ),
+        WeightsInfo(
+            "mobile_sam", "mobile_sam.pt", "MobileSAM (TinyViT vit_t image encoder)",
+            "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+            "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+        ),
+    ]
+}  # fmt: skip
+
+
+def weights_path(name: str, local: str | Path | None = None) -> Path:
+    """Path of the weights ``name`` (see module docstring for the resolution order)."""
+    if local is not None:
+        return resolve_file(local)
+    if name not in WEIGHTS:
+        raise InputError(f"unknown weights '{name}' (known: {', '.join(WEIGHTS)})")
+    info = WEIGHTS[name]
+    shared = shared_root() / "weights" / info.filename
+    if shared.is_file():
+        return shared
+    if info.url is None:
+        raise InputError(
+            f"weights '{name}' ({info.filename}) not found in {shared.parent} and no download URL is known; pass the file path"
+        )
+    return resolve_file(None, url=info.url, sha256=info.sha256, filename=info.filename)
