@@ -266,6 +266,31 @@ def _cmd_segment(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(a: argparse.Namespace) -> int:
+    import importlib
+    import json
+
+    from .engine import RECIPES
+    from .engine.config import load_config
+    from .errors import suggest
+
+    if a.method not in RECIPES:
+        raise suggest(a.method, RECIPES, "trainable method")
+    opts, overrides = {}, []
+    for item in a.items:
+        key = item.split("=", 1)[0]
+        if key in ("preset", "config", "out", "export") and "=" in item:
+            opts[key] = item.split("=", 1)[1]
+        else:
+            overrides.append(item)
+    cfg = load_config(a.method, opts.get("preset"), opts.get("config"), overrides)
+    out = opts.get("out", f"runs/{a.method}")
+    mod, fn = RECIPES[a.method].split(":")
+    summary = getattr(importlib.import_module(mod), fn)(cfg, out, opts.get("export"), progress=not a.quiet)
+    print(json.dumps({"out": out, "epoch_seconds": summary["epoch_s"], "val": summary["metrics"].get("val", {})}, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -334,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--device", default="cpu")
     dt.add_argument("-q", "--quiet", action="store_true")
     dt.set_defaults(run=_cmd_detect)
+
+    tr = sub.add_parser("train", help="train a method: ivfuse train metafusion [preset=cpu] [config=FILE] [out=DIR] [export=FILE] key=value ...")
+    tr.add_argument("method", help="method to train (metafusion)")
+    tr.add_argument("items", nargs="*", metavar="KEY=VALUE", help="preset=, config=, out=, export= and config overrides such as epochs.pretrain=5")
+    tr.add_argument("-q", "--quiet", action="store_true")
+    tr.set_defaults(run=_cmd_train)
 
     sg = sub.add_parser("segment", help="save colour-coded segmentation maps beside the images")
     sg.add_argument("--images", required=True, help="image or folder")

@@ -1,0 +1,135 @@
+"""MetaFusion: F / MFG / FT shapes and gradients, the second-order inner update, training modes, checkpoints."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from kornia.color import rgb_to_ycbcr
+
+from conftest import need
+from ivfuse.engine.config import load_config
+from ivfuse.engine.metafusion import MetaFusionRecipe, inner_update, train_metafusion
+from ivfuse.losses import FusionLoss
+from ivfuse.models.metafusion import MetaFeatureEmbedding, MetaFusionNet, guide_loss
+from ivfuse.tasks.detectors import create_detector
+
+
+def test_fusion_net_matches_official_layout():
+    f = MetaFusionNet(width=1.0, colour="hsv")
+    assert sum(p.numel() for p in f.parameters()) == 2_252_994  # ≈2.25M as in the paper
+    sd = f.state_dict()
+    assert sd["block1.0.conv1_1.weight"].shape == (64, 4, 3, 3)  # IR + RGB input
+    assert sd["block1.1.conv1_1.weight"].shape == (128, 128, 3, 3) and sd["block1.2.conv1_1.weight"].shape == (128, 256, 3, 3)
+    assert [k for k in sd if k.startswith("block2") and k.endswith("weight")] == [f"block2.{i}.weight" for i in (0, 2, 4, 6, 8, 10)]
+    assert sd["block2.10.weight"].shape == (2, 64, 1, 1)
+
+
+@pytest.mark.parametrize("colour", ["ycbcr", "hsv"])
+def test_fusion_net_shapes_colour_and_gradients(colour):
+    torch.manual_seed(0)
+    f = MetaFusionNet(width=0.25, colour=colour)
+    ir = torch.rand(2, 1, 40, 56, requires_grad=True)
+    vis = torch.rand(2, 3, 40, 56)
+    y, out, feats = f(ir, vis, with_features=True)
+    assert y.shape == (2, 1, 40, 56) and out.shape == (2, 3, 40, 56)
+    assert [t.shape[1] for t in feats] == f.feature_channels and all(t.shape[-2:] == (40, 56) for t in feats)
+    out.sum().backward()
+    assert ir.grad.abs().sum() > 0 and all(p.grad is not None for p in f.parameters())
+    if colour == "ycbcr":  # chroma of the visible image is kept
+        inside = ((out > 0.02) & (out < 0.98)).all(1, keepdim=True)  # away from RGB clipping
+        assert torch.allclose(rgb_to_ycbcr(out)[:, 1:] * inside, rgb_to_ycbcr(vis)[:, 1:] * inside, atol=2e-3)
+    assert f(ir.detach(), vis[:, :1]).shape == (2, 1, 40, 56)  # gray visible -> gray output
+
+
+def test_mfg_ft_shapes_and_gradients():
+    mfe = MetaFeatureEmbedding([32, 64, 64], [64, 128, 256], levels=(1, 3), mid=8)
+    fu = [torch.rand(1, c, 32, 32, requires_grad=True) for c in (32, 64, 64)]
+    fe = [torch.rand(1, c, 32 // s, 32 // s) for c, s in ((64, 8), (128, 16), (256, 32))]
+    fm, ft = mfe(fu, fe)
+    assert len(fm) == len(ft) == 2 and all(t.shape == (1, 8, 32, 32) for t in fm + ft)
+    guide_loss(fm, ft).backward()
+    assert fu[0].grad.abs().sum() > 0 and fu[1].grad is None and fu[2].grad.abs().sum() > 0
+    assert all(p.grad is not None for p in mfe.parameters())
+
+
+class _TinyRecipe(MetaFusionRecipe):
+    """The recipe's pieces without data loading (F, MFE, D from scratch)."""
+
+    def __init__(self, cfg):
+        self.cfg, self.device = cfg, torch.device("cpu")
+        self.F = MetaFusionNet(width=0.125)
+        self.D = create_detector("yolov5n", weights=None).eval()
+        self.MFE = MetaFeatureEmbedding(self.F.feature_channels, [64, 128, 256], cfg["levels"], 8)
+        self.loss_f = FusionLoss(cfg["loss"])
+        self.opt_mfe = torch.optim.SGD(self.MFE.parameters(), lr=0.1)
+
+
+def _batch(seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(2, 1, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+
+
+def test_inner_update_is_second_order():
+    """MFG/FT get a gradient only through θ_F' = θ_F - β∇L_g: cutting that path leaves them unchanged."""
+    torch.manual_seed(0)
+    cfg = load_config("metafusion", "cpu")
+    rec = _TinyRecipe(cfg)
+    f_before = {k: v.clone() for k, v in rec.F.state_dict().items()}
+    before = [p.detach().clone() for p in rec.MFE.parameters()]
+    inner_update(rec, _batch(1), _batch(2))
+    grads = [p.grad.abs().sum() for p in rec.MFE.parameters()]
+    assert sum(float(g) for g in grads) > 0
+    assert any(not torch.equal(a, p) for a, p in zip(before, rec.MFE.parameters()))
+    assert all(torch.equal(v, rec.F.state_dict()[k]) for k, v in f_before.items())  # F itself is unchanged
+    before = [p.detach().clone() for p in rec.MFE.parameters()]
+    inner_update(rec, _batch(1), _batch(2), first_order=True)
+    assert all(float(p.grad.abs().sum()) == 0 for p in rec.MFE.parameters())
+    assert all(torch.equal(a, p) for a, p in zip(before, rec.MFE.parameters()))
+
+
+def _tiny_cfg(tmp_mode: str, **extra):
+    ov = [
+        f"mode={tmp_mode}", "fusion.width=0.125", "mfe.mid=4", "data.crop=[48, 48]", "data.det_crop=96",
+        "data.batch=2", "data.det_batch=2", "data.max_batches=2", "epochs.pretrain=1", "epochs.det=1",
+        "epochs.mfe=1", "inner.every=1", "inner.updates=1", "rounds=2", "val.max=1",
+        "data.train=[{name: msrs, split: train}]",
+    ] + [f"{k}={v}" for k, v in extra.items()]  # fmt: skip
+    return load_config("metafusion", "cpu", overrides=ov)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,levels", [("metafusion", "[1, 2, 3]"), ("metafusion", "[1]"), ("sofusion", "[1, 2, 3]"), ("cofusion", "[1, 2, 3]")])
+def test_short_training_run_per_mode(tmp_path, mode, levels):
+    need("data/MSRS")
+    need("weights/yolov5n_coco_v6.1_state_dict.pt")
+    cfg = _tiny_cfg(mode, levels=levels)
+    summary = train_metafusion(cfg, tmp_path / "run", export=tmp_path / "f.safetensors", progress=False)
+    stages = {"metafusion": ["pretrain_f", "det_1", "mfe_1", "det_2", "mfe_2"], "sofusion": ["pretrain_f", "det_1"],
+              "cofusion": ["pretrain_f", "det_1", "co_1", "det_2", "co_2"]}[mode]  # fmt: skip
+    assert list(summary["timings_s"]) == stages
+    m = summary["metrics"]
+    assert m["pretrain_f"]["L_f"] > 0 and "val_qabf" in m["val"]
+    if mode == "metafusion":
+        assert "L_g" in m["mfe_1"] and "L_f_meta" in m["mfe_1"]
+    f = MetaFusionNet.from_checkpoint(tmp_path / "f.safetensors")
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert {r["stage"] for r in rows} == set(stages)
+    assert f.width == 0.125 and (tmp_path / "run" / "final.pt").is_file()
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_resume_after_kill(tmp_path):
+    need("data/MSRS")
+    cfg = _tiny_cfg("sofusion", **{"epochs.det": 0})
+    train_metafusion(cfg, tmp_path / "run", progress=False)
+    n1 = len(list(csv.DictReader((tmp_path / "run" / "log.csv").open())))
+    # a longer schedule in the same folder continues after the finished epoch instead of restarting
+    cfg2 = _tiny_cfg("sofusion", **{"epochs.det": 0, "epochs.pretrain": 2})
+    train_metafusion(cfg2, tmp_path / "run", progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    epochs = [int(r["epoch"]) for r in rows if r["stage"] == "pretrain_f"]
+    assert sorted(set(epochs)) == [1, 2] and len(rows) == 2 * n1
