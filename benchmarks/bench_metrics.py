@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 
 import ivfuse
+from common import timeit
 from ivfuse.metrics import DEFAULT_METRICS, create_metric, list_metrics
 from ivfuse.utils import shared_root
 
@@ -39,15 +39,6 @@ def triple():
     from ivfuse.metrics import to_gray255
 
     return to_gray255(fused[0]), to_gray255(ir[0]), to_gray255(vis[0]), src
-
-
-def timeit(fn, repeat):
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def main() -> None:

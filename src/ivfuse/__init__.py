@@ -13,7 +13,7 @@ Names are imported lazily (PEP 562): ``import ivfuse`` is cheap, torch loads on 
 
 from __future__ import annotations
 
-import importlib
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -25,15 +25,5 @@ _EXPORTS = {
     "metrics": ["compute_metrics", "create_metric", "list_metrics"],
     "models": ["create_model", "list_models"],
 }
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-__all__ = ["__version__", *sorted(_WHERE)]
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["__version__", *__all__]

@@ -5,7 +5,7 @@ Names are imported lazily (PEP 562) so that torch-free work (``ivfuse eval``) st
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "datasets": ["DATASETS", "FusionDataset", "collate", "list_datasets", "load_dataset"],
@@ -14,15 +14,4 @@ _EXPORTS = {
     "pairing": ["list_images", "pair_by_stem"],
     "transforms": ["Joint", "hflip", "random_crop", "resize", "train_transform"],
 }
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -18,8 +18,8 @@ IR image, put Cb/Cr back (:func:`ivfuse.fusion.fuse_tensors`).
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
+from ..utils import atomic_write_bytes
 
 if TYPE_CHECKING:  # torch is imported lazily so that metric evaluation starts fast
     import torch
@@ -217,16 +218,7 @@ def write_image(path: str | os.PathLike, img: torch.Tensor | np.ndarray) -> Path
     ext = p.suffix.lower()
     if ext not in IMAGE_EXTENSIONS:
         raise InputError(f"{p}: unsupported output extension '{p.suffix}' (use {', '.join(IMAGE_EXTENSIONS)})")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=ext, dir=p.parent)
-    os.close(fd)
-    try:
-        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}[ext]
-        kw = {"quality": 95} if fmt == "JPEG" else {}
-        Image.fromarray(u8).save(tmp, format=fmt, **kw)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}[ext]
+    buf = io.BytesIO()
+    Image.fromarray(u8).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return atomic_write_bytes(p, buf.getvalue())

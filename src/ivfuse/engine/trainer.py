@@ -146,6 +146,8 @@ class Trainer:
                 self.done[st.name] = ep + 1
                 self.log({"stage": st.name, "epoch": ep + 1, **epoch_metrics})
                 self.save()
+                if ep + 1 == st.epochs:  # a snapshot per finished stage (ablations can branch from it)
+                    self.save(f"after_{st.name}.pt")
                 if self.progress:
                     desc = " ".join(f"{k}={v:.4g}" for k, v in epoch_metrics.items() if not math.isnan(v))
                     tqdm.write(f"[{st.name}] epoch {ep + 1}/{st.epochs}: {desc}")

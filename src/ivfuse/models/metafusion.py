@@ -155,7 +155,10 @@ class MetaFusionNet(FusionModel):
             cfg = json.loads(meta.get("config", "{}"))
         else:
             ck = torch.load(p, map_location="cpu", weights_only=True)
-            sd, cfg = (ck["state_dict"], ck.get("config", {})) if "state_dict" in ck else (ck, None)
+            if "modules" in ck:  # an ivfuse training checkpoint (last.pt / final.pt / after_<stage>.pt)
+                sd, cfg = ck["modules"]["F"], dict(ck["config"]["fusion"])
+            else:
+                sd, cfg = (ck["state_dict"], ck.get("config", {})) if "state_dict" in ck else (ck, None)
         if cfg is None or not cfg:
             w0 = sd["block1.0.conv1_1.weight"]
             cfg = {"width": w0.shape[0] / 64, "colour": "hsv" if w0.shape[1] == 4 else "ycbcr",
