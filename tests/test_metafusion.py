@@ -133,3 +133,32 @@ def test_resume_after_kill(tmp_path):
     rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
     epochs = [int(r["epoch"]) for r in rows if r["stage"] == "pretrain_f"]
     assert sorted(set(epochs)) == [1, 2] and len(rows) == 2 * n1
+
+
+def test_shipped_default_model_is_the_default_method():
+    import json
+    from importlib import resources
+
+    from safetensors import safe_open
+
+    import ivfuse
+    from ivfuse.fusion import DEFAULT_METHOD
+
+    assert DEFAULT_METHOD == "metafusion"
+    m = ivfuse.create_model("metafusion")
+    assert isinstance(m, MetaFusionNet) and m.colour == "ycbcr"
+    with resources.as_file(resources.files("ivfuse") / "weights" / "metafusion_default.safetensors") as p:
+        with safe_open(p, "pt") as f:
+            meta = f.metadata()
+    training = json.loads(meta["training"])
+    assert training["mode"] == "metafusion" and training["detector"]["name"] == "yolov5n"
+    # it fuses: a hot IR target and visible texture both survive
+    ir = torch.full((1, 1, 96, 96), 0.2)
+    ir[..., 40:56, 60:76] = 1.0
+    vis = torch.full((1, 3, 96, 96), 0.3)
+    vis[..., :, 0:32:4] = 0.9
+    with torch.no_grad():
+        out = m(ir, vis).mean(1, keepdim=True)
+    assert float(out[..., 44:52, 64:72].mean() - out[..., 44:52, 84:92].mean()) > 0.2
+    stripes = out[..., 8:40, 4:28]
+    assert float(stripes[..., ::4].mean() - stripes[..., 2::4].mean()) > 0.2

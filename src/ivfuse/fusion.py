@@ -27,7 +27,7 @@ from .models import FusionModel, create_model
 __all__ = ["DEFAULT_METHOD", "get_model", "fuse", "fuse_files", "fuse_folder"]
 
 #: method used when none is named
-DEFAULT_METHOD = "gff"
+DEFAULT_METHOD = "metafusion"
 
 
 def get_model(method: str | FusionModel | None = None, device: str | torch.device = "cpu", **options: Any) -> FusionModel:
