@@ -48,7 +48,7 @@ def main() -> None:
     a = ap.parse_args()
     F, A, B, src = triple()
     print(f"# metric speed, 640x480 triple ({src}), {os.cpu_count()} cores, median of {a.repeat}")
-    print(f"| metric | ms | in default suite |\n|---|---:|---|")
+    print("| metric | ms | in default suite |\n|---|---:|---|")
     for name in list_metrics():
         m = create_metric(name)
         t = timeit(lambda: m.compute(F, A if m.needs_sources else None, B if m.needs_sources else None), a.repeat)

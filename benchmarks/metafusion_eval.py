@@ -53,9 +53,13 @@ def main() -> None:
         label, ck = spec.split("=", 1)
         models[label] = ivfuse.create_model("metafusion") if ck == "default" else MetaFusionNet.from_checkpoint(ck)
     res: dict = {"metrics": {}, "map": {}, "seconds_per_image": {}}
+    if Path(a.out).is_file():  # keep what an earlier run computed; only new models are evaluated
+        res = json.loads(Path(a.out).read_text())
     for sname, (ir, vi) in sets.items():
         for label, m in models.items():
             out = work / sname / label
+            if f"{sname}/{label}" in res["metrics"]:
+                continue
             t0 = time.time()
             if not out.exists():
                 ivfuse.fuse_folder(ir, vi, out, method=m, progress=False)
@@ -64,6 +68,7 @@ def main() -> None:
             r = ivfuse.evaluate_folder(ir, vi, out, METRICS, workers=1, progress=False)
             res["metrics"][f"{sname}/{label}"] = r["mean"]
             print(f"{sname:10s} {label:12s} " + " ".join(f"{k}={v:.4f}" for k, v in r["mean"].items()), flush=True)
+            atomic_write_text(a.out, json.dumps(res, indent=1))
     det = create_detector("yolov5n")
     labels = {"union": [data / "MSRS" / "labels_det" / "infrared", data / "MSRS" / "labels_det" / "visible"],
               "infrared": [data / "MSRS" / "labels_det" / "infrared"]}  # fmt: skip
@@ -71,9 +76,12 @@ def main() -> None:
                   **{label: work / "msrs_test" / label for label in models}}  # fmt: skip
     for label, d in image_sets.items():
         for g, lab in labels.items():
+            if f"{label}/{g}" in res["map"]:
+                continue
             r = evaluate_detector(det, load_detection_set(d, lab), progress=False)
             res["map"][f"{label}/{g}"] = {"mAP50": r["mAP50"], "mAP50_95": r["mAP50_95"]}
             print(f"mAP {label:12s} {g:8s} mAP50={r['mAP50']:.4f} mAP50:95={r['mAP50_95']:.4f}", flush=True)
+            atomic_write_text(a.out, json.dumps(res, indent=1))
     atomic_write_text(a.out, json.dumps(res, indent=1))
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -114,3 +114,10 @@ def test_errors(triple):
 def test_public_api_exposes_metrics():
     assert ivfuse.create_metric("vif").name == "vif"
     assert "qcb" in ivfuse.list_metrics()
+
+
+def test_correlation_metrics_are_nan_for_constant_differences(triple):
+    """corr2 of a constant image is undefined: NaN, as in MATLAB (F == VIS makes F - VIS constant)."""
+    _, A, B = triple
+    assert math.isnan(create_metric("scd")(B, A, B))
+    assert math.isfinite(create_metric("cc")(B, A, B))

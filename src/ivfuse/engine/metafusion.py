@@ -230,6 +230,15 @@ def _validate(rec: MetaFusionRecipe) -> dict:
     return {f"val_{n}": x for n, x in acc.items()}
 
 
+def _finite(x):
+    """NaN/inf -> None so that summaries are strict JSON."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
 def train_metafusion(cfg: dict, out: str | Path, export: str | Path | None = None, progress: bool = True) -> dict:
     """Run Algorithm 1 (or an ablation) with ``cfg``; writes ``out/last.pt``, ``out/final.pt`` (F, MFE, D states,
     config, metrics) and optionally a safetensors export of F. Resumes from ``out/last.pt`` if present."""
@@ -243,12 +252,12 @@ def train_metafusion(cfg: dict, out: str | Path, export: str | Path | None = Non
     tr.save("final.pt")
     summary = {"metrics": metrics, "timings_s": tr.timings,
                "epoch_s": {k: tr.timings[k] / max(1, tr.done.get(k, 1)) for k in tr.timings}}  # fmt: skip
-    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+    (Path(out) / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
     if export:
         meta = {"config": json.dumps({"width": cfg["fusion"]["width"], "colour": cfg["fusion"]["colour"], "blocks": 3}),
                 "training": json.dumps({"mode": cfg["mode"], "levels": cfg["levels"], "data": cfg["data"]["train"],
                                         "detection_data": cfg["data"]["detection"], "detector": cfg["detector"],
                                         "epochs": cfg["epochs"], "rounds": cfg["rounds"], "loss": cfg["loss"]}),
-                "metrics": json.dumps(val)}  # fmt: skip
+                "metrics": json.dumps(_finite(val))}  # fmt: skip
         export_safetensors(export, rec.F.state_dict(), meta)
     return summary

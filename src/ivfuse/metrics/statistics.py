@@ -92,8 +92,10 @@ def mi_nats(F, A, B) -> float:
 
 
 def _corr2(x: np.ndarray, y: np.ndarray) -> float:
+    """MATLAB ``corr2``; NaN when either image is constant (as the reference tools give)."""
     dx, dy = x - x.mean(), y - y.mean()
-    return float((dx * dy).sum() / math.sqrt((dx * dx).sum() * (dy * dy).sum()))
+    den = math.sqrt((dx * dx).sum() * (dy * dy).sum())
+    return float((dx * dy).sum() / den) if den > 0 else math.nan
 
 
 @register_metric("cc", reference="Tang CC_evaluation.m / CDDFuse Evaluator.CC")

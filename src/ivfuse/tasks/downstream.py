@@ -174,6 +174,7 @@ def finetune_detector(
     n_batches = math.ceil(len(imgs) / batch_size)
     history = []
     detector.train()
+    dev = next(detector.parameters()).device
     step = 0
     for ep in range(epochs):
         order = list(range(len(imgs)))
@@ -192,6 +193,7 @@ def finetune_detector(
                 ims.append(im)
                 bxs.append(b)
             batch, bxs = letterbox_batch(ims, bxs, imgsz)
+            batch = batch.to(dev)
             warm = min(1.0, (step + 1) / max(1, n_batches))
             for g in opt.param_groups:
                 g["lr"] = lr * warm
@@ -234,12 +236,13 @@ def evaluate_segmenter(segmenter, data: SegmentationSet, num_classes: int, class
 
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     segmenter.eval()
+    dev = next(segmenter.parameters()).device
     for ip, mp in tqdm(list(zip(data.images, data.masks)), desc="segment", disable=not progress):
         x, m = read_vis(ip)[None], read_mask(mp)
         if x.shape[-2:] != m.shape:
             raise InputError(f"{mp}: mask is {m.shape[1]}x{m.shape[0]} but {ip.name} is {x.shape[-1]}x{x.shape[-2]}")
         with torch.inference_mode():
-            pred = segmenter(x).argmax(1)[0]
+            pred = segmenter(x.to(dev)).argmax(1)[0].cpu()
         conf += confusion_matrix(pred, m, num_classes, ignore_index)
     out = segmentation_iou(conf, class_names)
     out["n_images"] = len(data)
@@ -259,14 +262,15 @@ def finetune_segmenter(segmenter, data: SegmentationSet, epochs: int = 5, batch_
     samples = [{"ir": read_vis(i)[:1], "vis": read_vis(i), "mask": read_mask(m), "boxes": None} for i, m in zip(data.images, data.masks)]
     opt = torch.optim.Adam([p for p in segmenter.parameters() if p.requires_grad], lr=lr)
     segmenter.train()
+    dev = next(segmenter.parameters()).device
     hist = []
     for ep in range(epochs):
         perm = torch.randperm(len(samples)).tolist()
         tot, nb = 0.0, 0
         for b in tqdm(range(0, len(perm), batch_size), desc=f"seg {ep + 1}/{epochs}", disable=not progress):
             batch = [tf(samples[i]) for i in perm[b : b + batch_size]]
-            x = torch.stack([s["vis"] for s in batch])
-            y = torch.stack([s["mask"] for s in batch])
+            x = torch.stack([s["vis"] for s in batch]).to(dev)
+            y = torch.stack([s["mask"] for s in batch]).to(dev)
             loss = segmentation_loss(segmenter(x), y, ignore_index)
             opt.zero_grad()
             loss.backward()

@@ -378,10 +378,8 @@ class YOLOv5(nn.Module):
         reproduces ``val.py`` (rectangular shape from the aspect ratio, pad 0.5, no upscaling).
         Boxes are returned in original-image pixels, clipped to the image.
         """
-        if isinstance(images, (np.ndarray, torch.Tensor)) and (images.ndim == 4 or (isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[-1] in (1, 3))):
-            images = [images] if images.ndim == 3 else list(images)
-        elif isinstance(images, torch.Tensor) and images.ndim == 3:
-            images = [images]
+        if isinstance(images, (np.ndarray, torch.Tensor)):  # one image (H×W×3 array, C×H×W tensor) or a batch
+            images = list(images) if images.ndim == 4 else [images]
         device = next(self.parameters()).device
         out = []
         for im in images:
