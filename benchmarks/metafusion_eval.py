@@ -40,6 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", action="append", default=[], help="label=checkpoint (or label=default)")
     ap.add_argument("--baselines", default="average,max,laplacian,gff")
+    ap.add_argument("--skip-sources", action="store_true", help="no mAP rows for IR-only / visible-only")
     ap.add_argument("--work", default="runs/metafusion_eval")
     ap.add_argument("--out", default="runs/metafusion_eval/results.json")
     a = ap.parse_args()
@@ -48,7 +49,7 @@ def main() -> None:
     msrs_test = load_dataset("msrs", split="test").names
     tmp = Path(tempfile.mkdtemp())
     sets = {"tno": (data / "TNO" / "ir", data / "TNO" / "vi"), "msrs_test": link_split(data / "MSRS", msrs_test, tmp / "msrs")}
-    models: dict[str, object] = {b: b for b in a.baselines.split(",")}
+    models: dict[str, object] = {b: b for b in a.baselines.split(",") if b}
     for spec in a.model:
         label, ck = spec.split("=", 1)
         models[label] = ivfuse.create_model("metafusion") if ck == "default" else MetaFusionNet.from_checkpoint(ck)
@@ -72,8 +73,8 @@ def main() -> None:
     det = create_detector("yolov5n")
     labels = {"union": [data / "MSRS" / "labels_det" / "infrared", data / "MSRS" / "labels_det" / "visible"],
               "infrared": [data / "MSRS" / "labels_det" / "infrared"]}  # fmt: skip
-    image_sets = {"ir": sets["msrs_test"][0], "vis": sets["msrs_test"][1],
-                  **{label: work / "msrs_test" / label for label in models}}  # fmt: skip
+    image_sets = {} if a.skip_sources else {"ir": sets["msrs_test"][0], "vis": sets["msrs_test"][1]}
+    image_sets.update({label: work / "msrs_test" / label for label in models})
     for label, d in image_sets.items():
         for g, lab in labels.items():
             if f"{label}/{g}" in res["map"]:

@@ -159,7 +159,7 @@ class FasterRCNNDetector(nn.Module):
 
     def loss(self, images: torch.Tensor, boxes: Sequence[Boxes]) -> tuple[torch.Tensor, dict]:
         d = self._losses(images, boxes)
-        return sum(d.values()), {k: float(v) for k, v in d.items()}
+        return sum(d.values()), {k: float(v.detach()) for k, v in d.items()}
 
     def save(self, path: str | Path) -> Path:
         return _atomic_torch_save({"state_dict": self.model.state_dict(), "names": list(self.class_names)}, path)
@@ -168,7 +168,7 @@ class FasterRCNNDetector(nn.Module):
         """TSJNet's detection loss: RPN box + RPN objectness + ROI box regression (no classification term)."""
         d = self._losses(images, boxes)
         parts = {k: d[k] for k in ("loss_rpn_box_reg", "loss_objectness", "loss_box_reg")}
-        return sum(parts.values()), {k: float(v) for k, v in parts.items()}
+        return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
 
 
 def _frcnn_factory(arch: str):

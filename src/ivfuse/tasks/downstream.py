@@ -203,8 +203,8 @@ def finetune_detector(
             torch.nn.utils.clip_grad_norm_(detector.parameters(), 10.0)
             opt.step()
             step += 1
-            tot += float(loss)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            tot += float(loss.detach())
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         history.append(tot / n_batches)
         if log:
             log({"epoch": ep + 1, "loss": history[-1]})
@@ -275,7 +275,7 @@ def finetune_segmenter(segmenter, data: SegmentationSet, epochs: int = 5, batch_
             opt.zero_grad()
             loss.backward()
             opt.step()
-            tot += float(loss)
+            tot += float(loss.detach())
             nb += 1
         hist.append(tot / max(nb, 1))
     segmenter.eval()
