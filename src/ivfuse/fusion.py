@@ -86,13 +86,13 @@ def _check_pair_files(ir_path: Path, vis_path: Path, min_size: int, method: str)
         raise InputError(f"{ir_path}: image {wi}x{hi} is smaller than the {min_size}x{min_size} minimum of '{method}'")
 
 
-def _fuse_pair(model: FusionModel, ir_path: Path, vis_path: Path, ir_norm: str) -> torch.Tensor:
+def _fuse_pair(model: FusionModel, ir_path: Path, vis_path: Path, ir_norm: str, device: str | torch.device = "cpu") -> torch.Tensor:
     ir, vis = read_ir(ir_path, ir_norm), read_vis(vis_path)
     if ir.shape[-2:] != vis.shape[-2:]:
         raise PairingError(
             f"{vis_path}: visible image is {vis.shape[-1]}x{vis.shape[-2]} but infrared is {ir.shape[-1]}x{ir.shape[-2]}"
         )
-    dev = next(iter(model.parameters()), torch.empty(0)).device
+    dev = torch.device(device)  # classical methods have no parameters to tell the device
     try:
         with torch.inference_mode():
             return model(ir[None].to(dev), vis[None].to(dev))[0].cpu()
@@ -121,7 +121,7 @@ def fuse_files(
     _check_output(out)
     model = get_model(method, device, **options)
     _check_pair_files(ir_path, vis_path, model.min_size, model.name)
-    return write_image(out, _fuse_pair(model, ir_path, vis_path, ir_norm))
+    return write_image(out, _fuse_pair(model, ir_path, vis_path, ir_norm, device))
 
 
 def fuse_folder(
@@ -152,7 +152,7 @@ def fuse_folder(
         from tqdm.auto import tqdm
 
         for key, ip, vp in tqdm(pairs, desc=f"fuse[{model.name}]", unit="pair", disable=not progress):
-            write_image(stage / f"{key}{ext}", _fuse_pair(model, ip, vp, ir_norm))
+            write_image(stage / f"{key}{ext}", _fuse_pair(model, ip, vp, ir_norm, device))
         written = []
         for key, _, _ in pairs:
             dest = out_dir / f"{key}{ext}"

@@ -79,25 +79,20 @@ def _first_dir(root: Path, candidates: Sequence[str], split: str) -> Path | None
     return None
 
 
-def _split_from_list(root: Path, files: Sequence[str], split: str, keys: list[str], rest_of: str | None) -> list[str]:
+def _split_from_list(root: Path, files: Sequence[str], split: str, keys: list[str]) -> list[str]:
+    """Keys listed in the first existing split file (lines are names or relative paths, extension optional)."""
     for f in files:
         p = root / f.format(split=split)
         if p.is_file():
             wanted = {Path(line.strip()).with_suffix("").as_posix() for line in p.read_text().splitlines() if line.strip()}
             return [k for k in keys if k in wanted or Path(k).name in wanted]
-    if rest_of is not None:
-        for f in files:
-            p = root / f.format(split=rest_of)
-            if p.is_file():
-                other = set(_split_from_list(root, files, rest_of, keys, None))
-                return [k for k in keys if k not in other]
     raise InputError(f"{root}: no split file for split '{split}' (looked for {', '.join(files)})")
 
 
 def _roadscene_split(root: Path, split: str, keys: list[str]) -> list[str]:
     if split == "all":
         return keys
-    test = set(_split_from_list(root, ["meta/test50_cddfuse.txt", "test.txt"], "test", keys, None))
+    test = set(_split_from_list(root, ["meta/test50_cddfuse.txt", "test.txt"], "test", keys))
     return [k for k in keys if (k in test) == (split == "test")]
 
 
@@ -117,7 +112,7 @@ def _list_split(files: Sequence[str]) -> Callable[[Path, str, list[str]], list[s
     def fn(root: Path, split: str, keys: list[str]) -> list[str]:
         if split == "all":
             return keys
-        return _split_from_list(root, files, split, keys, None)
+        return _split_from_list(root, files, split, keys)
 
     return fn
 

@@ -223,7 +223,7 @@ class YOLOv5(nn.Module):
         strides = [8.0, 16.0, 32.0][: det.nl] if det.nl == 3 else None
         if strides is None:  # generic: probe with a dummy pass
             with torch.no_grad():
-                feats = self._run(torch.zeros(1, 3, 256, 256), raw=True)
+                feats = self._run(torch.zeros(1, 3, 256, 256))
             strides = [256 / f.shape[-2] for f in feats]
         det.stride.copy_(torch.tensor(strides))
         det.anchors /= det.stride.view(-1, 1, 1)  # anchors in stride units, as official checkpoints store them
@@ -307,7 +307,7 @@ class YOLOv5(nn.Module):
         y = dict(zip(self.stage_layers, feats))
         return self._run_layers(feats[-1], self.n_backbone, len(self.model), y)
 
-    def _run(self, x: torch.Tensor, raw: bool = False):
+    def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.head(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
