@@ -80,7 +80,7 @@ def test_fasterrcnn_regression_loss_reaches_image():
     loss.backward()
     assert torch.isfinite(loss) and x.grad is not None and x.grad.abs().sum() > 0
     full, parts = det.loss(x.detach(), [_gt((20, 30, 80, 120, 0))])
-    assert "loss_classifier" in parts and float(full) > float(loss) - 1e-6
+    assert "loss_classifier" in parts and float(full.detach()) > float(loss.detach()) - 1e-6
 
 
 def test_deeplabv3plus_trains_on_made_up_masks(tmp_path):
