@@ -104,3 +104,13 @@ def _model(w):
     if "m" not in _CACHE:
         _CACHE["m"] = YOLOv5.from_checkpoint(w)
     return _CACHE["m"]
+
+
+def test_detector_save_roundtrip(tmp_path):
+    from ivfuse.tasks import create_detector
+
+    det = create_detector("yolov5n", weights=None, num_classes=3, class_names=("person", "bicycle", "car"))
+    det.save(tmp_path / "d.pt")
+    back = create_detector("yolov5n", weights=tmp_path / "d.pt")
+    assert back.class_names == det.class_names
+    assert all(torch.equal(a, b) for a, b in zip(det.state_dict().values(), back.state_dict().values()))

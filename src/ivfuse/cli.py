@@ -178,7 +178,7 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
         if not a.masks:
             raise IvfuseError("downstream segment needs --masks")
         data = load_segmentation_set(a.images, a.masks)
-        seg = _load_segmenter(a)
+        seg = _load_segmenter(a).to(a.device)
         result = {"model": a.model, "weights": a.weights, "images": str(a.images)}
         if a.train_images:
             train = load_segmentation_set(a.train_images, a.train_masks or a.masks)
@@ -216,54 +216,59 @@ def _load_segmenter(a: argparse.Namespace):
     raise suggest(a.model, ["espnetv2", "deeplabv3plus"], "segmenter")
 
 
-def _cmd_detect(a: argparse.Namespace) -> int:
-    import torch
-    from torchvision.utils import draw_bounding_boxes
+def _render_each(a: argparse.Namespace, desc: str, render) -> int:
+    """Run ``render(image C×H×W float) -> uint8 C×H×W`` on an image or every image of a folder; write PNGs to -o."""
+    from tqdm.auto import tqdm
 
     from .data.images import read_vis, write_image
     from .data.pairing import list_images
 
-    det = _load_detector(a)
     imgs = list_images(a.images) if Path(a.images).is_dir() else {Path(a.images).stem: Path(a.images)}
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
-    from tqdm.auto import tqdm
-
-    for k, p in tqdm(sorted(imgs.items()), desc="detect", disable=a.quiet):
-        x = read_vis(p)
-        d = det.predict([x], conf=a.conf)[0]
-        u8 = (x.expand(3, -1, -1) * 255).round().to(torch.uint8)
-        labels = [f"{det.class_names[int(c)]} {float(s):.2f}" for c, s in zip(d.labels, d.scores)]
-        drawn = draw_bounding_boxes(u8, d.xyxy, labels, colors="yellow", width=2)
-        write_image(out / f"{k}.png", drawn.float() / 255)
-    print(f"wrote {len(imgs)} images with boxes to {out}")
+    for k, p in tqdm(sorted(imgs.items()), desc=desc, disable=a.quiet):
+        write_image(out / f"{k}.png", render(read_vis(p)).float() / 255)
+    print(f"wrote {len(imgs)} {desc} images to {out}")
     return 0
+
+
+def _as_u8(x):
+    import torch
+
+    return (x.expand(3, -1, -1) * 255).round().to(torch.uint8)
+
+
+def _cmd_detect(a: argparse.Namespace) -> int:
+    from torchvision.utils import draw_bounding_boxes
+
+    det = _load_detector(a)
+
+    def render(x):
+        d = det.predict([x], conf=a.conf)[0]
+        labels = [f"{det.class_names[int(c)]} {float(s):.2f}" for c, s in zip(d.labels, d.scores)]
+        return draw_bounding_boxes(_as_u8(x), d.xyxy, labels, colors="yellow", width=2)
+
+    return _render_each(a, "detection", render)
 
 
 def _cmd_segment(a: argparse.Namespace) -> int:
     import torch
     from torchvision.utils import draw_segmentation_masks
 
-    from .data.images import read_vis, write_image
-    from .data.pairing import list_images
     from .tasks.segmenters import CITYSCAPES_PALETTE
 
-    seg = _load_segmenter(a)
-    imgs = list_images(a.images) if Path(a.images).is_dir() else {Path(a.images).stem: Path(a.images)}
-    out = Path(a.output)
-    out.mkdir(parents=True, exist_ok=True)
-    for k, p in sorted(imgs.items()):
-        x = read_vis(p)
-        pred = seg.predict(x[None])[0]
-        u8 = (x.expand(3, -1, -1) * 255).round().to(torch.uint8)
+    seg = _load_segmenter(a).to(a.device)
+    pal = CITYSCAPES_PALETTE if seg.num_classes == 20 else None
+
+    def render(x):
+        pred = seg.predict(x[None].to(a.device))[0].cpu()
+        u8 = _as_u8(x)
         present = pred.unique().tolist()
         masks = torch.stack([pred == c for c in present])
-        pal = CITYSCAPES_PALETTE if seg.num_classes == 20 else None
-        colors = [pal[c] for c in present] if pal else None
-        over = draw_segmentation_masks(u8, masks, alpha=0.55, colors=colors)
-        write_image(out / f"{k}.png", torch.cat([u8, over], 2).float() / 255)
-    print(f"wrote {len(imgs)} segmentation overlays to {out}")
-    return 0
+        over = draw_segmentation_masks(u8, masks, alpha=0.55, colors=[pal[c] for c in present] if pal else None)
+        return torch.cat([u8, over], 2)
+
+    return _render_each(a, "segmentation", render)
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
@@ -350,14 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(run=_cmd_downstream)
 
+    def image_io(sp: argparse.ArgumentParser, model: str) -> None:
+        sp.add_argument("--images", required=True, help="image or folder")
+        sp.add_argument("-o", "--output", required=True, help="output folder")
+        sp.add_argument("--model", default=model)
+        sp.add_argument("--weights")
+        sp.add_argument("--device", default="cpu")
+        sp.add_argument("-q", "--quiet", action="store_true")
+
     dt = sub.add_parser("detect", help="draw detections on images for people to look at")
-    dt.add_argument("--images", required=True, help="image or folder")
-    dt.add_argument("-o", "--output", required=True, help="output folder")
-    dt.add_argument("--model", default="yolov5n")
-    dt.add_argument("--weights")
+    image_io(dt, "yolov5n")
     dt.add_argument("--conf", type=float, default=0.25)
-    dt.add_argument("--device", default="cpu")
-    dt.add_argument("-q", "--quiet", action="store_true")
     dt.set_defaults(run=_cmd_detect)
 
     tr = sub.add_parser("train", help="train a method: ivfuse train metafusion [preset=cpu] [config=FILE] [out=DIR] [export=FILE] key=value ...")
@@ -367,10 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(run=_cmd_train)
 
     sg = sub.add_parser("segment", help="save colour-coded segmentation maps beside the images")
-    sg.add_argument("--images", required=True, help="image or folder")
-    sg.add_argument("-o", "--output", required=True, help="output folder")
-    sg.add_argument("--model", default="espnetv2")
-    sg.add_argument("--weights")
+    image_io(sg, "espnetv2")
     sg.add_argument("--backbone", default="resnet50")
     sg.add_argument("--num-classes", type=int)
     sg.add_argument("--names")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .data.images import IMAGE_EXTENSIONS, read_ir, read_vis, write_image
+from .data.images import IMAGE_EXTENSIONS, is_planar, read_ir, read_vis, write_image
 from .data.pairing import pair_by_stem
 from .errors import InputError, IvfuseError, PairingError
 from .models import FusionModel, create_model
@@ -67,7 +67,7 @@ def _image_size(path: Path) -> tuple[int, int]:
                 shape = t.pages[0].shape
         except Exception as e:
             raise InputError(f"{path}: cannot be read as a TIFF image ({e})") from None
-        if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4):
+        if is_planar(shape):
             shape = shape[1:]
         return shape[1], shape[0]
     try:

@@ -102,6 +102,11 @@ def _pil_to_array(im: Image.Image, p: Path) -> np.ndarray:
     return np.asarray(im)
 
 
+def is_planar(shape: tuple[int, ...]) -> bool:
+    """Whether a TIFF page shape is planar ``C×H×W`` (channels first) rather than ``H×W×C``."""
+    return len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4)
+
+
 def _read_tiff(p: Path) -> np.ndarray:
     import tifffile
 
@@ -110,8 +115,8 @@ def _read_tiff(p: Path) -> np.ndarray:
     except Exception as e:  # tifffile raises many types for corrupt files
         raise InputError(f"{p}: cannot be read as a TIFF image ({_short(e)})") from None
     arr = np.asarray(arr)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # planar CxHxW
+    if is_planar(arr.shape):
+        arr = np.moveaxis(arr, 0, -1)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     return arr
@@ -121,7 +126,8 @@ def _same_channels(arr: np.ndarray) -> bool:
     return arr.ndim == 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])
 
 
-def _luma(arr: np.ndarray) -> np.ndarray:
+def luma(arr: np.ndarray) -> np.ndarray:
+    """BT.601 luma ``0.299 R + 0.587 G + 0.114 B`` of an ``H×W×3`` array, float64 (not rounded)."""
     a = arr.astype(np.float64)
     return 0.299 * a[..., 0] + 0.587 * a[..., 1] + 0.114 * a[..., 2]
 
@@ -161,9 +167,9 @@ def read_ir(path: str | os.PathLike, ir_norm: str = "minmax") -> torch.Tensor:
         if _same_channels(arr):
             arr = arr[..., 0]
         elif arr.dtype == np.uint8:
-            return to_tensor(_luma(arr) / 255.0)
+            return to_tensor(luma(arr) / 255.0)
         else:
-            arr = _luma(arr)
+            arr = luma(arr)
     return to_tensor(_to_unit(arr, p, ir_norm))
 
 
@@ -192,7 +198,7 @@ def read_gray_u8(path: str | os.PathLike) -> np.ndarray:
     if arr.dtype != np.uint8:
         raise InputError(f"{p}: metrics expect 8-bit images, got {arr.dtype}")
     if arr.ndim == 3:
-        return arr[..., 0].astype(np.float64) if _same_channels(arr) else np.round(_luma(arr))
+        return arr[..., 0].astype(np.float64) if _same_channels(arr) else np.round(luma(arr))
     return arr.astype(np.float64)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.images import luma
 from ..errors import InputError
 from ..registry import Registry
 
@@ -131,11 +132,6 @@ def list_metrics() -> list[str]:
     return METRICS.names()
 
 
-def _luma_round(rgb: np.ndarray) -> np.ndarray:
-    y = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
-    return np.round(y)
-
-
 def to_gray255(x: Any, role: str = "image") -> np.ndarray:
     """Convert one image (numpy H×W / H×W×C, or torch H×W / C×H×W / 1×C×H×W) to float64 H×W on 0–255."""
     try:
@@ -167,7 +163,7 @@ def to_gray255(x: Any, role: str = "image") -> np.ndarray:
         if arr.shape[2] == 1:
             arr = arr[..., 0]
         elif arr.shape[2] in (3, 4):
-            arr = _luma_round(arr[..., :3])
+            arr = np.round(luma(arr[..., :3]))
         else:
             raise InputError(f"{role}: expected 1 or 3 channels, got shape {arr.shape}")
     if arr.ndim != 2:

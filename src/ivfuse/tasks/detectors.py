@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..data.labels import Boxes
+from ..engine.checkpoint import save_checkpoint
 from ..errors import InputError
 from ..registry import Registry
 from ..weights import weights_path
@@ -31,16 +32,6 @@ from .yolov5 import COCO_NAMES, Detections, YOLOv5, YOLOv5Loss, yolov5_config
 __all__ = ["DETECTORS", "create_detector", "list_detectors", "YOLOv5Detector", "FasterRCNNDetector"]
 
 DETECTORS: Registry = Registry("detector")
-
-
-def _atomic_torch_save(obj, path: str | Path) -> Path:
-    import io
-
-    from ..utils import atomic_write_bytes
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 def transfer_matching(src: nn.Module, dst: nn.Module) -> int:
@@ -81,7 +72,7 @@ class YOLOv5Detector(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Write ``{state_dict, yaml, names}`` (the format :meth:`YOLOv5.from_checkpoint` reads), atomically."""
-        return _atomic_torch_save({"state_dict": self.net.state_dict(), "yaml": self.net.cfg, "names": list(self.class_names)}, path)
+        return save_checkpoint(path, {"state_dict": self.net.state_dict(), "yaml": self.net.cfg, "names": list(self.class_names)})
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Backbone stages at strides 8/16/32 (MetaFusion's DFB1-3)."""
@@ -162,7 +153,7 @@ class FasterRCNNDetector(nn.Module):
         return sum(d.values()), {k: float(v.detach()) for k, v in d.items()}
 
     def save(self, path: str | Path) -> Path:
-        return _atomic_torch_save({"state_dict": self.model.state_dict(), "names": list(self.class_names)}, path)
+        return save_checkpoint(path, {"state_dict": self.model.state_dict(), "names": list(self.class_names)})
 
     def regression_loss(self, images: torch.Tensor, boxes: Sequence[Boxes]) -> tuple[torch.Tensor, dict]:
         """TSJNet's detection loss: RPN box + RPN objectness + ROI box regression (no classification term)."""
