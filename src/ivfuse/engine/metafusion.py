@@ -55,8 +55,8 @@ class MetaFusionRecipe:
         w = dcfg.get("weights")
         kw = {} if w is None else {"weights": None if w == "scratch" else w}
         self.D = create_detector(dcfg["name"], **kw).to(dev)
-        det_ch = [m.cv3.conv.out_channels if hasattr(m, "cv3") else m.cv2.conv.out_channels
-                  for m in (self.D.net.model[i] for i in self.D.net.stage_layers)]  # fmt: skip
+        with torch.no_grad():  # channels of the detector stages (DFB1-3), whatever the YOLOv5 size
+            det_ch = [f.shape[1] for f in self.D.eval().features(torch.zeros(1, 3, 64, 64, device=dev))]
         self.levels = list(cfg["levels"])
         self.MFE = MetaFeatureEmbedding(self.F.feature_channels, det_ch, self.levels, cfg["mfe"]["mid"]).to(dev)
         self.loss_f = FusionLoss(cfg["loss"])
@@ -68,7 +68,7 @@ class MetaFusionRecipe:
         self.pairs = load_pairs(d["train"])
         self.batches = PairBatches(self.pairs, d["crop"], d["batch"], d.get("max_batches"), cfg.get("seed", 0))
         self.meta_batches = PairBatches(self.pairs, d["crop"], d["batch"], None, cfg.get("seed", 0) + 1)
-        needs_det = cfg["mode"] in ("metafusion", "sofusion", "cofusion") and cfg["epochs"]["det"] > 0
+        needs_det = cfg["epochs"]["det"] > 0 or cfg["mode"] == "cofusion"  # CoFusion trains F on labelled pairs
         self.det_pairs = load_pairs(d["detection"], with_boxes=True) if needs_det else []
         self.det_batches = DetectionBatches(self.det_pairs, [d["det_crop"]] * 2, d["det_batch"], d.get("max_batches"),
                                             cfg.get("seed", 0) + 2) if self.det_pairs else None  # fmt: skip

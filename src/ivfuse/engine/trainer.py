@@ -106,13 +106,13 @@ class Trainer:
     def log(self, row: dict) -> None:
         f = self.out / "log.csv"
         new = not f.exists()
-        keys = ["time", "stage", "epoch", *sorted(k for k in row if k not in ("time", "stage", "epoch"))]
+        stamp = f"{time.time():.1f}"
         with f.open("a", newline="") as fh:
             w = csv.writer(fh)
             if new:
                 w.writerow(["time", "stage", "epoch", "key", "value"])
-            for k in keys[3:]:
-                w.writerow([f"{row.get('time', time.time()):.1f}", row["stage"], row["epoch"], k, row[k]])
+            for k in sorted(set(row) - {"stage", "epoch"}):
+                w.writerow([stamp, row["stage"], row["epoch"], k, row[k]])
 
     # -- running -------------------------------------------------------------------------------------------------
     def run(self, stages: list[Stage]) -> dict:
