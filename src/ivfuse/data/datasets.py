@@ -63,7 +63,7 @@ class DatasetSpec:
     det_names: tuple[str, ...] = ()
     seg_dirs: tuple[str, ...] = ()
     seg_names: tuple[str, ...] = ()
-    recursive: bool = False
+    pair_fn: Callable[[Path], list[tuple[str, Path, Path]]] | None = None  # layouts not of the ir/vis-folder kind
     split_fn: Callable[[Path, str, list[str]], list[str]] | None = None
     note: str = ""
 
@@ -146,7 +146,7 @@ for _spec in [
                 note="1500 pairs with 14-class segmentation labels"),
     DatasetSpec("kaist", "KAIST", ("images",), ("images",), splits=("all", "train", "test"),
                 det_dirs={"default": ("annotations-xml-new", "annotations-xml", "annotations")}, det_format="voc",
-                det_names=("person", "people", "cyclist", "person?"), recursive=True,
+                det_names=("person", "people", "cyclist", "person?"), pair_fn=lambda root: _kaist_pairs(root),
                 split_fn=_list_split(["imageSets/{split}.txt", "imageSets/{split}-all-02.txt", "imageSets/{split}-all-20.txt"]),
                 note="multispectral pedestrian sequences; keys are setXX/VYYY/IZZZZZ"),
     DatasetSpec("folder", "", ("ir", "IR", "infrared"), ("vi", "vis", "VIS", "visible"),
@@ -220,10 +220,10 @@ class FusionDataset(Dataset):
 
     def _find_pairs(self) -> list[tuple[str, Path, Path]]:
         spec, root, split = self.spec, self.root, self.split
-        if spec.name == "kaist":
-            pairs = _kaist_pairs(root)
+        if spec.pair_fn is not None:
+            pairs = spec.pair_fn(root)
         else:
-            per_split = split != "all" or "all" not in spec.splits
+            per_split = split != "all"
             wanted = [split] if split != "all" else [s for s in spec.splits if s != "all"]
             split_ir = [c for c in spec.ir_dirs if "{split}" in c]
             split_vis = [c for c in spec.vis_dirs if "{split}" in c]
