@@ -57,7 +57,8 @@ def test_method_options(capsys, pair_dirs, tmp_path):
 
 
 def test_list(capsys):
-    for what, item in (("methods", "gff"), ("metrics", "qcb"), ("datasets", "msrs")):
+    for what, item in (("methods", "gff"), ("metrics", "qcb"), ("datasets", "msrs"), ("detectors", "yolov5n"),
+                       ("segmenters", "espnetv2")):  # fmt: skip
         rc, out, _ = run(capsys, "list", what)
         assert rc == 0 and item in out
 
@@ -103,7 +104,19 @@ def test_bad_input_table(capsys, tmp_path, pair_dirs):
         (["eval", "--ir", ir_d, "--vis", vis_d, "--fused", ir_d, "--metrics", "qabff"], "did you mean 'qabf'"),
         (["eval", "--ir", ir_d, "--vis", vis_d, "--fused", unp / "ir"], "no fused image"),
         (["eval", "--ir", ir_d, "--vis", vis_d, "--fused", ir_d, "--out", out / "r.xlsx"], "unsupported results format"),
+        (["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--device", "gpu"], "did you mean 'cuda'"),
+        (["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--method", "laplacian", "--opt", "level=5"],
+         "did you mean 'levels'"),
+        (["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--method", "laplacian", "--opt", "levels=five"],
+         "option 'levels' of method 'laplacian' must be int, got 'five'"),
+        (["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--method", "gff", "--weights", ok_ir],
+         "method 'gff' has no learned weights"),
+        (["downstream", "detect", "--images", ir_d, "--labels", unp], "unpaired: no label files (.txt/.xml) found"),
+        (["eval", "--ir", ir_d, "--vis", vis_d, "--fused", ir_d, "--names", tmp_path / "nonames.txt"], "names file not found"),
     ]  # fmt: skip
+    if not __import__("torch").cuda.is_available():
+        cases.append((["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--device", "cuda"],
+                      "--device cuda: no CUDA GPU is available"))  # fmt: skip
     for args, msg in cases:
         rc, _, err = run(capsys, *args)
         assert rc == 2, args

@@ -185,5 +185,44 @@ def test_shared_datasets():
     assert len(s["boxes"]) == 11 and s["boxes"].names == ("person", "bicycle", "car")
     union = load_dataset("msrs", split="test", det_labels="union")[msrs.names.index("00004N")]["boxes"]
     vis_only = load_dataset("msrs", split="test", det_labels="visible")[msrs.names.index("00004N")]["boxes"]
-    assert len(union) == len(s["boxes"]) + len(vis_only)
+    concat = load_dataset("msrs", split="test", det_labels="union", union_iou=None)[msrs.names.index("00004N")]["boxes"]
+    assert len(concat) == len(s["boxes"]) + len(vis_only) == 13
+    assert len(union) == 11  # both visible people repeat an infrared box (IoU > 0.5): the infrared boxes stay
+    assert torch.equal(union.xyxy, s["boxes"].xyxy)
     assert len(load_dataset("llvip")) == 38
+
+
+@pytest.mark.realdata
+def test_msrs_dev_split_follows_its_rule(shared):
+    """The shipped MSRS dev split list is what the documented rule gives; dev-val holds no official-train pair."""
+    import csv
+
+    from ivfuse.data.splits import msrs_dev_split, read_split_file
+
+    need("data/MSRS/manifest.tsv")
+    with open(shared / "data/MSRS/manifest.tsv", newline="") as f:
+        official = {r["name"]: r["msrs_split"] for r in csv.DictReader(f, delimiter="\t")}
+    listed = read_split_file("msrs_dev.tsv")
+    assert listed == {n: msrs_dev_split(n, s) for n, s in official.items()}
+    val = load_dataset("msrs", split="dev-val", det_labels=None)
+    train = load_dataset("msrs", split="dev-train", det_labels=None)
+    assert len(val) == 104 and len(train) == 171
+    assert not set(val.names) & set(train.names)
+    assert all(official[n] == "test" for n in val.names)
+
+
+def test_msrs_union_labels_merge_duplicates(tmp_path):
+    """det_labels="union": a visible box that repeats a same-class infrared box (IoU > union_iou) is dropped."""
+    _make_layout(tmp_path, "ir", "vi", names=("0001",), size=(100, 80))
+    for s, rows in {"infrared": ["0 0.20 0.50 0.20 0.50", "2 0.70 0.50 0.30 0.40"],
+                    "visible": ["0 0.22 0.50 0.20 0.50",  # the same person, IoU 0.82
+                                "1 0.20 0.50 0.20 0.50",  # a bicycle at the same place: kept
+                                "2 0.85 0.50 0.30 0.40"]}.items():  # the car, IoU 1/3: kept
+        (tmp_path / "labels_det" / s).mkdir(parents=True)
+        (tmp_path / "labels_det" / s / "0001.txt").write_text("\n".join(rows) + "\n")
+    ds = load_dataset("msrs", root=tmp_path, det_labels="union")
+    b = ds[0]["boxes"]
+    assert b.labels.tolist() == [0, 2, 1, 2]
+    assert torch.allclose(b.xyxy[0], torch.tensor([10.0, 20, 30, 60]))  # the infrared box is the one kept
+    assert len(load_dataset("msrs", root=tmp_path, det_labels="union", union_iou=None)[0]["boxes"]) == 5
+    assert len(load_dataset("msrs", root=tmp_path, det_labels="union", union_iou=0.3)[0]["boxes"]) == 3

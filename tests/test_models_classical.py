@@ -77,7 +77,7 @@ def test_errors():
         ivfuse.create_model("laplacian")(torch.rand(1, 1, 20, 40), torch.rand(1, 1, 20, 40))
     with pytest.raises(InputError, match="differ in size"):
         ivfuse.create_model("average")(torch.rand(1, 1, 20, 40), torch.rand(1, 3, 21, 40))
-    with pytest.raises(InputError, match="method 'average'"):
+    with pytest.raises(UnknownNameError, match="method 'average' takes no options"):
         ivfuse.create_model("average", levels=3)
 
 
@@ -92,3 +92,26 @@ def test_baselines_on_real_pair_rank_as_expected():
     q = {n: ivfuse.create_metric("qabf")(ivfuse.create_model(n)(ir, vis), ir, vis) for n in BASELINES}
     # multi-scale methods preserve edges better than plain averaging
     assert q["gff"] > q["average"] and q["laplacian"] > q["average"]
+
+
+def test_method_options_are_checked_against_the_signature():
+    from ivfuse.models.base import method_options
+
+    assert list(method_options("laplacian")) == ["levels"] and method_options("average") == {}
+    assert set(method_options("gff")) == {"mean_size", "r1", "eps1", "r2", "eps2", "rg", "sigma_g"}
+    with pytest.raises(UnknownNameError, match="unknown option 'level' for method 'laplacian'; did you mean 'levels'"):
+        ivfuse.create_model("laplacian", level=5)
+    with pytest.raises(InputError, match="option 'levels' of method 'laplacian' must be int, got 'five'"):
+        ivfuse.create_model("laplacian", levels="five")
+    with pytest.raises(InputError, match="must be int, got 2.5"):
+        ivfuse.create_model("laplacian", levels=2.5)
+    with pytest.raises(InputError, match="must be int, got True"):
+        ivfuse.create_model("laplacian", levels=True)
+    with pytest.raises(InputError, match="method 'laplacian': levels must be >= 1"):
+        ivfuse.create_model("laplacian", levels=0)
+    with pytest.raises(InputError, match="method 'gff' has no learned weights.*methods with weights: .*metafusion"):
+        ivfuse.create_model("gff", weights="gff.pt")
+    with pytest.raises(UnknownNameError, match="method 'max' takes no options"):
+        ivfuse.create_model("max", levels=2)
+    assert ivfuse.create_model("gff", eps1=1).eps1 == 1  # an int where a float is expected is fine
+    assert ivfuse.create_model("laplacian", levels=3).min_size == 16

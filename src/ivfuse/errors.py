@@ -15,6 +15,8 @@ __all__ = [
     "InputError",
     "PairingError",
     "UnknownNameError",
+    "IvfuseWarning",
+    "warn",
     "suggest",
 ]
 
@@ -39,6 +41,19 @@ class UnknownNameError(IvfuseError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.args[0]
+
+
+class IvfuseWarning(UserWarning):
+    """Input that is usable but probably not what was meant (e.g. label files without an image).
+
+    The CLI prints it as one line ``ivfuse: warning: ...``."""
+
+
+def warn(message: str) -> None:
+    """Emit an :class:`IvfuseWarning` (one line) attributed to the caller's caller."""
+    import warnings
+
+    warnings.warn(IvfuseWarning(" ".join(str(message).split())), stacklevel=3)
 
 
 def suggest(name: str, choices: Iterable[str], what: str) -> UnknownNameError:

@@ -5,6 +5,11 @@
 
 Images are read as 8-bit gray (colour -> rounded BT.601 luma, as CDDFuse's evaluator) and matched by file
 stem across the three folders, strictly. Triples are scored in parallel on all cores.
+
+Subsets: ``names=[...]`` (``ivfuse eval --names FILE``) scores only those pairs; ``only_fused=True``
+(``--only-fused``) scores the fused images present and reports (warning) the source pairs without one.
+16-bit/float infrared is refused unless ``ir_norm`` is given (``--ir-norm``): it is then normalised exactly as
+``ivfuse fuse --ir-norm`` reads it and quantised to 8 bits (``round(255 x)``) before scoring.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .data.images import read_gray_u8
+from .data.images import IMAGE_EXTENSIONS, read_gray_u8
 from .data.pairing import list_images, pair_by_stem
-from .errors import InputError, PairingError
+from .errors import InputError, PairingError, warn
 from .metrics import DEFAULT_METRICS, create_metric
 from .utils import atomic_write_text
 
@@ -29,9 +34,24 @@ __all__ = ["evaluate_folder", "score_triple", "write_results", "results_table", 
 RESULT_FORMATS = (".json", ".csv", ".md")
 
 
-def score_triple(fused_path: str, ir_path: str, vis_path: str, metrics: Sequence[str]) -> dict[str, float]:
+def _read_ir_u8(path: str, ir_norm: str | None):
+    """Infrared for the metrics: 8-bit as stored, or (``ir_norm``) read as fusion reads it and quantised to 8 bits."""
+    if ir_norm is None:
+        try:
+            return read_gray_u8(path)
+        except InputError as e:
+            raise InputError(f"{e} (for 16-bit/float infrared pass --ir-norm minmax|percentile|scale, as for fuse)") from None
+    import numpy as np
+
+    from .data.images import read_ir
+
+    x = read_ir(path, ir_norm)[0].numpy().astype(np.float64)
+    return np.round(np.clip(x, 0, 1) * 255.0)
+
+
+def score_triple(fused_path: str, ir_path: str, vis_path: str, metrics: Sequence[str], ir_norm: str | None = None) -> dict[str, float]:
     """Read one triple of 8-bit images and score it (fused, ir, vis order as everywhere)."""
-    f, a, b = read_gray_u8(fused_path), read_gray_u8(ir_path), read_gray_u8(vis_path)
+    f, a, b = read_gray_u8(fused_path), _read_ir_u8(ir_path, ir_norm), read_gray_u8(vis_path)
     for arr, p in ((a, ir_path), (b, vis_path)):
         if arr.shape != f.shape:
             raise PairingError(f"{fused_path}: fused image is {f.shape[1]}x{f.shape[0]} but {p} is {arr.shape[1]}x{arr.shape[0]}")
@@ -56,13 +76,51 @@ def evaluate_folder(
     metrics: Sequence[str] | None = None,
     workers: int | None = None,
     progress: bool = True,
+    *,
+    names: Sequence[str] | None = None,
+    only_fused: bool = False,
+    ir_norm: str | None = None,
 ) -> dict:
-    """Score every fused image against its sources; returns ``{"per_image": {stem: {m: v}}, "mean": {m: v}}``."""
-    names = [create_metric(m).name for m in (metrics or DEFAULT_METRICS)]
-    pairs = pair_by_stem(ir_dir, vis_dir)
+    """Score every fused image against its sources; returns ``{"per_image": {stem: {m: v}}, "mean": {m: v}}``.
+
+    Args:
+        names: score only these pair names (file stems; each must be in all three folders).
+        only_fused: score the fused images present (each needs its source pair); source pairs without a fused
+            image are reported as a warning instead of an error.
+        ir_norm: ``None`` (infrared must be 8-bit) or how to normalise 16-bit/float infrared, as ``fuse`` does.
+    """
+    if ir_norm is not None and ir_norm not in ("minmax", "percentile", "scale"):
+        raise InputError(f"unknown ir_norm '{ir_norm}' (use minmax, percentile or scale)")
+    metric_names = [create_metric(m).name for m in (metrics or DEFAULT_METRICS)]
+    subset = names is not None or only_fused
+    pairs = pair_by_stem(ir_dir, vis_dir, allow_unmatched=subset)
     fused = list_images(fused_dir)
+    if names is not None:
+        wanted = list(dict.fromkeys(Path(str(n)).stem if Path(str(n)).suffix.lower() in IMAGE_EXTENSIONS else str(n)
+                                    for n in names))  # fmt: skip
+        if not wanted:
+            raise InputError("no image names given to score")
+        by_key = {k: (ip, vp) for k, ip, vp in pairs}
+        absent = [k for k in wanted if k not in by_key or k not in fused]
+        if absent:
+            where = [f"{k} ({'no fused image' if k in by_key else 'no source pair'})" for k in absent[:8]]
+            raise PairingError(f"{len(absent)} of the {len(wanted)} names to score are missing: {', '.join(where)}"
+                               + (" ..." if len(absent) > 8 else ""))  # fmt: skip
+        pairs = [(k, *by_key[k]) for k in wanted]
+    elif only_fused:
+        keys = {k for k, _, _ in pairs}
+        orphans = sorted(set(fused) - keys)
+        if orphans:
+            raise PairingError(f"fused images without a source pair: {', '.join(orphans[:8])}" + (" ..." if len(orphans) > 8 else ""))
+        unscored = [k for k, _, _ in pairs if k not in fused]
+        if not fused:
+            raise InputError(f"{fused_dir}: no fused images found")
+        if unscored:
+            warn(f"{fused_dir}: {len(unscored)} of {len(pairs)} source pairs have no fused image and are not scored: "
+                 f"{', '.join(unscored[:8])}" + (" ..." if len(unscored) > 8 else ""))  # fmt: skip
+        pairs = [p for p in pairs if p[0] in fused]
     missing = [k for k, _, _ in pairs if k not in fused]
-    extra = sorted(set(fused) - {k for k, _, _ in pairs})
+    extra = [] if subset else sorted(set(fused) - {k for k, _, _ in pairs})
     if missing or extra:
         parts = []
         if missing:
@@ -70,7 +128,7 @@ def evaluate_folder(
         if extra:
             parts.append(f"fused images without a source pair: {', '.join(extra[:8])}" + (" ..." if len(extra) > 8 else ""))
         raise PairingError("; ".join(parts))
-    jobs = [(str(fused[k]), str(ip), str(vp), names) for k, ip, vp in pairs]
+    jobs = [(str(fused[k]), str(ip), str(vp), metric_names, ir_norm) for k, ip, vp in pairs]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     from tqdm.auto import tqdm
 
@@ -90,7 +148,7 @@ def evaluate_folder(
     finally:
         bar.close()
     per_image = {k: r for (k, _, _), r in zip(pairs, results)}
-    mean = {m: _mean([r[m] for r in results]) for m in names}
+    mean = {m: _mean([r[m] for r in results]) for m in metric_names}
     return {"per_image": per_image, "mean": mean}
 
 

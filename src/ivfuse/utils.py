@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["atomic_write_text", "atomic_write_bytes", "shared_root", "sha256sum", "resolve_file"]
+__all__ = ["atomic_write_text", "atomic_write_bytes", "shared_root", "sha256sum", "resolve_file", "check_device"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -33,6 +33,34 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_device(device: str | None, option: str = "--device") -> str:
+    """Validate a torch device string up front: a one-line :class:`InputError` instead of a traceback deep in a run.
+
+    Accepts ``cpu``, ``cuda``, ``cuda:N`` (that GPU must exist) and ``mps`` (when available); ``gpu`` is refused with
+    a "did you mean 'cuda'" hint. Returns the string unchanged.
+    """
+    import torch
+
+    from .errors import UnknownNameError
+
+    d = "cpu" if device is None else str(device).strip()
+    try:
+        dev = torch.device(d)
+    except (RuntimeError, ValueError):
+        hint = " did you mean 'cuda'?" if d.lower().startswith("gpu") else ""
+        raise UnknownNameError(f"{option} {d}: not a torch device (use cpu, cuda, cuda:N or mps);{hint}".rstrip(";")) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"{option} {d}: no CUDA GPU is available (torch {torch.__version__}); use {option} cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"{option} {d}: there are only {torch.cuda.device_count()} CUDA device(s) (cuda:0..)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise InputError(f"{option} {d}: the Apple MPS backend is not available here; use {option} cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"{option} {d}: device type '{dev.type}' is not supported by ivfuse (use cpu, cuda or mps)")
+    return d
 
 
 def shared_root() -> Path:

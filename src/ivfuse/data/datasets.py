@@ -43,8 +43,9 @@ from ..errors import InputError
 from ..registry import Registry
 from ..utils import shared_root
 from .images import read_ir, read_vis
-from .labels import Boxes, read_mask, read_voc, read_yolo
+from .labels import UNION_IOU, Boxes, read_mask, read_voc, read_yolo
 from .pairing import pair_by_stem
+from .splits import DEV_SPLITS, read_split_file
 
 __all__ = ["DatasetSpec", "DATASETS", "FusionDataset", "load_dataset", "list_datasets"]
 
@@ -97,9 +98,13 @@ def _roadscene_split(root: Path, split: str, keys: list[str]) -> list[str]:
 
 
 def _manifest_split(root: Path, split: str, keys: list[str]) -> list[str]:
-    """MSRS flat release: ``manifest.tsv`` has an ``msrs_split`` column; official layout: split folders."""
+    """MSRS flat release: ``manifest.tsv`` has an ``msrs_split`` column; official layout: split folders.
+    ``dev-train``/``dev-val``: ivfuse's fixed development split of the labelled pairs (:mod:`ivfuse.data.splits`)."""
     if split == "all":
         return keys
+    if split in DEV_SPLITS:
+        listed = read_split_file("msrs_dev.tsv")
+        return [k for k in keys if listed.get(k) == split]
     man = root / "manifest.tsv"
     if man.is_file():
         with open(man, newline="") as f:
@@ -123,14 +128,15 @@ for _spec in [
     DatasetSpec("roadscene", "RoadScene", ("cropinfrared", "ir"), ("crop_LR_visible", "vi"),
                 splits=("all", "train", "test"), split_fn=_roadscene_split,
                 note="221 FLIR pairs; test = CDDFuse's 50-pair list"),
-    DatasetSpec("msrs", "MSRS", ("{split}/ir", "ir"), ("{split}/vi", "vi"), splits=("all", "train", "test"),
+    DatasetSpec("msrs", "MSRS", ("{split}/ir", "ir"), ("{split}/vi", "vi"), splits=("all", "train", "test", *DEV_SPLITS),
                 det_dirs={"infrared": ("labels_det/infrared", "{split}/labels_det/infrared"),
                           "visible": ("labels_det/visible", "{split}/labels_det/visible"),
                           "fusion": ("labels_det/fusion", "{split}/labels_det/fusion")},
                 det_format="yolo", det_names=("person", "bicycle", "car"),
                 seg_dirs=("{split}/Segmentation_labels", "Segmentation_labels"),
                 seg_names=("unlabelled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone", "bump"),
-                split_fn=_manifest_split, note="road scenes 640x480; detection boxes from Lele-3/MSRS-detection-label"),
+                split_fn=_manifest_split, note="road scenes 640x480; detection boxes from Lele-3/MSRS-detection-label; "
+                "dev-train/dev-val: ivfuse's fixed split of the labelled pairs"),
     DatasetSpec("m3fd", "M3FD", ("Ir", "ir"), ("Vis", "vis", "vi"), splits=("all", "train", "val", "test"),
                 det_dirs={"default": ("Annotation", "Annotations")}, det_format="voc",
                 det_names=("People", "Car", "Bus", "Motorcycle", "Lamp", "Truck"),
@@ -183,6 +189,10 @@ class FusionDataset(Dataset):
         split: one of ``spec.splits``.
         det_labels: which detection label set to load (``"infrared"``, ``"visible"``, ``"fusion"``,
             ``"union"`` = infrared + visible for MSRS; ``"default"`` elsewhere; ``None`` for none).
+        union_iou: for ``"union"``, a visible box whose IoU with a same-class infrared box exceeds this is the
+            same object annotated twice and is dropped (the infrared box is kept; see
+            :func:`~ivfuse.data.labels.merge_boxes`). Default 0.5; ``None`` keeps both copies (plain concatenation;
+            on the 241 MSRS test pairs 465 of its 1833 boxes are such duplicates).
         transform: callable applied to each sample dict (joint transforms).
         ir_norm: normalisation of 16-bit/float infrared data (see :func:`~ivfuse.data.images.read_ir`).
     """
@@ -195,8 +205,12 @@ class FusionDataset(Dataset):
         det_labels: str | None = "auto",
         transform: Callable[[dict], dict] | None = None,
         ir_norm: str = "minmax",
+        union_iou: float | None = UNION_IOU,
     ) -> None:
         self.spec, self.root, self.split = spec, Path(root), split
+        if union_iou is not None and not 0 <= union_iou <= 1:
+            raise InputError(f"union_iou must lie in [0, 1] (or be None), got {union_iou}")
+        self.union_iou = union_iou
         if not self.root.is_dir():
             raise InputError(f"{self.root}: {spec.name} dataset folder not found (pass root=... or set IVFUSE_SHARED)")
         if split not in spec.splits:
@@ -224,7 +238,8 @@ class FusionDataset(Dataset):
             pairs = spec.pair_fn(root)
         else:
             per_split = split != "all"
-            wanted = [split] if split != "all" else [s for s in spec.splits if s != "all"]
+            every = [s for s in spec.splits if s != "all" and s not in DEV_SPLITS]
+            wanted = every if split == "all" or split in DEV_SPLITS else [split]  # dev splits span split folders
             split_ir = [c for c in spec.ir_dirs if "{split}" in c]
             split_vis = [c for c in spec.vis_dirs if "{split}" in c]
             pairs = []
@@ -277,7 +292,7 @@ class FusionDataset(Dataset):
                 b = read_yolo(d / f"{key}.txt", width, height, self.class_names)
             else:
                 b = read_voc(d / f"{key}.xml", self.class_names)
-            out = b if out is None else out.union(b)
+            out = b if out is None else out.merge(b, self.union_iou)
         return out
 
     def __getitem__(self, i: int) -> dict:

@@ -19,7 +19,11 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["Boxes", "read_yolo", "read_voc", "read_coco", "write_yolo", "read_mask"]
+__all__ = ["Boxes", "merge_boxes", "read_yolo", "read_voc", "read_coco", "write_yolo", "read_mask", "UNION_IOU"]
+
+#: default IoU above which a same-class box of a second annotation set duplicates one of the first (see
+#: :func:`merge_boxes`); the PASCAL/COCO "same object" threshold
+UNION_IOU = 0.5
 
 
 @dataclass
@@ -56,17 +60,59 @@ class Boxes:
         """Concatenate two box sets of the same class list (e.g. infrared + visible annotations)."""
         if self.names and other.names and self.names != other.names:
             raise ValueError("cannot join boxes with different class lists")
+        difficult = None
+        if self.difficult is not None or other.difficult is not None:
+            difficult = torch.cat([b.difficult if b.difficult is not None else torch.zeros(len(b), dtype=torch.bool)
+                                   for b in (self, other)])  # fmt: skip
         return Boxes(
             torch.cat([self.xyxy, other.xyxy]),
             torch.cat([self.labels, other.labels]),
             self.names or other.names,
+            difficult,
         )
+
+    def merge(self, other: Boxes, iou: float | None = UNION_IOU) -> Boxes:
+        """Union with duplicates removed: see :func:`merge_boxes`."""
+        return merge_boxes(self, other, iou)
 
     def remap(self, mapping: dict[int, int], names: Sequence[str]) -> Boxes:
         """Map class ids (e.g. dataset ids -> detector ids); boxes of unmapped classes are dropped."""
         keep = torch.tensor([int(c) in mapping for c in self.labels.tolist()], dtype=torch.bool)
         new = torch.tensor([mapping[int(c)] for c in self.labels[keep].tolist()], dtype=torch.int64)
         return Boxes(self.xyxy[keep], new, tuple(names))
+
+
+def merge_boxes(first: Boxes, second: Boxes, iou: float | None = UNION_IOU) -> Boxes:
+    """Join two annotations of the same image, dropping the boxes of ``second`` that duplicate a box of ``first``.
+
+    A box of ``second`` is a duplicate when it has the class of a box of ``first`` and their IoU is greater than
+    ``iou``; pairs are matched one-to-one, greedily by decreasing IoU, and the box of ``first`` is kept. For MSRS
+    ``first`` is the infrared set: the two sets are drawn on registered images, the infrared annotation is the
+    primary ground truth (people at night are only visible there), and keeping one annotator's box rather than an
+    average keeps every ground-truth box one that somebody drew. ``iou=None`` (or a value >= 1) keeps every box
+    (plain concatenation, :meth:`Boxes.union`).
+    """
+    if iou is not None and not 0 <= iou <= 1:
+        raise InputError(f"merge IoU must lie in [0, 1], got {iou}")
+    if iou is None or iou >= 1 or len(first) == 0 or len(second) == 0:
+        return first.union(second)
+    from torchvision.ops import box_iou
+
+    m = box_iou(first.xyxy, second.xyxy)
+    m[first.labels[:, None] != second.labels[None, :]] = -1.0
+    drop = torch.zeros(len(second), dtype=torch.bool)
+    used = torch.zeros(len(first), dtype=torch.bool)
+    order = torch.argsort(m.flatten(), descending=True, stable=True)
+    for k in order.tolist():
+        i, j = divmod(k, m.shape[1])
+        if m[i, j] <= iou:
+            break
+        if not used[i] and not drop[j]:
+            used[i], drop[j] = True, True
+    keep = ~drop
+    kept = Boxes(second.xyxy[keep], second.labels[keep], second.names,
+                 second.difficult[keep] if second.difficult is not None else None)  # fmt: skip
+    return first.union(kept)
 
 
 def read_yolo(path: str | os.PathLike, width: int, height: int, names: Sequence[str] = ()) -> Boxes:

@@ -9,6 +9,9 @@ and Cb/Cr are restored. A method that needs the colour image itself overrides :m
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,10 +19,11 @@ import torch
 from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, UnknownNameError
 from ..registry import Registry
 
-__all__ = ["FusionModel", "MODELS", "register_model", "create_model", "list_models", "check_pair"]
+__all__ = ["FusionModel", "MODELS", "register_model", "create_model", "list_models", "check_pair", "check_options",
+           "method_options", "read_weights", "load_checked"]
 
 MODELS: Registry[Callable[..., FusionModel]] = Registry("method")
 
@@ -78,15 +82,143 @@ def register_model(name: str) -> Callable:
     return deco
 
 
-def create_model(name: str, **kwargs: Any) -> FusionModel:
-    """Instantiate the fusion method ``name`` (``ivfuse list methods``) with keyword options."""
+def _scalar_types(annotation: Any, default: Any) -> tuple[type, ...] | None:
+    """Plain value types an option accepts (``int``, ``float``, ``bool``, ``str``, ``None``), from its annotation or,
+    failing that, its default; ``None`` when they cannot be told (then any value is passed through)."""
+    import types
+    import typing
+
+    plain = (bool, int, float, str, type(None))
+    ann = annotation
+    if ann is not inspect.Parameter.empty and not isinstance(ann, str):
+        args = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
+        args = tuple(type(None) if a is None else a for a in args)
+        if all(a in plain for a in args):
+            return args
+        if all(isinstance(a, type) for a in args) and any(a in plain for a in args):
+            return None  # e.g. str | os.PathLike: paths and other objects are allowed
+        return None
+    if default is inspect.Parameter.empty or default is None:
+        return None
+    return (type(default),) if type(default) in plain else None
+
+
+def _type_ok(value: Any, types_: tuple[type, ...]) -> bool:
+    if value is None:
+        return type(None) in types_
+    if isinstance(value, bool):
+        return bool in types_
+    if isinstance(value, int):
+        return int in types_ or float in types_
+    return isinstance(value, types_)
+
+
+def method_options(name: str) -> dict[str, inspect.Parameter] | None:
+    """Keyword options of the method ``name`` (from its factory/constructor signature); ``None`` if it takes
+    arbitrary ``**kwargs``."""
     factory = MODELS.get(name)
+    if isinstance(factory, type) and factory.__init__ is nn.Module.__init__:
+        return {}  # no constructor of its own: no options (nn.Module's accepts and ignores anything)
+    try:
+        sig = inspect.signature(factory, eval_str=True)
+    except (NameError, TypeError, ValueError):
+        sig = inspect.signature(factory)
+    params = {}
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            params[p.name] = p
+    return params
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Validate method options against the method's signature: unknown names (with "did you mean"), values of the
+    wrong type (``levels='five'``) and ``weights`` given to a method that has none raise one-line errors."""
+    params = method_options(name)
+    if params is None:
+        return
+    method = str(name).lower()
+    for key, value in options.items():
+        if key not in params:
+            if key == "weights":
+                learned = [n for n in MODELS.names() if "weights" in (method_options(n) or {})]
+                raise InputError(f"method '{method}' has no learned weights, so --weights (weights=) does not apply "
+                                 f"(methods with weights: {', '.join(learned) or 'none'})")  # fmt: skip
+            if not params:
+                raise UnknownNameError(f"method '{method}' takes no options (got '{key}')")
+            close = difflib.get_close_matches(key, list(params), n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UnknownNameError(f"unknown option '{key}' for method '{method}'{hint} (options: {', '.join(params)})")
+        p = params[key]
+        types_ = _scalar_types(p.annotation, p.default)
+        if types_ is not None and not _type_ok(value, types_):
+            want = " or ".join("None" if t is type(None) else t.__name__ for t in types_)
+            raise InputError(f"option '{key}' of method '{method}' must be {want}, got {value!r}")
+
+
+def create_model(name: str, **kwargs: Any) -> FusionModel:
+    """Instantiate the fusion method ``name`` (``ivfuse list methods``) with keyword options.
+
+    Options are checked against the method's signature first (:func:`check_options`); a value the method itself
+    refuses (``levels=0``) is an :class:`InputError` naming the method."""
+    factory = MODELS.get(name)
+    check_options(name, kwargs)
     try:
         model = factory(**kwargs)
-    except TypeError as e:
-        raise InputError(f"method '{name}': {e}") from None
+    except (TypeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"method '{str(name).lower()}': {e}") from None
     return model.eval()
 
 
 def list_models() -> list[str]:
     return MODELS.names()
+
+
+def read_weights(path: str | os.PathLike, method: str) -> tuple[Any, dict[str, Any]]:
+    """Read a learned method's weights file: ``(object, metadata)``.
+
+    ``.safetensors``: the state dict and its string metadata with JSON values decoded (``config``, ``genotype`` ...).
+    Anything else: ``torch.load(map_location="cpu", weights_only=True)`` and ``{}``. A missing or unreadable file is a
+    one-line :class:`InputError` naming it.
+    """
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: {method} weights file not found")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+
+            with safe_open(p, "pt") as f:
+                raw = f.metadata() or {}
+            meta = {}
+            for k, v in raw.items():
+                try:
+                    meta[k] = json.loads(v)
+                except ValueError:
+                    meta[k] = v
+            return load_file(p), meta
+        return torch.load(p, map_location="cpu", weights_only=True), {}
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user input problem
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise InputError(f"{p}: cannot read {method} weights ({type(e).__name__}: {first})") from None
+
+
+def load_checked(model: nn.Module, state: Any, path: str | os.PathLike, method: str) -> nn.Module:
+    """Load ``state`` into ``model`` requiring exactly its keys (one-line :class:`InputError` naming ``path``
+    otherwise) and return it in eval mode."""
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: expected a {method} state dict, found {type(state).__name__}")
+    try:
+        res = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise InputError(f"{path}: not {method} weights ({' '.join(str(e).split())[:200]})") from None
+    if res.missing_keys or res.unexpected_keys:
+        raise InputError(f"{path}: keys do not match {method} (missing {res.missing_keys[:3]}, unexpected {res.unexpected_keys[:3]})")
+    return model.eval()
