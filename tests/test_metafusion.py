@@ -9,8 +9,10 @@ import torch
 from kornia.color import rgb_to_ycbcr
 
 from conftest import need
+from ivfuse.engine import OptimStep, train
 from ivfuse.engine.config import load_config
-from ivfuse.engine.metafusion import MetaFusionRecipe, inner_update, train_metafusion
+from ivfuse.engine.metafusion import MetaFusionRecipe, train_metafusion
+from ivfuse.errors import InputError
 from ivfuse.losses import FusionLoss
 from ivfuse.models.metafusion import MetaFeatureEmbedding, MetaFusionNet, guide_loss
 from ivfuse.tasks.detectors import create_detector
@@ -58,17 +60,17 @@ class _TinyRecipe(MetaFusionRecipe):
     """The recipe's pieces without data loading (F, MFE, D from scratch)."""
 
     def __init__(self, cfg):
-        self.cfg, self.device = cfg, torch.device("cpu")
+        super().__init__(cfg, "cpu", progress=False)
         self.F = MetaFusionNet(width=0.125)
         self.D = create_detector("yolov5n", weights=None).eval()
         self.MFE = MetaFeatureEmbedding(self.F.feature_channels, [64, 128, 256], cfg["levels"], 8)
         self.loss_f = FusionLoss(cfg["loss"])
-        self.opt_mfe = torch.optim.SGD(self.MFE.parameters(), lr=0.1)
+        self.step_mfe = OptimStep(torch.optim.SGD(self.MFE.parameters(), lr=0.1))
 
 
 def _batch(seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(2, 1, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    return {"ir": torch.rand(2, 1, 32, 32, generator=g), "vis": torch.rand(2, 3, 32, 32, generator=g)}
 
 
 def test_inner_update_is_second_order():
@@ -78,13 +80,13 @@ def test_inner_update_is_second_order():
     rec = _TinyRecipe(cfg)
     f_before = {k: v.clone() for k, v in rec.F.state_dict().items()}
     before = [p.detach().clone() for p in rec.MFE.parameters()]
-    inner_update(rec, _batch(1), _batch(2))
+    rec.inner_update(_batch(1), _batch(2))
     grads = [p.grad.abs().sum() for p in rec.MFE.parameters()]
     assert sum(float(g) for g in grads) > 0
     assert any(not torch.equal(a, p) for a, p in zip(before, rec.MFE.parameters()))
     assert all(torch.equal(v, rec.F.state_dict()[k]) for k, v in f_before.items())  # F itself is unchanged
     before = [p.detach().clone() for p in rec.MFE.parameters()]
-    inner_update(rec, _batch(1), _batch(2), first_order=True)
+    rec.inner_update(_batch(1), _batch(2), first_order=True)
     assert all(float(p.grad.abs().sum()) == 0 for p in rec.MFE.parameters())
     assert all(torch.equal(a, p) for a, p in zip(before, rec.MFE.parameters()))
 
@@ -107,6 +109,7 @@ def test_short_training_run_per_mode(tmp_path, mode, levels):
     need("weights/yolov5n_coco_v6.1_state_dict.pt")
     cfg = _tiny_cfg(mode, levels=levels)
     summary = train_metafusion(cfg, tmp_path / "run", export=tmp_path / "f.safetensors", progress=False)
+    assert summary["export"] == str(tmp_path / "f.safetensors")
     stages = {"metafusion": ["pretrain_f", "det_1", "mfe_1", "det_2", "mfe_2"], "sofusion": ["pretrain_f", "det_1"],
               "cofusion": ["pretrain_f", "det_1", "co_1", "det_2", "co_2"]}[mode]  # fmt: skip
     assert list(summary["timings_s"]) == stages
@@ -120,19 +123,104 @@ def test_short_training_run_per_mode(tmp_path, mode, levels):
     assert f.width == 0.125 and (tmp_path / "run" / "final.pt").is_file()
 
 
+def _states(path):
+    ck = torch.load(path, weights_only=True)
+    return ck["modules"]
+
+
+def _assert_same_states(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        for k in a[name]:
+            assert torch.equal(a[name][k], b[name][k]), f"{name}.{k} differs"
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_resume_after_kill(tmp_path):
+def test_same_seed_is_bitwise_equal_and_interrupted_run_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """Seeding happens before F/MFE/D are built and the data order is a function of (seed, stage, epoch): two runs
+    with one seed end bitwise equal, and a run killed inside mfe_1 and resumed ends bitwise equal to both."""
     need("data/MSRS")
-    cfg = _tiny_cfg("sofusion", **{"epochs.det": 0})
+    cfg = _tiny_cfg("metafusion", **{"detector.weights": "scratch", "epochs.mfe": 2, "inner.every": 2, "rounds": 1,
+                                     "epochs.pretrain": 2, "val.max": 0})  # fmt: skip
+    train_metafusion(cfg, tmp_path / "a", progress=False)
+    train_metafusion(cfg, tmp_path / "b", progress=False)
+    _assert_same_states(_states(tmp_path / "a" / "final.pt"), _states(tmp_path / "b" / "final.pt"))
+    other = train_metafusion({**cfg, "seed": 1}, tmp_path / "c", progress=False)
+    assert not torch.equal(_states(tmp_path / "c" / "final.pt")["F"]["block2.10.weight"],
+                           _states(tmp_path / "a" / "final.pt")["F"]["block2.10.weight"])  # fmt: skip
+    assert other["metrics"]["pretrain_f"]["L_f"] > 0
+
+    calls = {"n": 0}
+    real = MetaFusionRecipe.step_outer
+
+    def dying(self, batch, ctx):
+        calls["n"] += 1
+        if ctx["epoch"] == 1 and ctx["batch"] == 1:  # second batch of the second mfe_1 epoch
+            raise KeyboardInterrupt
+        return real(self, batch, ctx)
+
+    monkeypatch.setattr(MetaFusionRecipe, "step_outer", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train_metafusion(cfg, tmp_path / "d", progress=False)
+    assert not (tmp_path / "d" / "final.pt").exists() and calls["n"] == 4
+    monkeypatch.setattr(MetaFusionRecipe, "step_outer", real)
+    capsys.readouterr()
+    train_metafusion(cfg, tmp_path / "d", progress=False)
+    err = capsys.readouterr().err
+    assert f"resuming from {tmp_path / 'd' / 'last.pt'} after stage mfe_1 epoch 1" in err
+    _assert_same_states(_states(tmp_path / "a" / "final.pt"), _states(tmp_path / "d" / "final.pt"))
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_resume_refuses_changed_config_unless_told(tmp_path, capsys):
+    need("data/MSRS")
+    cfg = _tiny_cfg("sofusion", **{"epochs.det": 0, "val.max": 0})
     train_metafusion(cfg, tmp_path / "run", progress=False)
     n1 = len(list(csv.DictReader((tmp_path / "run" / "log.csv").open())))
-    # a longer schedule in the same folder continues after the finished epoch instead of restarting
-    cfg2 = _tiny_cfg("sofusion", **{"epochs.det": 0, "epochs.pretrain": 2})
-    train_metafusion(cfg2, tmp_path / "run", progress=False)
+    cfg2 = _tiny_cfg("sofusion", **{"epochs.det": 0, "epochs.pretrain": 2, "val.max": 0})
+    with pytest.raises(InputError, match=r"different config \(epochs.pretrain: 1 -> 2\).*resume=force"):
+        train_metafusion(cfg2, tmp_path / "run", progress=False)
+    # resume=force: a longer schedule in the same folder continues after the finished epoch instead of restarting
+    capsys.readouterr()
+    train_metafusion(cfg2, tmp_path / "run", progress=False, resume="force")
+    err = capsys.readouterr().err
+    assert "resuming from" in err and "stage pretrain_f epoch 1" in err
     rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
     epochs = [int(r["epoch"]) for r in rows if r["stage"] == "pretrain_f"]
     assert sorted(set(epochs)) == [1, 2] and len(rows) == 2 * n1
+    # resume=new starts over: one fresh log with the two epochs only
+    train_metafusion(cfg2, tmp_path / "run", progress=False, resume="new")
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert [int(r["epoch"]) for r in rows if r["stage"] == "pretrain_f" and r["key"] == "L_f"] == [1, 2]
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_train_cli_prints_resume_and_export(tmp_path, capsys):
+    need("data/MSRS")
+    from ivfuse.cli import main
+
+    items = ["mode=sofusion", "fusion.width=0.125", "data.crop=[48, 48]", "data.batch=2", "data.max_batches=2",
+             "epochs.pretrain=1", "epochs.det=0", "val.max=1", "data.train=[{name: msrs, split: train}]"]  # fmt: skip
+    out, exp = tmp_path / "run", tmp_path / "f.safetensors"
+    assert main(["train", "metafusion", "-q", "preset=cpu", f"out={out}", f"export={exp}", *items]) == 0
+    cap = capsys.readouterr()
+    assert f"exported the trained model to {exp}" in cap.out and "resuming" not in cap.err
+    assert MetaFusionNet.from_checkpoint(exp).width == 0.125
+    assert main(["train", "metafusion", "preset=cpu", f"out={out}", *items, "-q"]) == 0
+    assert f"resuming from {out / 'last.pt'} after stage pretrain_f epoch 1" in capsys.readouterr().err
+
+
+def test_inner_update_that_would_never_run_is_refused(tmp_path):
+    cfg = load_config("metafusion", "cpu", overrides=["epochs.mfe=1", "inner.every=2"])
+    with pytest.raises(InputError, match=r"inner \(meta\) update of MFE would never run"):
+        train("metafusion", cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before any run folder is written
+    ok = load_config("metafusion", "cpu", overrides=["epochs.mfe=1", "inner.every=2", "inner.updates=0"])
+    assert MetaFusionRecipe.check(ok) == []
 
 
 def test_shipped_default_model_is_the_default_method():

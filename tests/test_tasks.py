@@ -150,3 +150,33 @@ def test_downstream_detect_cli(tmp_path, capsys):
     assert rc == 0 and Image.open(tmp_path / "drawn" / "00633D.png").size == (640, 480)
     rc = main(["downstream", "detect", "--images", str(sub), "--labels", str(tmp_path / "nolabels"), "-q"])
     assert rc == 2 and "nolabels: label folder/file not found" in capsys.readouterr().err
+
+
+def test_segmenter_registry_builds_loads_and_reports(tmp_path, capsys):
+    from ivfuse.errors import UnknownNameError
+    from ivfuse.tasks import create_segmenter, list_segmenters
+
+    assert list_segmenters() == ["deeplabv3plus", "espnetv2"]
+    with pytest.raises(UnknownNameError, match="did you mean 'espnetv2'"):
+        create_segmenter("espnet")
+    with pytest.raises(InputError, match="number of classes"):
+        create_segmenter("deeplabv3plus", backbone="resnet18")
+    scratch = create_segmenter("espnetv2", num_classes=3, class_names=("a", "b", "c"), s=0.5)
+    assert isinstance(scratch, ESPNetv2Seg) and scratch.class_names == ("a", "b", "c")
+    torch.manual_seed(0)
+    m = create_segmenter("deeplabv3plus", class_names=("bg", "obj"), backbone="resnet18")
+    assert m.num_classes == 2
+    torch.save(m.state_dict(), tmp_path / "dl.pt")
+    again = create_segmenter("deeplabv3plus", weights=tmp_path / "dl.pt", num_classes=2, backbone="resnet18")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in m.state_dict().items())
+    with pytest.raises(InputError, match="does not fit deeplabv3plus/resnet18 with 3 classes"):
+        create_segmenter("deeplabv3plus", weights=tmp_path / "dl.pt", num_classes=3, backbone="resnet18")
+    # the CLI builds segmenters through the registry: its errors are one line
+    Image.fromarray(np.full((48, 64, 3), 120, np.uint8)).save(tmp_path / "x.png")
+    rc = main(["segment", "--images", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--model", "deeplabv3plus",
+               "--backbone", "resnet18", "-q"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("ivfuse: error:") and "number of classes" in err
+    rc = main(["segment", "--images", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--model", "deeplabv3plus",
+               "--backbone", "resnet18", "--num-classes", "2", "--weights", str(tmp_path / "dl.pt"), "-q"])  # fmt: skip
+    assert rc == 0 and (tmp_path / "o" / "x.png").is_file()

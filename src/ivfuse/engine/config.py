@@ -1,94 +1,85 @@
-"""Training configuration: YAML files with ``base:`` inheritance and ``key.sub=value`` overrides.
+"""Training configuration: YAML files with ``base:`` inheritance and typed ``key.sub=value`` overrides.
 
->>> cfg = load_config("metafusion", preset="cpu", overrides=["epochs.pretrain=2", "levels=[1, 2]"])
+>>> cfg = load_config("metafusion", preset="cpu", overrides=["epochs.pretrain=2", "optim.lr_f=5e-4"])
 
-Unknown keys are an error with a "did you mean" hint (a typo never silently trains the wrong thing).
+The method's ``configs/<method>.yaml`` is the schema: presets, user files and overrides may only use its keys
+(unknown keys are an error with a "did you mean" hint) with the types of its values (``epochs.pretrain=abc`` or
+``data.crop=96`` are errors naming the key; ``5e-4`` is a float). Parsing is :mod:`ivfuse.config`'s, shared with
+``--opt``.
 """
 
 from __future__ import annotations
 
-import copy
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config import apply_overrides, check_types, flatten, merge, parse_items, read_yaml
 from ..errors import InputError, suggest
 
-__all__ = ["load_config", "apply_overrides", "flatten"]
+__all__ = ["load_config", "apply_overrides", "flatten", "defaults", "split_items", "RUN_KEYS", "ENGINE_KEYS"]
+
+#: ``ivfuse train`` items that are run options rather than config keys.
+RUN_KEYS = ("preset", "config", "out", "export", "resume")
+
+#: Keys every method's config has (the engine's, see docs/engine.md "Distributed and mixed precision"): training
+#: mixed precision ``amp: none|bf16|fp16`` and channels-last layout of modules and 4-D batch tensors.
+ENGINE_KEYS = {"amp": "none", "channels_last": False}
+
+
+def _root():
+    return resources.files("ivfuse") / "configs"
 
 
 def _read(path: Path | Any) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: a config must be a mapping")
+    data = read_yaml(path)
     base = data.pop("base", None)
     if base:
-        parent = path.parent / base if isinstance(path, Path) else resources.files("ivfuse") / "configs" / base
+        parent = path.parent / base if isinstance(path, Path) else _root() / base
         if not parent.is_file():
-            parent = resources.files("ivfuse") / "configs" / base
-        data = _merge(_read(parent), data)
+            parent = _root() / base
+        data = merge(_read(parent), data)
     return data
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        out[key] = v
-    return out
-
-
-def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
-    cfg = copy.deepcopy(cfg)
-    known = flatten(cfg)
-    for ov in overrides:
-        if "=" not in ov:
-            raise InputError(f"override '{ov}' is not of the form key=value")
-        key, raw = ov.split("=", 1)
-        key = key.strip()
-        if key not in known:
-            raise suggest(key, known, "config key")
-        try:
-            val = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            val = raw
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = val
-    return cfg
+def defaults(method: str) -> dict:
+    """The defaults (and type schema) of ``method``: ``configs/<method>.yaml``."""
+    f = _root() / f"{method}.yaml"
+    if not f.is_file():
+        names = sorted(x.name[:-5] for x in _root().iterdir() if x.name.endswith(".yaml") and "_" not in x.name)
+        raise suggest(method, names, "method config")
+    return {**ENGINE_KEYS, **_read(f)}
 
 
 def load_config(method: str, preset: str | None = None, config: str | Path | None = None,
-                overrides: list[str] | None = None) -> dict:  # fmt: skip
-    """Defaults of ``method`` (``configs/<method>.yaml``), optionally a preset (``<method>_<preset>.yaml``) or a
-    user file, then overrides."""
-    root = resources.files("ivfuse") / "configs"
+                overrides: list[str] | dict | None = None) -> dict:  # fmt: skip
+    """Defaults of ``method``, optionally a preset (``<method>_<preset>.yaml``) or a user file, then overrides;
+    every layer is checked against the defaults' keys and types."""
+    base = defaults(method)
     if config is not None:
         p = Path(config)
         if not p.is_file():
             raise InputError(f"{p}: config file not found")
-        cfg = _merge(_read(root / f"{method}.yaml"), _read(p))
-    else:
-        name = f"{method}_{preset}.yaml" if preset else f"{method}.yaml"
-        f = root / name
+        cfg = merge(base, check_types(_read(p), base, f"{p}"))
+    elif preset:
+        f = _root() / f"{method}_{preset}.yaml"
         if not f.is_file():
-            presets = sorted(x.name[len(method) + 1 : -5] for x in root.iterdir() if x.name.startswith(method + "_"))
-            raise suggest(preset or method, presets or [method], f"preset of {method}")
-        cfg = _read(f)
-    return apply_overrides(cfg, overrides or [])
+            presets = sorted(x.name[len(method) + 1 : -5] for x in _root().iterdir() if x.name.startswith(method + "_"))
+            raise suggest(preset, presets or [method], f"preset of {method}")
+        cfg = merge(base, check_types(_read(f), base, f"preset {preset}"))
+    else:
+        cfg = base
+    return apply_overrides(cfg, overrides or [], defaults=base)
+
+
+def split_items(items: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``ivfuse train`` items -> (run options such as ``out``/``preset``, config overrides)."""
+    run, overrides = {}, []
+    for it in items:
+        key = it.split("=", 1)[0].strip()
+        if key in RUN_KEYS and "=" in it:
+            run[key] = it.split("=", 1)[1]
+        else:
+            parse_items([it], "override")  # shape check (key=value) with the shared parser
+            overrides.append(it)
+    return run, overrides

@@ -1,4 +1,4 @@
-"""MetaFusion training (Zhao et al., CVPR 2023), Algorithm 1, on :class:`~ivfuse.engine.trainer.Trainer`.
+"""MetaFusion training (Zhao et al., CVPR 2023), Algorithm 1, as a registered recipe of :func:`ivfuse.engine.train`.
 
 Stages: ``pretrain_f`` (F with L_f), then for r = 1..R: ``det_r`` (fine-tune D on F's fused images, SGD with the
 learning rate decayed ×``det_decay`` per round) and ``mfe_r`` (outer updates of F every batch, inner updates of
@@ -13,43 +13,71 @@ MFE every N epochs). Modes (the paper's ablations):
 
 **Inner update (Eqs. 1-5):** on a meta-train batch, θ_F' = θ_F − β_F' ∇_θF Σ_j L_g (kept in the graph,
 ``create_graph=True``); L_f of F(θ_F') on a meta-test batch is back-propagated to θ_MFG and θ_FT *through*
-θ_F' (second order, :func:`torch.func.functional_call`); F itself is not changed.
+θ_F' (second order; :func:`~ivfuse.engine.step.virtual_step` and :func:`~ivfuse.engine.step.call_with`); F
+itself is not changed.
 
 The detector features F_e are computed from F's fused image with D fixed and are not differentiated (they are the
 semantic target of the embedding).
+
+**Under torchrun** the outer updates of F and the updates of D are data-parallel (each rank a shard of the global
+batch, gradients averaged by :class:`~ivfuse.engine.step.OptimStep`). The inner phase is *replicated*: every rank
+draws the same whole meta-train/meta-test batches (``meta_batches`` does not shard), computes the same virtual
+step θ_F' and the same second-order MFE gradient, and steps MFE without communication (``step_mfe`` has
+``sync=False``). Sharding it instead would make θ_F' depend on the world size (a virtual step on B/W samples);
+replicated, the result equals the single-process run for any number of processes, at the price of the inner
+phase not being sped up.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
-from torch.func import functional_call
 
+from ..errors import InputError, suggest
 from ..losses import FusionLoss
 from ..models.metafusion import MetaFeatureEmbedding, MetaFusionNet, guide_loss
-from ..tasks.detectors import create_detector
+from ..tasks.detectors import DETECTOR_CLIP, create_detector, detector_optimizer
 from .checkpoint import export_safetensors
-from .data import DetectionBatches, PairBatches, load_pairs
-from .trainer import Stage, Trainer
+from .data import BatchSource, RandomCrop, load_samples
+from .recipe import Recipe, strict_json, register_recipe, train, validate_fusion
+from .step import OptimStep, call_with, virtual_step
+from .trainer import Stage
 
-__all__ = ["MetaFusionRecipe", "inner_update", "train_metafusion"]
+__all__ = ["MetaFusionRecipe", "train_metafusion", "MODES"]
+
+MODES = ("metafusion", "sofusion", "cofusion")
 
 
-def _frozen(module: torch.nn.Module, flag: bool = True) -> None:
-    for p in module.parameters():
-        p.requires_grad_(not flag)
+@register_recipe("metafusion")
+class MetaFusionRecipe(Recipe):
+    """F, MFE, D, their optimisers, data and the stage list from a config dict (see configs/metafusion.yaml)."""
 
+    @classmethod
+    def check(cls, cfg: dict) -> list[str]:
+        if cfg["mode"] not in MODES:
+            raise suggest(cfg["mode"], MODES, "MetaFusion mode")
+        ep, inner = cfg["epochs"], cfg["inner"]
+        for k, v in ep.items():
+            if v < 0:
+                raise InputError(f"config key 'epochs.{k}' must be >= 0, got {v}")
+        if cfg["rounds"] < 1:
+            raise InputError(f"config key 'rounds' must be >= 1, got {cfg['rounds']}")
+        if cfg["mode"] == "metafusion" and ep["mfe"] > 0 and inner["updates"] > 0:
+            if inner["every"] < 1:
+                raise InputError(f"config key 'inner.every' must be >= 1, got {inner['every']}")
+            if ep["mfe"] < inner["every"]:
+                raise InputError(
+                    f"inner.every={inner['every']} > epochs.mfe={ep['mfe']}: the inner (meta) update of MFE would never "
+                    f"run; lower inner.every, raise epochs.mfe, or set inner.updates=0 to train without it"
+                )  # fmt: skip
+        if len(cfg["data"]["crop"]) != 2:
+            raise InputError(f"config key 'data.crop' must be [height, width], got {cfg['data']['crop']}")
+        return []
 
-class MetaFusionRecipe:
-    """Builds F, MFE, D, their optimizers and the stage list from a config dict (see configs/metafusion.yaml)."""
-
-    def __init__(self, cfg: dict, progress: bool = True) -> None:
-        self.cfg = cfg
-        dev = torch.device(cfg.get("device", "cpu"))
-        self.device = dev
+    def build(self) -> None:
+        cfg, dev = self.cfg, self.device
         self.F = MetaFusionNet(width=cfg["fusion"]["width"], colour=cfg["fusion"]["colour"]).to(dev)
         dcfg = cfg["detector"]
         w = dcfg.get("weights")
@@ -63,20 +91,29 @@ class MetaFusionRecipe:
         o = cfg["optim"]
         self.opt_f = torch.optim.Adam(self.F.parameters(), lr=o["lr_f"])
         self.opt_mfe = torch.optim.Adam(self.MFE.parameters(), lr=o["lr_mfe"])
-        self.opt_d = torch.optim.SGD(self.D.parameters(), lr=o["lr_det"], momentum=0.937, nesterov=True, weight_decay=5e-4)
-        d = cfg["data"]
-        self.pairs = load_pairs(d["train"])
-        self.batches = PairBatches(self.pairs, d["crop"], d["batch"], d.get("max_batches"), cfg.get("seed", 0))
-        self.meta_batches = PairBatches(self.pairs, d["crop"], d["batch"], None, cfg.get("seed", 0) + 1)
+        self.opt_d = detector_optimizer(self.D, o["lr_det"])
+        # the inner phase runs identically on every rank of a torchrun job (whole meta batches, no all-reduce)
+        self.step_f, self.step_mfe = OptimStep(self.opt_f), OptimStep(self.opt_mfe, sync=False)
+        self.step_d = OptimStep(self.opt_d, clip=DETECTOR_CLIP)
+        self.modules = {"F": self.F, "MFE": self.MFE, "D": self.D}
+        self.optimizers = {"F": self.opt_f, "MFE": self.opt_mfe, "D": self.opt_d}
+        self.load_data()
+
+    def load_data(self) -> None:
+        cfg, d = self.cfg, self.cfg["data"]
+        seed = cfg.get("seed", 0)
+        self.pairs = load_samples(d["train"])
+        crop = [RandomCrop(d["crop"])]
+        self.batches = BatchSource(self.pairs, d["batch"], crop, d.get("max_batches"), seed)
+        self.meta_batches = BatchSource(self.pairs, d["batch"], crop, None, seed, shard=False)
         needs_det = cfg["epochs"]["det"] > 0 or cfg["mode"] == "cofusion"  # CoFusion trains F on labelled pairs
-        self.det_pairs = load_pairs(d["detection"], with_boxes=True) if needs_det else []
-        self.det_batches = DetectionBatches(self.det_pairs, [d["det_crop"]] * 2, d["det_batch"], d.get("max_batches"),
-                                            cfg.get("seed", 0) + 2) if self.det_pairs else None  # fmt: skip
-        self.progress = progress
+        self.det_pairs = load_samples(d["detection"], with_boxes=True) if needs_det else []
+        self.det_batches = BatchSource(self.det_pairs, d["det_batch"], [RandomCrop(d["det_crop"])], d.get("max_batches"),
+                                       seed) if self.det_pairs else None  # fmt: skip
 
     # -- pieces -------------------------------------------------------------------------------------------------
-    def _dev(self, *xs):
-        return [x.to(self.device) for x in xs]
+    def _pair(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch["ir"].to(self.device), batch["vis"].to(self.device)
 
     def _lum(self, vis: torch.Tensor) -> torch.Tensor:
         return self.F.split(vis)[1]
@@ -87,65 +124,78 @@ class MetaFusionRecipe:
             return self.D.features(fused)
 
     # -- stage steps --------------------------------------------------------------------------------------------
-    def step_pretrain(self, batch, ctx) -> dict:
-        ir, vis = self._dev(*batch)
+    def step_pretrain(self, batch: dict, ctx) -> dict:
+        ir, vis = self._pair(batch)
         y, _, _ = self.F(ir, vis, with_features=True)
         loss, parts = self.loss_f(y, ir, self._lum(vis))
-        self.opt_f.zero_grad()
-        loss.backward()
-        self.opt_f.step()
+        self.step_f(loss)
         return {"L_f": float(loss.detach()), **parts}
 
-    def step_det(self, batch, ctx) -> dict:
-        ir, vis = self._dev(*batch[:2])
-        boxes = batch[2]
+    def step_det(self, batch: dict, ctx) -> dict:
+        ir, vis = self._pair(batch)
         with torch.no_grad():
             fused = self.F(ir, vis)
         self.D.train()
-        loss, parts = self.D.loss(fused, boxes)
-        self.opt_d.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.D.parameters(), 10.0)
-        self.opt_d.step()
+        loss, parts = self.D.loss(fused, batch["boxes"])
+        self.step_d(loss)
         return {"L_det": float(loss.detach()), **parts}
 
-    def step_outer(self, batch, ctx) -> dict:
-        ir, vis = self._dev(*batch)
+    def step_outer(self, batch: dict, ctx) -> dict:
+        ir, vis = self._pair(batch)
         y, fused, feats = self.F(ir, vis, with_features=True)
         lf, parts = self.loss_f(y, ir, self._lum(vis))
         fm, ft = self.MFE(feats, self.det_features(fused.detach()))
         lg = guide_loss(fm, ft)
-        loss = lf + self.cfg["lambda_g"] * lg
-        self.opt_f.zero_grad()
-        loss.backward(inputs=list(self.F.parameters()))
-        self.opt_f.step()
+        self.step_f(lf + self.cfg["lambda_g"] * lg, inputs=self.F.parameters())
         return {"L_f": float(lf.detach()), "L_g": float(lg.detach())}
 
-    def step_cofusion(self, batch, ctx) -> dict:
-        ir, vis, boxes = *self._dev(*batch[:2]), batch[2]
+    def step_cofusion(self, batch: dict, ctx) -> dict:
+        ir, vis = self._pair(batch)
         y, fused, _ = self.F(ir, vis, with_features=True)
         lf, _ = self.loss_f(y, ir, self._lum(vis))
         self.D.eval()
-        ld, _ = self.D.loss(fused, boxes)
-        loss = lf + self.cfg["lambda_d"] * ld
-        self.opt_f.zero_grad()
-        loss.backward(inputs=list(self.F.parameters()))
-        self.opt_f.step()
+        ld, _ = self.D.loss(fused, batch["boxes"])
+        self.step_f(lf + self.cfg["lambda_d"] * ld, inputs=self.F.parameters())
         return {"L_f": float(lf.detach()), "L_det": float(ld.detach())}
 
+    def inner_update(self, meta_train: dict, meta_test: dict, first_order: bool = False) -> float:
+        """One inner (meta) update of MFG/FT through the virtual step θ_F' (returns L_f on the meta-test batch).
+
+        θ_F' = θ_F − β_F' ∇_θF L_g is :func:`~ivfuse.engine.step.virtual_step` (kept in the graph); L_f of F(θ_F')
+        reaches MFE only through θ_F'. ``first_order=True`` cuts that second-order path — then MFE receives no
+        gradient, which the tests use to show that the update really flows through θ_F'.
+        """
+        ir1, vis1 = self._pair(meta_train)
+        ir2, vis2 = self._pair(meta_test)
+        _, fused1, feats1 = self.F(ir1, vis1, with_features=True)
+        fm, ft = self.MFE(feats1, self.det_features(fused1.detach()))
+        virtual = virtual_step(self.F, guide_loss(fm, ft), self.cfg["optim"]["lr_inner"], first_order=first_order)
+        y2, _, _ = call_with(self.F, virtual, ir2, vis2, with_features=True)
+        lf, _ = self.loss_f(y2, ir2, self._lum(vis2))
+        params = list(self.MFE.parameters())
+        grads = torch.autograd.grad(lf, params, allow_unused=True)
+        self.step_mfe.step_with_grads(dict(zip(params, grads)))
+        return float(lf.detach())
+
     def inner_phase(self, epoch: int, ctx) -> dict:
+        """n inner updates every N epochs; meta-train/meta-test batches are consecutive batches of passes over the
+        pairs drawn for (stage, epoch), so they are reproducible and resume exactly."""
         inner = self.cfg["inner"]
-        if epoch % inner["every"] != 0:
+        if inner["updates"] <= 0 or epoch % inner["every"] != 0:
             return {}
+        key, k = f"{ctx.get('stage', 'mfe')}/inner/{epoch}", 0
+        it = self.meta_batches.epoch(k, key)
         vals = []
-        it = iter(self.meta_batches())
         for _ in range(inner["updates"]):
-            try:
-                b1, b2 = next(it), next(it)
-            except StopIteration:
-                it = iter(self.meta_batches())
-                b1, b2 = next(it), next(it)
-            vals.append(inner_update(self, b1, b2))
+            pair = []
+            while len(pair) < 2:
+                b = next(it, None)
+                if b is None:
+                    k += 1
+                    it = self.meta_batches.epoch(k, key)
+                    continue
+                pair.append(b)
+            vals.append(self.inner_update(pair[0], pair[1]))
         return {"L_f_meta": sum(vals) / len(vals)}
 
     # -- stage list ---------------------------------------------------------------------------------------------
@@ -153,10 +203,6 @@ class MetaFusionRecipe:
         c, ep = self.cfg, self.cfg["epochs"]
         st = [Stage("pretrain_f", ep["pretrain"], self.batches, self.step_pretrain)]
         mode = c["mode"]
-        if mode not in ("metafusion", "sofusion", "cofusion"):
-            from ..errors import suggest
-
-            raise suggest(mode, ["metafusion", "sofusion", "cofusion"], "MetaFusion mode")
         rounds = 1 if mode == "sofusion" else c["rounds"]
         for r in range(1, rounds + 1):
             if self.det_batches is not None and ep["det"] > 0:
@@ -175,89 +221,23 @@ class MetaFusionRecipe:
 
         return fn
 
+    # -- end of training ----------------------------------------------------------------------------------------
+    def validate(self) -> dict:
+        return validate_fusion(self.F, self.cfg.get("val") or {}, self.device)
 
-def inner_update(rec: MetaFusionRecipe, meta_train, meta_test, first_order: bool = False) -> float:
-    """One inner (meta) update of MFG/FT through the virtual step θ_F' (returns L_f on the meta-test batch).
-
-    ``first_order=True`` cuts the second-order path (θ_F' detached from MFE) — then MFE receives no gradient,
-    which the tests use to show that the update really flows through θ_F'.
-    """
-    F_, mfe = rec.F, rec.MFE
-    ir1, vis1 = rec._dev(*meta_train)
-    ir2, vis2 = rec._dev(*meta_test)
-    params = dict(F_.named_parameters())
-    _, fused1, feats1 = functional_call(F_, params, (ir1, vis1), {"with_features": True})
-    fm, ft = mfe(feats1, rec.det_features(fused1.detach()))
-    lg = guide_loss(fm, ft)
-    names = list(params)
-    grads = torch.autograd.grad(lg, [params[n] for n in names], create_graph=not first_order, allow_unused=True)
-    beta = rec.cfg["optim"]["lr_inner"]
-    virtual = {}
-    for n, g in zip(names, grads):
-        if g is None:
-            virtual[n] = params[n]
-        else:
-            virtual[n] = params[n] - beta * (g.detach() if first_order else g)
-    y2, _, _ = functional_call(F_, virtual, (ir2, vis2), {"with_features": True})
-    lf, _ = rec.loss_f(y2, ir2, rec._lum(vis2))
-    rec.opt_mfe.zero_grad()
-    mfe_params = [p for p in mfe.parameters()]
-    g_mfe = torch.autograd.grad(lf, mfe_params, allow_unused=True)
-    for p, g in zip(mfe_params, g_mfe):
-        p.grad = torch.zeros_like(p) if g is None else g
-    rec.opt_mfe.step()
-    return float(lf.detach())
-
-
-def _validate(rec: MetaFusionRecipe) -> dict:
-    from ..data import load_dataset
-    from ..metrics import compute_metrics
-
-    v = rec.cfg.get("val") or {}
-    if not v:
-        return {}
-    ds = load_dataset(v["name"], split=v.get("split", "all"))
-    names = ["en", "sd", "sf", "ag", "mi", "scd", "vif", "qabf"]
-    acc = {n: 0.0 for n in names}
-    k = min(len(ds), v.get("max", len(ds)))
-    rec.F.eval()
-    with torch.no_grad():
-        for i in range(k):
-            s = ds[i]
-            fused = rec.F(s["ir"][None].to(rec.device), s["vis"][None].to(rec.device))[0].cpu()
-            for n, val in compute_metrics(fused, s["ir"], s["vis"], names).items():
-                acc[n] += val / k
-    return {f"val_{n}": x for n, x in acc.items()}
-
-
-def _finite(x):
-    """NaN/inf -> None so that summaries are strict JSON."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
-def train_metafusion(cfg: dict, out: str | Path, export: str | Path | None = None, progress: bool = True) -> dict:
-    """Run Algorithm 1 (or an ablation) with ``cfg``; writes ``out/last.pt``, ``out/final.pt`` (F, MFE, D states,
-    config, metrics) and optionally a safetensors export of F. Resumes from ``out/last.pt`` if present."""
-    rec = MetaFusionRecipe(cfg, progress)
-    tr = Trainer(out, {"F": rec.F, "MFE": rec.MFE, "D": rec.D},
-                 {"F": rec.opt_f, "MFE": rec.opt_mfe, "D": rec.opt_d}, cfg, progress, cfg.get("seed", 0))  # fmt: skip
-    metrics = tr.run(rec.stages())
-    val = _validate(rec)
-    metrics["val"] = val
-    tr.metrics = metrics
-    tr.save("final.pt")
-    summary = {"metrics": metrics, "timings_s": tr.timings,
-               "epoch_s": {k: tr.timings[k] / max(1, tr.done.get(k, 1)) for k in tr.timings}}  # fmt: skip
-    (Path(out) / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
-    if export:
+    def export(self, path: str | Path) -> Path:
+        cfg = self.cfg
         meta = {"config": json.dumps({"width": cfg["fusion"]["width"], "colour": cfg["fusion"]["colour"], "blocks": 3}),
                 "training": json.dumps({"mode": cfg["mode"], "levels": cfg["levels"], "data": cfg["data"]["train"],
                                         "detection_data": cfg["data"]["detection"], "detector": cfg["detector"],
-                                        "epochs": cfg["epochs"], "rounds": cfg["rounds"], "loss": cfg["loss"]}),
-                "metrics": json.dumps(_finite(val))}  # fmt: skip
-        export_safetensors(export, rec.F.state_dict(), meta)
-    return summary
+                                        "epochs": cfg["epochs"], "rounds": cfg["rounds"], "loss": cfg["loss"],
+                                        "seed": cfg.get("seed", 0)}),
+                "metrics": json.dumps(strict_json(self.trainer.metrics.get("val", {}) if self.trainer else {}))}  # fmt: skip
+        return export_safetensors(path, self.F.state_dict(), meta)
+
+
+def train_metafusion(cfg: dict, out: str | Path, export: str | Path | None = None, progress: bool = True,
+                     resume: str = "auto") -> dict:  # fmt: skip
+    """``ivfuse.engine.train("metafusion", ...)``: Algorithm 1 (or an ablation) with ``cfg``; writes ``out/last.pt``,
+    ``out/final.pt`` (F, MFE, D states, config, metrics), ``summary.json`` and optionally a safetensors export of F."""
+    return train("metafusion", cfg, out, export, progress, resume)

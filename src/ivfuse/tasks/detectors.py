@@ -23,13 +23,16 @@ import torch
 from torch import nn
 
 from ..data.labels import Boxes
-from ..engine.checkpoint import save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..errors import InputError
 from ..registry import Registry
 from ..weights import weights_path
 from .yolov5 import COCO_NAMES, Detections, YOLOv5, YOLOv5Loss, yolov5_config
 
-__all__ = ["DETECTORS", "create_detector", "list_detectors", "YOLOv5Detector", "FasterRCNNDetector"]
+__all__ = [
+    "DETECTORS", "create_detector", "list_detectors", "detector_optimizer", "DETECTOR_SGD", "DETECTOR_CLIP",
+    "YOLOv5Detector", "FasterRCNNDetector",
+]  # fmt: skip
 
 DETECTORS: Registry = Registry("detector")
 
@@ -211,3 +214,20 @@ def create_detector(name: str, **kwargs) -> nn.Module:
 
 def list_detectors() -> list[str]:
     return DETECTORS.names()
+
+
+#: YOLOv5's fine-tuning optimiser (``hyp.scratch-low.yaml``): SGD, momentum 0.937, Nesterov, weight decay 5e-4 on
+#: weights only (biases and normalisation parameters are not decayed). Every detector fine-tuning uses this.
+DETECTOR_SGD = {"momentum": 0.937, "nesterov": True, "weight_decay": 5e-4}
+#: Max gradient norm of every detector fine-tuning step (YOLOv5's train.py clips at 10).
+DETECTOR_CLIP = 10.0
+
+
+def detector_optimizer(detector: nn.Module, lr: float) -> torch.optim.SGD:
+    """:data:`DETECTOR_SGD` over ``detector``'s trainable parameters, split into decay (ndim > 1) / no-decay groups."""
+    params = [p for p in detector.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": DETECTOR_SGD["weight_decay"]},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=lr, momentum=DETECTOR_SGD["momentum"], nesterov=DETECTOR_SGD["nesterov"])  # fmt: skip

@@ -11,7 +11,6 @@ Segmentation: images matched to class-id mask PNGs; per-class IoU / mIoU from th
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import read_vis
-from ..data.labels import Boxes, read_coco, read_mask, read_voc, read_yolo
+from ..data.labels import UNION_IOU, Boxes, merge_boxes, read_coco, read_mask, read_voc, read_yolo
 from ..data.pairing import list_images
-from ..errors import InputError
+from ..errors import InputError, warn
 from .evaluation import confusion_matrix, detection_map, segmentation_iou
 
 __all__ = [
@@ -52,10 +51,52 @@ def _read_class_names(labels: Path) -> tuple[str, ...] | None:
     return None
 
 
+def _names(keys: Sequence[str], limit: int = 5) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _label_stems(source: Path, coco: dict | None) -> set[str]:
+    """Stems of the per-image label files of a YOLO/VOC folder (``classes.txt`` excluded), or of a COCO file's images."""
+    if coco is not None:
+        return set(coco)
+    return {f.stem for f in source.iterdir() if f.is_file() and f.suffix.lower() in (".txt", ".xml")
+            and f.name != "classes.txt" and not f.name.startswith(".")}  # fmt: skip
+
+
+def _check_label_match(images: str | Path, source: Path, n_images: int, stems: set[str], keys: set[str]) -> None:
+    """Error when no label file of ``source`` names an image; warn about images without labels and vice versa."""
+    if not stems & keys:
+        if not stems:
+            subs = sorted(d.name for d in source.iterdir() if d.is_dir()) if source.is_dir() else []
+            hint = f" (it has the sub-folders {', '.join(subs)}: pass one of them)" if subs else ""
+            raise InputError(f"{source}: no label files (.txt/.xml) found{hint}")
+        raise InputError(
+            f"{source}: none of its {len(stems)} label files matches an image in {images} (matched by file stem; "
+            f"labels e.g. {_names(stems, 3)}, images e.g. {_names(keys, 3)})"
+        )
+    no_label, no_image = keys - stems, stems - keys
+    if no_label:
+        warn(f"{source}: {len(no_label)} of {n_images} images have no label file and count as images without "
+             f"objects: {_names(no_label)}")  # fmt: skip
+    if no_image:
+        warn(f"{source}: {len(no_image)} of {len(stems)} label files have no image in {images}: {_names(no_image)}")
+
+
 def load_detection_set(
-    images: str | Path, labels: str | Path | Sequence[str | Path], class_names: Sequence[str] | None = None
+    images: str | Path, labels: str | Path | Sequence[str | Path], class_names: Sequence[str] | None = None,
+    *, merge_iou: float | None = UNION_IOU,
 ) -> DetectionSet:
-    """Read a folder of images and one or more label sources (YOLO dirs, VOC dirs, or COCO json files)."""
+    """Read a folder of images and one or more label sources (YOLO dirs, VOC dirs, or COCO json files).
+
+    Images and label files are matched by file stem. A label source none of whose files names an image is an
+    :class:`InputError` (a wrong folder would otherwise score mAP 0); images without a label file (counted as
+    images without objects) and label files without an image are reported as :class:`IvfuseWarning`.
+
+    Several sources are joined in order: a box of a later source with the class of a box already present and an
+    IoU above ``merge_iou`` is the same object annotated twice and is dropped, the earlier box kept
+    (:func:`~ivfuse.data.labels.merge_boxes`; ``None`` keeps every box).
+    """
     from PIL import Image
 
     imgs = list_images(images)
@@ -65,16 +106,20 @@ def load_detection_set(
     for s in sources:
         if not s.exists():
             raise InputError(f"{s}: label folder/file not found")
+        if s.is_file() and s.suffix.lower() != ".json":
+            raise InputError(f"{s}: labels must be a folder of YOLO .txt / VOC .xml files or a COCO .json file")
     names = tuple(class_names) if class_names else None
     if names is None:
         for s in sources:
             names = names or (_read_class_names(s) if s.is_dir() else None)
     coco = {}
     for s in sources:
-        if s.is_file() and s.suffix == ".json":
+        if s.is_file():
             boxes_by, cn = read_coco(s)
             coco[s] = boxes_by
             names = names or cn
+    for s in sources:
+        _check_label_match(images, s, len(imgs), _label_stems(s, coco.get(s)), set(imgs))
     if names is None:
         raise InputError(f"{sources[0]}: no classes.txt beside the labels; pass the class names (--names a,b,c)")
     keys = sorted(imgs)
@@ -82,16 +127,16 @@ def load_detection_set(
     for k in keys:
         with Image.open(imgs[k]) as im:
             w, h = im.size
-        b = Boxes.empty(names)
+        b = None
         for s in sources:
             if s in coco:
                 part = coco[s].get(k, Boxes.empty(names))
-                part = Boxes(part.xyxy, part.labels, names)
+                part = Boxes(part.xyxy, part.labels, names, part.difficult)
             elif (s / f"{k}.xml").is_file():
                 part = read_voc(s / f"{k}.xml", names)
             else:
                 part = read_yolo(s / f"{k}.txt", w, h, names)
-            b = b.union(part)
+            b = part if b is None else merge_boxes(b, part, merge_iou)
         all_boxes.append(b)
     return DetectionSet(keys, [imgs[k] for k in keys], all_boxes, names)
 
@@ -158,58 +203,53 @@ def finetune_detector(
     progress: bool = True,
     log: Callable[[dict], None] | None = None,
 ) -> list[float]:
-    """Fine-tune ``detector`` on ``data`` (SGD, momentum 0.937, weight decay 5e-4, horizontal flips, linear
-    warm-up over the first epoch). Returns the mean loss of each epoch."""
-    from tqdm.auto import tqdm
+    """Fine-tune ``detector`` on ``data`` (:func:`~ivfuse.tasks.detectors.detector_optimizer`: SGD, momentum 0.937,
+    Nesterov, weight decay 5e-4 on weights; gradient norm clipped at 10; horizontal flips; linear warm-up over the
+    first epoch) on the engine's :class:`~ivfuse.engine.Trainer`. Returns the mean loss of each epoch.
+
+    Bitwise reproducible on CPU from ``seed`` and the detector's initial weights: data order and flips come from
+    generators seeded with ``(seed, epoch)``, and the global torch generator (used by Faster R-CNN's proposal
+    sampling) is seeded with ``seed`` for the duration and restored afterwards.
+    """
+    from ..engine import BatchSource, OptimStep, RandomFlip, Stage, Trainer
+    from .detectors import DETECTOR_CLIP, detector_optimizer
 
     mapping = mapping if mapping is not None else class_mapping(data.class_names, detector.class_names)
     names = detector.class_names
-    imgs = [read_vis(p) for p in data.paths]
-    gts = [b.remap(mapping, names) for b in data.boxes]
-    decay = [p for n, p in detector.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in detector.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=lr, momentum=0.937, nesterov=True)  # fmt: skip
-    rng = random.Random(seed)
-    n_batches = math.ceil(len(imgs) / batch_size)
-    history = []
-    detector.train()
+    samples = [{"name": n, "vis": read_vis(p), "boxes": b.remap(mapping, names)}
+               for n, p, b in zip(data.names, data.paths, data.boxes)]  # fmt: skip
+
+    def collate(items: list[dict]) -> dict:
+        batch, boxes = letterbox_batch([s["vis"] for s in items], [s["boxes"] for s in items], imgsz)
+        return {"vis": batch, "boxes": boxes, "name": [s["name"] for s in items]}
+
+    source = BatchSource(samples, batch_size, [RandomFlip(0.5)], seed=seed, drop_last=False, collate_fn=collate)
+    opt = detector_optimizer(detector, lr)
+    step = OptimStep(opt, clip=DETECTOR_CLIP)
+    n_batches = len(source)
     dev = next(detector.parameters()).device
-    step = 0
-    for ep in range(epochs):
-        order = list(range(len(imgs)))
-        rng.shuffle(order)
-        tot = 0.0
-        bar = tqdm(range(n_batches), desc=f"finetune {ep + 1}/{epochs}", disable=not progress)
-        for bi in bar:
-            idx = order[bi * batch_size : (bi + 1) * batch_size]
-            ims, bxs = [], []
-            for i in idx:
-                im, b = imgs[i], gts[i]
-                if rng.random() < 0.5:
-                    w = im.shape[-1]
-                    im = im.flip(-1)
-                    b = Boxes(torch.stack([w - b.xyxy[:, 2], b.xyxy[:, 1], w - b.xyxy[:, 0], b.xyxy[:, 3]], 1), b.labels, b.names)
-                ims.append(im)
-                bxs.append(b)
-            batch, bxs = letterbox_batch(ims, bxs, imgsz)
-            batch = batch.to(dev)
-            warm = min(1.0, (step + 1) / max(1, n_batches))
-            for g in opt.param_groups:
-                g["lr"] = lr * warm
-            loss, parts = detector.loss(batch, bxs)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(detector.parameters(), 10.0)
-            opt.step()
-            step += 1
-            tot += float(loss.detach())
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        history.append(tot / n_batches)
-        if log:
-            log({"epoch": ep + 1, "loss": history[-1]})
-    detector.eval()
-    return history
+
+    def train_step(batch: dict, ctx: dict) -> dict:
+        warm = min(1.0, (ctx["epoch"] * n_batches + ctx["batch"] + 1) / max(1, n_batches))
+        for g in opt.param_groups:
+            g["lr"] = lr * warm
+        loss, _ = detector.loss(batch["vis"].to(dev), batch["boxes"])
+        step(loss)
+        return {"loss": float(loss.detach())}
+
+    def epoch_end(epoch: int, ctx: dict) -> None:
+        log({"epoch": epoch, "loss": ctx["epoch_metrics"]["loss"]})
+
+    cfg = {"task": "detection", "epochs": epochs, "batch_size": batch_size, "lr": lr, "imgsz": imgsz, "seed": seed}
+    tr = Trainer(None, {"detector": detector}, {"sgd": opt}, cfg, progress)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        detector.train()
+        try:
+            tr.run([Stage("finetune", epochs, source, train_step, on_epoch_end=epoch_end if log else None)])
+        finally:
+            detector.eval()
+    return [h["loss"] for h in tr.history.get("finetune", [])]
 
 
 # ------------------------------------------------------------------------------------------------ segmentation
@@ -222,10 +262,20 @@ class SegmentationSet:
 
 
 def load_segmentation_set(images: str | Path, masks: str | Path) -> SegmentationSet:
+    """Images matched by file stem to class-id mask images. Every image needs a mask (an error names the ones
+    without); masks without an image are reported as :class:`IvfuseWarning`; no match at all is an error."""
     imgs, ms = list_images(images), list_images(masks)
+    if not imgs:
+        raise InputError(f"{images}: no images found")
+    if not set(imgs) & set(ms):
+        raise InputError(f"{masks}: none of its {len(ms)} mask images matches an image in {images} (matched by file "
+                         f"stem; masks e.g. {_names(ms, 3) or 'none'}, images e.g. {_names(imgs, 3)})")  # fmt: skip
     missing = sorted(set(imgs) - set(ms))
     if missing:
-        raise InputError(f"{masks}: no mask for {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+        raise InputError(f"{masks}: no mask for {len(missing)} of {len(imgs)} images in {images}: {_names(missing, 8)}")
+    extra = set(ms) - set(imgs)
+    if extra:
+        warn(f"{masks}: {len(extra)} of {len(ms)} masks have no image in {images}: {_names(extra)}")
     keys = sorted(imgs)
     return SegmentationSet(keys, [imgs[k] for k in keys], [ms[k] for k in keys])
 
@@ -251,32 +301,31 @@ def evaluate_segmenter(segmenter, data: SegmentationSet, num_classes: int, class
 
 def finetune_segmenter(segmenter, data: SegmentationSet, epochs: int = 5, batch_size: int = 2, lr: float = 1e-3,
                        crop: int | None = 256, ignore_index: int = 255, seed: int = 0, progress: bool = True) -> list[float]:  # fmt: skip
-    """Cross-entropy training on class-id masks (Adam, random crops and flips). Returns epoch mean losses."""
-    from tqdm.auto import tqdm
-
-    from ..data.transforms import train_transform
+    """Cross-entropy training on class-id masks (Adam, random crops and flips) on the engine's
+    :class:`~ivfuse.engine.Trainer`. Returns epoch mean losses; bitwise reproducible on CPU from ``seed`` and the
+    initial weights (see :func:`finetune_detector`)."""
+    from ..engine import BatchSource, OptimStep, RandomCrop, RandomFlip, Stage, Trainer
     from .segmenters import segmentation_loss
 
-    torch.manual_seed(seed)
-    tf = train_transform(crop=crop, flip=True) if crop else train_transform(crop=None, flip=True)
-    samples = [{"ir": read_vis(i)[:1], "vis": read_vis(i), "mask": read_mask(m), "boxes": None} for i, m in zip(data.images, data.masks)]
+    samples = [{"name": n, "vis": read_vis(i), "mask": read_mask(m)} for n, i, m in zip(data.names, data.images, data.masks)]
+    tfs = ([RandomCrop(crop, ignore_index=ignore_index)] if crop else []) + [RandomFlip(0.5)]
+    source = BatchSource(samples, batch_size, tfs, seed=seed, drop_last=False)
     opt = torch.optim.Adam([p for p in segmenter.parameters() if p.requires_grad], lr=lr)
-    segmenter.train()
+    step = OptimStep(opt)
     dev = next(segmenter.parameters()).device
-    hist = []
-    for ep in range(epochs):
-        perm = torch.randperm(len(samples)).tolist()
-        tot, nb = 0.0, 0
-        for b in tqdm(range(0, len(perm), batch_size), desc=f"seg {ep + 1}/{epochs}", disable=not progress):
-            batch = [tf(samples[i]) for i in perm[b : b + batch_size]]
-            x = torch.stack([s["vis"] for s in batch]).to(dev)
-            y = torch.stack([s["mask"] for s in batch]).to(dev)
-            loss = segmentation_loss(segmenter(x), y, ignore_index)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach())
-            nb += 1
-        hist.append(tot / max(nb, 1))
-    segmenter.eval()
-    return hist
+
+    def train_step(batch: dict, ctx: dict) -> dict:
+        loss = segmentation_loss(segmenter(batch["vis"].to(dev)), batch["mask"].to(dev), ignore_index)
+        step(loss)
+        return {"loss": float(loss.detach())}
+
+    cfg = {"task": "segmentation", "epochs": epochs, "batch_size": batch_size, "lr": lr, "crop": crop, "seed": seed}
+    tr = Trainer(None, {"segmenter": segmenter}, {"adam": opt}, cfg, progress)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        segmenter.train()
+        try:
+            tr.run([Stage("finetune", epochs, source, train_step)])
+        finally:
+            segmenter.eval()
+    return [h["loss"] for h in tr.history.get("finetune", [])]

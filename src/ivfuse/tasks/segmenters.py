@@ -24,8 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..registry import Registry
 
-__all__ = ["ESPNetv2Seg", "DeepLabV3Plus", "CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "segmentation_loss"]
+__all__ = [
+    "ESPNetv2Seg", "DeepLabV3Plus", "CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "segmentation_loss",
+    "SEGMENTERS", "create_segmenter", "list_segmenters",
+]  # fmt: skip
 
 CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -365,3 +369,54 @@ class DeepLabV3Plus(nn.Module):
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self(x).argmax(1)
+
+
+# ----------------------------------------------------------------------------------------------- registry
+SEGMENTERS: Registry = Registry("segmenter")
+
+
+@SEGMENTERS.register("espnetv2")
+def _espnetv2(weights: str | os.PathLike | None = None, num_classes: int | None = None,
+              class_names: Sequence[str] | None = None, s: float = 2.0) -> ESPNetv2Seg:  # fmt: skip
+    """ESPNetv2 (EdgeNets); default weights: the Cityscapes checkpoint (shared weights folder or EdgeNets download).
+    ``weights=None`` with ``num_classes`` builds an untrained network."""
+    if weights is None and num_classes:
+        return ESPNetv2Seg(num_classes, s=s, class_names=class_names)
+    from ..weights import weights_path
+
+    return ESPNetv2Seg.from_checkpoint(weights_path("espnetv2_city", None if weights in (None, "default") else weights), s=s)
+
+
+@SEGMENTERS.register("deeplabv3plus")
+def _deeplabv3plus(weights: str | os.PathLike | None = None, num_classes: int | None = None,
+                   class_names: Sequence[str] | None = None, backbone: str = "resnet50") -> DeepLabV3Plus:  # fmt: skip
+    """DeepLabV3+ with a timm backbone; ``weights`` = a state dict saved from this class (no public default)."""
+    k = num_classes or (len(class_names) if class_names else None)
+    if not k:
+        raise InputError("deeplabv3plus needs the number of classes (--num-classes) or their names (--names)")
+    m = DeepLabV3Plus(k, backbone, class_names=class_names)
+    if weights not in (None, "default"):
+        p = Path(weights)
+        if not p.is_file():
+            raise InputError(f"{p}: DeepLabV3+ weights file not found")
+        try:
+            res = m.load_state_dict(torch.load(p, map_location="cpu", weights_only=True), strict=False)
+        except RuntimeError as e:
+            raise InputError(f"{p}: does not fit deeplabv3plus/{backbone} with {k} classes ({str(e).splitlines()[1].strip()})") from None
+        if res.missing_keys:
+            raise InputError(f"{p}: {len(res.missing_keys)} keys missing (e.g. {res.missing_keys[0]})")
+    return m
+
+
+def create_segmenter(name: str, **kwargs) -> nn.Module:
+    """Create a registered segmenter (``espnetv2``, ``deeplabv3plus``); keyword options as the factories take them
+    (``weights``, ``num_classes``, ``class_names``, ``backbone``). Returned in eval mode."""
+    factory = SEGMENTERS.get(name)
+    try:
+        return factory(**kwargs).eval()
+    except TypeError as e:
+        raise InputError(f"segmenter '{name}': {e}") from None
+
+
+def list_segmenters() -> list[str]:
+    return SEGMENTERS.names()
