@@ -55,6 +55,49 @@ WEIGHTS = {
             "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
             "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
         ),
+        # peers: VIF-Benchmark collection copy ycc568/my-seafusion, pinned commit (same bytes as ../shared/weights/peers)
+        WeightsInfo(
+            "seafusion", "peers/SeAFusion_SeAFusion.pth",
+            "SeAFusion fusion network (Tang et al. 2022), official state dict",
+            "https://github.com/ycc568/my-seafusion/raw/cff58e5c005f5b189010b5de5f5869277852dfa8/Checkpoint/SeAFusion/SeAFusion.pth",
+            "8d65a7f9a50f36349803368cf9920f40420776995e7e8cc8a56d8d30e499431d",
+        ),
+        WeightsInfo(
+            "tardal", "peers/TarDAL_tardal.pt",
+            "TarDAL generator, variant tardal (Liu et al. 2022), official state dict",
+            "https://github.com/ycc568/my-seafusion/raw/cff58e5c005f5b189010b5de5f5869277852dfa8/Checkpoint/TarDAL/tardal.pt",
+            "e0fa61e25cffa9fb14ff17b47ea7ba237a6e8c6f37e1b9b115d63354ff0f13e1",
+        ),
+        WeightsInfo(
+            "tardal+", "peers/TarDAL_tardal+.pt",
+            "TarDAL generator, variant tardal+ (Liu et al. 2022), official state dict",
+            "https://github.com/ycc568/my-seafusion/raw/cff58e5c005f5b189010b5de5f5869277852dfa8/Checkpoint/TarDAL/tardal%2B.pt",
+            "cff3756548b511e3e415616debc557cdc85b3bb19393ca158cac8d08f232897c",
+        ),
+        WeightsInfo(
+            "tardal++", "peers/TarDAL_tardal++.pt",
+            "TarDAL generator, variant tardal++ (Liu et al. 2022), official state dict",
+            "https://github.com/ycc568/my-seafusion/raw/cff58e5c005f5b189010b5de5f5869277852dfa8/Checkpoint/TarDAL/tardal%2B%2B.pt",
+            "7009d125e36db043d6918d9358e10c6dca7fdf2dd08ada09c5ecd294f45f98c5",
+        ),
+        WeightsInfo(
+            "ifcnn_max", "peers/IFCNN_IFCNN-MAX.pth",
+            "IFCNN-MAX (Zhang et al. 2020) incl. frozen ResNet-101 conv1, official state dict",
+            "https://github.com/ycc568/my-seafusion/raw/cff58e5c005f5b189010b5de5f5869277852dfa8/Checkpoint/IFCNN/IFCNN-MAX.pth",
+            "6022b44c88a2f0367ba9b08fcdf0d663745d9a966fca0ee1f41867797b6ff53f",
+        ),
+        WeightsInfo(
+            "didfuse_encoder", "peers/DIDFuse_Encoder.pkl",
+            "DIDFuse encoder (Zhao et al. 2020), official {'weight', 'epoch'}",
+            "https://github.com/ycc568/my-seafusion/raw/cff58e5c005f5b189010b5de5f5869277852dfa8/Checkpoint/DIDFuse/Encoder.pkl",
+            "4d84a4e64e58469d3d4591f83c6683ead3e422498519db99bb617cb29d268471",
+        ),
+        WeightsInfo(
+            "didfuse_decoder", "peers/DIDFuse_Decoder.pkl",
+            "DIDFuse decoder (Zhao et al. 2020), official {'weight', 'epoch'}",
+            "https://github.com/ycc568/my-seafusion/raw/cff58e5c005f5b189010b5de5f5869277852dfa8/Checkpoint/DIDFuse/Decoder.pkl",
+            "c6974e2a7c66ab579a77bacb086023237a229e769d459783bad8ff43e52e9986",
+        ),
     ]
 }  # fmt: skip
 
@@ -73,4 +116,4 @@ def weights_path(name: str, local: str | Path | None = None) -> Path:
         raise InputError(
             f"weights '{name}' ({info.filename}) not found in {shared.parent} and no download URL is known; pass the file path"
         )
-    return resolve_file(None, url=info.url, sha256=info.sha256, filename=info.filename)
+    return resolve_file(None, url=info.url, sha256=info.sha256, filename=Path(info.filename).name)

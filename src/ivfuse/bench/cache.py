@@ -1,0 +1,102 @@
+"""Cache of the bench: fused images and per-method/per-protocol results, keyed so that a rerun reuses them.
+
+Keys:
+
+* a **method key** ``<name>-<12 hex>``: the hash covers the method name, its options, the SHA-256 of its
+  state dict (every parameter and buffer, in key order) and the SHA-256 of the source file defining its class.
+  Learned methods therefore change key when their weights change, whichever file they came from;
+  parameter-free (classical) methods hash name + options (+ source file) only.
+* a **data key** ``<dataset>-<split>-<8 hex>``: the hash covers the resolved root folder, the split, the IR
+  normalisation and the sorted list of pair names (so ``limit=`` subsets never collide with full runs).
+
+Layout under ``<out>/cache``::
+
+    fused/<data key>/<method key>/<stem>.png          one file per pair, written atomically
+    results/<protocol>/<data key>/<method key>[-<extra>].json
+
+A fused image or a result file that exists is reused; everything else is computed. Delete a folder to force
+a recomputation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..utils import atomic_write_text
+
+__all__ = ["state_hash", "method_key", "data_key", "BenchCache", "short_hash"]
+
+
+def short_hash(obj: Any, n: int = 12) -> str:
+    """Stable hex digest of a JSON-serialisable object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def state_hash(module: torch.nn.Module) -> str | None:
+    """SHA-256 of a module's state dict (names, dtypes, shapes and bytes, in key order); ``None`` if it has none."""
+    sd = module.state_dict()
+    if not sd:
+        return None
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def code_hash(module: torch.nn.Module) -> str | None:
+    """SHA-256 of the source file that defines the module's class (a code change must not reuse stale images)."""
+    try:
+        src = inspect.getsourcefile(type(module))
+    except TypeError:
+        return None
+    return hashlib.sha256(Path(src).read_bytes()).hexdigest() if src and Path(src).is_file() else None
+
+
+def method_key(name: str, options: dict | None, module: torch.nn.Module | None) -> tuple[str, dict]:
+    """``(key, identity)``: the folder-safe key and the dict it hashes (kept in the results for provenance)."""
+    ident = {"method": name, "options": options or {}, "weights_sha256": state_hash(module) if module is not None else None,
+             "code_sha256": code_hash(module) if module is not None else None}  # fmt: skip
+    return f"{name}-{short_hash(ident)}", ident
+
+
+def data_key(dataset: str, split: str, root: str | Path, names: list[str], ir_norm: str) -> str:
+    return f"{dataset}-{split}-{short_hash([str(Path(root).resolve()), split, ir_norm, sorted(names)], 8)}"
+
+
+class BenchCache:
+    """JSON results and fused-image folders under ``root`` (``<out>/cache``)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    def fused_dir(self, dkey: str, mkey: str) -> Path:
+        return self.root / "fused" / dkey / mkey
+
+    def result_path(self, protocol: str, dkey: str, mkey: str, extra: str = "") -> Path:
+        return self.root / "results" / protocol / dkey / (mkey + (f"-{extra}" if extra else "") + ".json")
+
+    def get(self, protocol: str, dkey: str, mkey: str, extra: str = "") -> dict | None:
+        p = self.result_path(protocol, dkey, mkey, extra)
+        if p.is_file():
+            try:
+                out = json.loads(p.read_text())
+            except json.JSONDecodeError:  # a torn file cannot happen with atomic writes, but be safe
+                return None
+            self.hits += 1
+            return out
+        return None
+
+    def put(self, protocol: str, dkey: str, mkey: str, value: dict, extra: str = "") -> dict:
+        self.misses += 1
+        atomic_write_text(self.result_path(protocol, dkey, mkey, extra), json.dumps(value, indent=1) + "\n")
+        return value

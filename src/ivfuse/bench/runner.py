@@ -1,0 +1,248 @@
+"""``run_bench``: every method x dataset x protocol, cached, then results files and the HTML report."""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..metrics import DEFAULT_METRICS, create_metric
+from .cache import BenchCache, data_key, method_key, short_hash, state_hash
+from .recipes import LABEL_SETS, PRESETS, PROTOCOLS
+from .protocols import (
+    REFERENCES, build_method, detection_set, fuse_split, open_dataset, parse_data,
+    run_fusion, run_retrain, run_seg, run_speed, run_zero,
+)  # fmt: skip
+
+__all__ = ["run_bench", "LABEL_SETS"]
+
+def _split_list(v: str | Sequence[str] | None) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        v = v.split(",")
+    return [x.strip() for x in v if x and x.strip()]
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    vals = [v for v in vals if v is not None and math.isfinite(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan)  # no spread from one seed
+
+
+def _aggregate_seeds(runs: list[dict], keys=("mAP50", "mAP50_95")) -> dict:
+    out: dict = {"seeds": runs, "n_seeds": len(runs)}
+    for k in keys:
+        out[k], out[k + "_std"] = _mean_std([r[k] for r in runs])
+    if runs and "mAP50" in keys:
+        out["per_class_AP50"] = {c: _mean_std([r["per_class"][c]["AP50"] for r in runs])[0] for c in runs[0]["per_class"]}
+    elif runs and "mIoU" in keys:
+        out["per_class_IoU"] = {c: _mean_std([r["per_class"][c] for r in runs])[0] for c in runs[0]["per_class"]}
+    return out
+
+
+def run_bench(
+    methods: str | Sequence[str],
+    data: str | Sequence[str],
+    protocols: str | Sequence[str] = ("fusion", "zero", "retrain"),
+    out: str | Path = "bench",
+    device: str = "cpu",
+    seeds: int = 1,
+    preset: str = "cpu",
+    labels: str = "infrared",
+    judge: str = "yolov5n",
+    judge_weights: str | None = None,
+    metrics: str | Sequence[str] | None = None,
+    limit: int | None = None,
+    train_limit: int | None = None,
+    references: bool = True,
+    speed: bool = True,
+    workers: int = 1,
+    progress: bool = True,
+    report: bool = True,
+    grid_pairs: int = 2,
+    **recipe_overrides,
+) -> dict:
+    """Run the bench and write ``out/results.{json,csv,md}`` and ``out/report.html`` (+ ``out/assets``).
+
+    Args:
+        methods: method names (``ivfuse list methods``), ``name@WEIGHTS`` for a checkpoint; the reference rows
+            ``ir`` and ``vis`` (the source images themselves) are added unless ``references=False``.
+        data: ``name[:split]`` per dataset (``msrs:dev-val``, ``msrs:val`` = ``msrs:dev-val``, ``tno``).
+        protocols: subset of ``fusion, zero, retrain, seg``.
+        preset: ``cpu`` or ``gpu`` fine-tuning recipe (:data:`ivfuse.bench.PRESETS`); ``recipe_overrides``
+            (``epochs=``, ``imgsz=``, ...) replace single fields and are recorded with the results.
+        seeds: ``retrain``/``seg`` repetitions (seeds 0..N-1); mean ± std are reported.
+        labels: detection label set (``infrared``, ``union``, ``visible``).
+        limit / train_limit: only the first N pairs of the judged / training split (smoke tests).
+    Returns the results dict written to ``results.json``.
+    """
+    t_start = time.time()
+    protos = _split_list(protocols)
+    bad = [p for p in protos if p not in PROTOCOLS]
+    if bad:
+        raise InputError(f"unknown protocol(s) {', '.join(bad)} (available: {', '.join(PROTOCOLS)})")
+    if labels not in LABEL_SETS:
+        raise InputError(f"unknown label set '{labels}' (available: {', '.join(LABEL_SETS)})")
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset '{preset}' (available: {', '.join(PRESETS)})")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    if seeds < 1:
+        raise InputError(f"--seeds must be >= 1, got {seeds}")
+    recipe = replace(PRESETS[preset], **{k: v for k, v in recipe_overrides.items() if v is not None})
+    metric_names = [create_metric(m).name for m in (_split_list(metrics) or DEFAULT_METRICS)]
+    specs = [parse_data(d) for d in _split_list(data)]
+    if not specs:
+        raise InputError("no dataset given (--data msrs:dev-val,tno)")
+    mlist = _split_list(methods)
+    if not mlist:
+        raise InputError("no method given (--methods average,gff,...)")
+    if references:
+        mlist = [r for r in REFERENCES if r not in mlist] + mlist
+    mlist = list(dict.fromkeys(mlist))
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    cache = BenchCache(out / "cache")
+    fused_written = 0
+
+    models = {}
+    for m in mlist:
+        name, model, opts, is_ref = build_method(m, device)
+        key, ident = method_key(name if not is_ref else f"ref_{name}", opts, model if not is_ref else None)
+        models[m] = {"name": m, "model": model, "key": key, "identity": ident, "reference": is_ref,
+                     "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
+
+    needs_judge = any(p in protos for p in ("zero", "retrain"))
+    from ..tasks import create_detector
+
+    def make_judge():
+        kw = {"weights": judge_weights} if judge_weights else {}
+        return create_detector(judge, **kw).to(device).eval()
+
+    frozen = make_judge() if needs_judge else None
+    judge_key = f"{judge}-{state_hash(frozen)[:10]}" if frozen is not None else judge
+    recipe_key = short_hash({**recipe.as_dict(), "eval": "val.py at imgsz"}, 8)
+
+    results: dict = {
+        "meta": {
+            "command": " ".join(sys.argv) if Path(sys.argv[0]).name in ("ivfuse", "__main__.py") else None,
+            "methods": mlist, "references": [m for m in mlist if models[m]["reference"]],
+            "protocols": protos, "metrics": metric_names, "preset": preset, "recipe": recipe.as_dict(),
+            "seeds": seeds, "labels": labels, "judge": judge, "judge_weights": judge_weights or "default (COCO)",
+            "device": device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
+            "limit": limit, "train_limit": train_limit,
+            "methods_identity": {m: models[m]["identity"] for m in mlist},
+        },
+        "datasets": {},
+    }  # fmt: skip
+
+    for spec in specs:
+        det_req = labels if any(p in protos for p in ("zero", "retrain")) else None
+        ds = open_dataset(spec, spec.split, "auto", limit)
+        has_labels = ds.det_labels is not None
+        if has_labels and det_req:
+            ds = open_dataset(spec, spec.split, det_req, limit)
+        dkey = data_key(spec.name, spec.split, ds.root, ds.names, ds.ir_norm)
+        entry: dict = {
+            "dataset": spec.name, "split": spec.split, "root": str(ds.root), "n_pairs": len(ds), "names": ds.names,
+            "labels": ds.det_labels if has_labels else None, "class_names": list(ds.class_names) if has_labels else [],
+            "train_split": None, "n_train": 0, "skipped": {}, "data_key": dkey,
+            "fusion": {}, "zero": {}, "retrain": {}, "seg": {}, "speed": {},
+        }  # fmt: skip
+        todo = set(protos)
+        for p in ("zero", "retrain"):
+            if p in todo and not has_labels:
+                entry["skipped"][p] = f"{spec.name} has no detection labels (only fusion metrics and speed)"
+                todo.discard(p)
+        if "retrain" in todo and spec.train_split is None:
+            entry["skipped"]["retrain"] = f"{spec.name}:{spec.split} has no separate training split to fine-tune on"
+            todo.discard("retrain")
+        if ds.seg_dir is None:
+            entry["skipped"]["seg"] = f"no segmentation masks (e.g. Segmentation_labels/) under {ds.root}"
+            todo.discard("seg")
+        elif "seg" in todo and spec.train_split is None:
+            entry["skipped"]["seg"] = f"{spec.name}:{spec.split} has no separate training split"
+            todo.discard("seg")
+        ds_train = tkey = None
+        if todo & {"retrain", "seg"}:
+            ds_train = open_dataset(spec, spec.train_split, det_req if has_labels else None, train_limit or limit, recipe.train_pairs)
+            tkey = data_key(spec.name, spec.train_split, ds_train.root, ds_train.names, ds_train.ir_norm)
+            if set(ds_train.names) & set(ds.names):
+                raise InputError(f"{spec.tag}: training split {spec.train_split} overlaps the judged split")
+            entry.update(train_split=spec.train_split, n_train=len(ds_train), train_key=tkey)
+
+        for m in mlist:
+            info = models[m]
+            model, mkey, tag = info["model"], info["key"], f"{m} {spec.tag}"
+            fdir = cache.fused_dir(dkey, mkey)
+            before = sum(1 for _ in fdir.glob("*.png")) if fdir.is_dir() else 0
+            paths = fuse_split(model, ds, fdir, device, progress, desc=f"fuse[{tag}]")
+            fused_written += len(paths) - before
+            if "fusion" in todo:
+                xk = short_hash(metric_names, 8)
+                r = cache.get("fusion", dkey, mkey, xk)
+                if r is None:
+                    r = cache.put("fusion", dkey, mkey, run_fusion(ds, paths, metric_names, workers, progress, f"metrics[{tag}]"), xk)
+                entry["fusion"][m] = r
+            if speed and not info["reference"]:
+                xk = f"{torch.device(device).type}-t{torch.get_num_threads()}"
+                r = cache.get("speed", dkey, mkey, xk) or cache.put("speed", dkey, mkey, run_speed(model, ds, device), xk)
+                entry["speed"][m] = r
+            if "zero" in todo:
+                xk = f"{judge_key}-{ds.det_labels}"
+                r = cache.get("zero", dkey, mkey, xk)
+                if r is None:
+                    r = cache.put("zero", dkey, mkey, run_zero(frozen, detection_set(ds, paths), progress), xk)
+                entry["zero"][m] = r
+            if todo & {"retrain", "seg"}:
+                tdir = cache.fused_dir(tkey, mkey)
+                before = sum(1 for _ in tdir.glob("*.png")) if tdir.is_dir() else 0
+                tpaths = fuse_split(model, ds_train, tdir, device, progress, desc=f"fuse[{m} {spec.name}:{spec.train_split}]")
+                fused_written += len(tpaths) - before
+            if "retrain" in todo:
+                runs = []
+                for seed in range(seeds):
+                    xk = f"{judge_key}-{ds.det_labels}-{recipe_key}-{tkey}-s{seed}"
+                    r = cache.get("retrain", dkey, mkey, xk)
+                    if r is None:
+                        r = run_retrain(make_judge, detection_set(ds_train, tpaths), detection_set(ds, paths), recipe, seed, progress)
+                        cache.put("retrain", dkey, mkey, r, xk)
+                    runs.append(r)
+                entry["retrain"][m] = _aggregate_seeds(runs)
+            if "seg" in todo:
+                runs = []
+                for seed in range(seeds):
+                    xk = f"espnetv2-{recipe_key}-{tkey}-s{seed}"
+                    r = cache.get("seg", dkey, mkey, xk)
+                    if r is None:
+                        r = cache.put("seg", dkey, mkey, run_seg(ds_train, tpaths, ds, paths, recipe, seed, device, progress), xk)
+                    runs.append(r)
+                entry["seg"][m] = _aggregate_seeds(runs, keys=("mIoU",))
+            entry.setdefault("fused_dirs", {})[m] = str(fdir)
+        results["datasets"][spec.tag] = entry
+
+    results["meta"]["cache"] = {"result_hits": cache.hits, "result_misses": cache.misses, "fused_written": fused_written}
+    results["meta"]["wall_seconds"] = time.time() - t_start
+    results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    from .report import write_report, write_results
+
+    write_results(results, out)
+    if report:
+        write_report(results, out, grid_pairs=grid_pairs)
+    return results
