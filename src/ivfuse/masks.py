@@ -1,0 +1,226 @@
+"""Object masks for OCCO (``ivfuse masks``): detector boxes → SAM masks per modality → region partition.
+
+OCCO (Li et al., arXiv 2503.18635, §3.2) prompts Grounding-DINO with "The scene captures a group of pedestrians or
+cars." and feeds its boxes to SAM (ViT-H), on the visible and on the infrared image separately. Neither model's
+weights can be had here, so ivfuse prompts with boxes from a COCO detector (``yolov5n`` by default, classes
+person, bicycle, car, motorcycle, bus, truck) run on each modality, and segments with MobileSAM
+(:mod:`ivfuse.tasks.sam`); an official SAM ViT-B/L/H checkpoint can replace MobileSAM (``--sam-weights FILE``).
+Grounding-DINO is not available in ivfuse (no weights or package reachable here): users who have its boxes can
+turn them into masks with :meth:`MaskGenerator.masks_for_boxes`.
+
+Per pair, with ``m_vis``/``m_ir`` the union of the object masks found in each modality:
+
+* shared ``s = m_vis · m_ir``, unique ``u_vis = m_vis − s``, ``u_ir = m_ir − s``, background
+  ``bg = 1 − s − u_vis − u_ir`` (:func:`partition`; the four are disjoint and sum to 1);
+* ``MASKS/<stem>.png`` — 8-bit class map: **0 background, 1 shared, 2 IR-unique, 3 visible-unique**
+  (:data:`CLASS_NAMES`; :func:`object_masks_from_class_map` gives ``m_ir``, ``m_vis`` back);
+* ``MASKS/<stem>.json`` — the instances (modality, class, score, box xyxy in pixels, mask area, SAM's predicted
+  IoU), region areas, the settings used;
+* ``MASKS/preview/<stem>.png`` — visible with its boxes | infrared with its boxes | the partition in colour over
+  the gray image (shared yellow, IR-unique red, visible-unique cyan), for people to look at.
+
+Outputs are written atomically; a pair whose three files exist is skipped unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+__all__ = [
+    "CLASS_NAMES",
+    "DEFAULT_CLASSES",
+    "partition",
+    "class_map",
+    "object_masks_from_class_map",
+    "MaskGenerator",
+    "generate_masks",
+]
+
+#: class-map values
+CLASS_NAMES = {0: "background", 1: "shared", 2: "ir_unique", 3: "vis_unique"}
+#: COCO classes used as prompts (the paper's prompt asks for pedestrians or cars)
+DEFAULT_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
+_COLOURS = {1: (255, 220, 0), 2: (255, 40, 40), 3: (0, 220, 255)}
+
+
+def partition(m_ir: torch.Tensor, m_vis: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Split two object masks (any equal shape, values in {0, 1}) into ``shared``, ``u_ir``, ``u_vis``, ``bg``.
+
+    Returns float tensors of the input shape; they are disjoint and sum to 1 everywhere.
+    """
+    if m_ir.shape != m_vis.shape:
+        raise InputError(f"object masks differ in shape: ir {tuple(m_ir.shape)}, vis {tuple(m_vis.shape)}")
+    a = (m_ir > 0.5).float() if m_ir.dtype != torch.bool else m_ir.float()
+    b = (m_vis > 0.5).float() if m_vis.dtype != torch.bool else m_vis.float()
+    s = a * b
+    u_ir, u_vis = a - s, b - s
+    return {"shared": s, "u_ir": u_ir, "u_vis": u_vis, "bg": 1 - s - u_ir - u_vis}
+
+
+def class_map(m_ir: torch.Tensor, m_vis: torch.Tensor) -> torch.Tensor:
+    """``H×W`` uint8 map: 0 background, 1 shared, 2 IR-unique, 3 visible-unique."""
+    p = partition(m_ir, m_vis)
+    return (p["shared"] * 1 + p["u_ir"] * 2 + p["u_vis"] * 3).to(torch.uint8)
+
+
+def object_masks_from_class_map(cm: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`class_map`: ``(m_ir, m_vis)`` as float tensors in {0, 1}."""
+    cm = torch.as_tensor(np.asarray(cm))
+    if cm.numel() and int(cm.max()) > 3:
+        raise InputError(f"class map has value {int(cm.max())}; expected 0-3 (bg, shared, ir-unique, vis-unique)")
+    return ((cm == 1) | (cm == 2)).float(), ((cm == 1) | (cm == 3)).float()
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class MaskGenerator:
+    """Detector boxes → SAM masks for each modality of a pair.
+
+    Args:
+        detector: ivfuse detector name (``ivfuse.tasks.detectors``; COCO ``yolov5n`` by default).
+        detector_weights: its weights file (default: the detector's default).
+        sam_weights: MobileSAM (default, shared weights) or official SAM ViT-B/L/H checkpoint.
+        conf: detector confidence threshold.
+        classes: detector class names used as prompts (``None`` = all).
+        device: torch device.
+    """
+
+    def __init__(self, detector: str = "yolov5n", detector_weights: str | None = None, sam_weights: str | None = None,
+                 conf: float = 0.25, classes: Sequence[str] | None = DEFAULT_CLASSES, device: str = "cpu") -> None:  # fmt: skip
+        from .tasks.detectors import create_detector
+        from .tasks.sam import load_sam
+
+        if not detector_weights and detector.startswith("fasterrcnn"):
+            raise InputError(f"prompt detector '{detector}' has no default weights here; pass --detector-weights FILE (or 'coco')")
+        kw = {"weights": detector_weights} if detector_weights else {}
+        self.detector = create_detector(detector, **kw).to(device).eval()
+        self.sam = load_sam(sam_weights, device)
+        self.detector_name, self.conf, self.device = detector, float(conf), device
+        names = list(self.detector.class_names)
+        if classes:
+            unknown = [c for c in classes if c not in names]
+            if unknown:
+                raise InputError(f"detector '{detector}' has no class(es) {unknown}")
+            self.class_ids = [names.index(c) for c in classes]
+        else:
+            self.class_ids = None
+        self.sam_name = Path(str(sam_weights)).name if sam_weights else "mobile_sam.pt"
+
+    def boxes(self, image: torch.Tensor):
+        """Detections (pixel xyxy, scores, labels) of one ``C×H×W`` image, restricted to the prompt classes."""
+        x = image.expand(3, -1, -1) if image.shape[0] == 1 else image
+        d = self.detector.predict([x.to(self.device)], conf=self.conf)[0]
+        labels = d.labels.cpu()
+        keep = torch.ones(len(d), dtype=torch.bool) if self.class_ids is None else torch.isin(labels, torch.tensor(self.class_ids))
+        return d.xyxy.cpu()[keep], d.scores.cpu()[keep], d.labels.cpu()[keep]
+
+    def masks_for_boxes(self, image: torch.Tensor, boxes: torch.Tensor):
+        """SAM masks (``N×H×W`` bool) and predicted IoUs for given pixel xyxy boxes (e.g. Grounding-DINO's)."""
+        pred = self.sam.segment(image, boxes)
+        return pred.masks, pred.iou
+
+    def objects(self, image: torch.Tensor, modality: str) -> tuple[torch.Tensor, list[dict]]:
+        """Union object mask ``H×W`` bool and the instance records of one modality."""
+        xyxy, scores, labels = self.boxes(image)
+        union = torch.zeros(image.shape[-2:], dtype=torch.bool)
+        inst = []
+        if len(xyxy):
+            masks, iou = self.masks_for_boxes(image, xyxy)
+            union = masks.any(0)
+            for b, s, c, m, q in zip(xyxy, scores, labels, masks, iou):
+                inst.append({
+                    "modality": modality, "class": self.detector.class_names[int(c)], "score": round(float(s), 4),
+                    "box": [round(float(v), 1) for v in b], "mask_area": int(m.sum()), "sam_pred_iou": round(float(q), 4),
+                })  # fmt: skip
+        return union, inst
+
+    def __call__(self, ir: torch.Tensor, vis: torch.Tensor) -> dict:
+        """``ir`` ``1×H×W``, ``vis`` ``C×H×W`` in [0, 1] → ``{"m_ir", "m_vis", "class_map", "instances"}``."""
+        if ir.shape[-2:] != vis.shape[-2:]:
+            raise InputError(f"infrared {tuple(ir.shape[-2:])} and visible {tuple(vis.shape[-2:])} differ in size")
+        m_ir, inst_ir = self.objects(ir, "ir")
+        m_vis, inst_vis = self.objects(vis, "vis")
+        return {"m_ir": m_ir, "m_vis": m_vis, "class_map": class_map(m_ir, m_vis), "instances": inst_ir + inst_vis}
+
+
+def preview(ir: torch.Tensor, vis: torch.Tensor, result: dict) -> torch.Tensor:
+    """``3×H×3W`` uint8: visible + its boxes | IR + its boxes | coloured partition over the gray image."""
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    def u8(x):
+        return (x.clamp(0, 1).expand(3, -1, -1) * 255).round().to(torch.uint8)
+
+    def boxes(img, mod, colour):
+        inst = [i for i in result["instances"] if i["modality"] == mod]
+        if not inst:
+            return img
+        b = torch.tensor([i["box"] for i in inst], dtype=torch.float32)
+        return draw_bounding_boxes(img, b, [f"{i['class']} {i['score']:.2f}" for i in inst], colors=colour, width=2)
+
+    gray = u8((ir + (vis.mean(0, keepdim=True) if vis.shape[0] == 3 else vis)) / 2)
+    cm = result["class_map"]
+    present = [c for c in (1, 2, 3) if bool((cm == c).any())]
+    part = gray
+    if present:
+        stack = torch.stack([cm == c for c in present])
+        part = draw_segmentation_masks(gray, stack, alpha=0.6, colors=[_COLOURS[c] for c in present])
+    return torch.cat([boxes(u8(vis), "vis", "cyan"), boxes(u8(ir), "ir", "red"), part], 2)
+
+
+def _outputs(out: Path, stem: str) -> tuple[Path, Path, Path]:
+    return out / f"{stem}.png", out / f"{stem}.json", out / "preview" / f"{stem}.png"
+
+
+def generate_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path, *, detector: str = "yolov5n",
+                   detector_weights: str | None = None, sam_weights: str | None = None, conf: float = 0.25,
+                   classes: Sequence[str] | None = DEFAULT_CLASSES, overwrite: bool = False, device: str = "cpu",
+                   progress: bool = False, ir_norm: str = "minmax") -> dict:  # fmt: skip
+    """Run :class:`MaskGenerator` on every pair of two folders (matched by stem); returns ``{"written", "skipped"}``
+    lists of stems. Existing outputs are skipped unless ``overwrite``."""
+    from tqdm.auto import tqdm
+
+    from .data.images import read_ir, read_vis
+    from .data.pairing import pair_by_stem
+    from .utils import atomic_write_bytes, atomic_write_text
+
+    pairs = pair_by_stem(ir_dir, vis_dir)
+    out = Path(out_dir)
+    todo = [(k, i, v) for k, i, v in pairs if overwrite or not all(p.is_file() for p in _outputs(out, k))]
+    done = {"written": [], "skipped": sorted(set(k for k, _, _ in pairs) - set(k for k, _, _ in todo))}
+    if not todo:
+        return done
+    gen = MaskGenerator(detector, detector_weights, sam_weights, conf, classes, device)
+    for key, ip, vp in tqdm(todo, desc="masks", disable=not progress):
+        ir, vis = read_ir(ip, ir_norm), read_vis(vp)
+        if ir.shape[-2:] != vis.shape[-2:]:
+            raise InputError(
+                f"{ip}: infrared {ir.shape[-1]}x{ir.shape[-2]} and visible {vp} {vis.shape[-1]}x{vis.shape[-2]} differ in size"
+            )
+        res = gen(ir, vis)
+        cm = res["class_map"]
+        meta = {
+            "ir": str(ip), "vis": str(vp), "size": [int(cm.shape[0]), int(cm.shape[1])],
+            "classes": {str(k): v for k, v in CLASS_NAMES.items()},
+            "areas": {CLASS_NAMES[c]: int((cm == c).sum()) for c in CLASS_NAMES},
+            "prompt_detector": gen.detector_name, "conf": gen.conf, "sam": gen.sam_name, "instances": res["instances"],
+        }  # fmt: skip
+        p_map, p_json, p_prev = _outputs(out, key)
+        atomic_write_bytes(p_map, _png_bytes(cm.numpy()))
+        atomic_write_bytes(p_prev, _png_bytes(preview(ir, vis, res).permute(1, 2, 0).numpy()))
+        atomic_write_text(p_json, json.dumps(meta, indent=1))  # written last: its presence marks a finished pair
+        done["written"].append(key)
+    return done
