@@ -4,8 +4,20 @@
 >>> ivfuse.fuse_files("ir.png", "vis.png", "fused.png")         # colour kept, original size
 >>> ivfuse.fuse_folder("IR_DIR", "VIS_DIR", "OUT_DIR")          # pairs matched by file stem
 
-Outputs are written atomically; in folder mode everything is staged in a hidden folder and moved into
-place only when every pair has been fused, so a bad pair leaves no partial output behind.
+Outputs are written atomically. In folder mode every pair is read and checked (readable, same size, large enough
+for the method) before the first one is fused, so bad input fails before anything is written. Each fused image is
+written into a hidden staging folder ``OUT/.ivfuse-<pid>-*`` and renamed into ``OUT`` as soon as it is finished:
+an interrupted run (Ctrl-C, SIGTERM, ``kill -9``) or a pair that fails late leaves only complete images in ``OUT``,
+never a partial file, and ``skip_existing=True`` (``--skip-existing``) resumes it. Staging folders left by killed
+runs are removed by the next run into the same folder. ``continue_on_error=True`` (``--continue-on-error``) fuses
+every good pair and reports the bad ones at the end instead of stopping at the first.
+
+Speed (``docs/deployment.md``): ``batch=N`` (``--batch``) reads pairs in DataLoader worker processes
+(``workers``, ``--workers``) and fuses equal-size pairs N at a time (pairs are grouped by size, so folders of mixed
+sizes work; a group smaller than N makes a smaller batch); ``amp="bf16"|"fp16"`` (``--amp``) runs under
+``torch.autocast`` (CUDA: both; CPU: bf16 only — fp16 on CPU is refused); ``channels_last`` and ``compile``
+(``torch.compile``) are optional. ``method="onnx:FILE"`` runs an exported ONNX graph with onnxruntime
+(:mod:`ivfuse.export`).
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +34,21 @@ from PIL import Image
 
 from .data.images import IMAGE_EXTENSIONS, is_planar, read_ir, read_vis, write_image
 from .data.pairing import pair_by_stem
-from .errors import InputError, IvfuseError, PairingError
+from .errors import InputError, IvfuseError, PairingError, warn
 from .models import FusionModel, create_model
+from .utils import check_device
 
-__all__ = ["DEFAULT_METHOD", "get_model", "fuse", "fuse_files", "fuse_folder"]
+__all__ = [
+    "AMP_DTYPES",
+    "DEFAULT_METHOD",
+    "FolderResult",
+    "FusionInterrupted",
+    "Runner",
+    "fuse",
+    "fuse_files",
+    "fuse_folder",
+    "get_model",
+]  # fmt: skip
 
 #: method used when none is named
 DEFAULT_METHOD = "metafusion"
@@ -32,9 +56,74 @@ DEFAULT_METHOD = "metafusion"
 
 def get_model(method: str | FusionModel | None = None, device: str | torch.device = "cpu", **options: Any) -> FusionModel:
     """A ready (eval-mode) model: an instance is returned as is, a name is created with ``options``."""
+    if isinstance(device, str):
+        check_device(device, "device")
     if isinstance(method, FusionModel):
         return method.to(device).eval()
+    if isinstance(method, str) and method.lower().startswith("onnx:"):
+        from .export import load_onnx_model
+
+        if options:
+            raise InputError(f"method '{method}': an ONNX model takes no options (got {', '.join(options)})")
+        return load_onnx_model(method)
     return create_model(method or DEFAULT_METHOD, **options).to(device).eval()
+
+
+#: ``--amp`` names -> autocast dtypes
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Runner:
+    """A model with its device and speed settings, called as ``runner(ir, vis)`` on ``B×C×H×W`` batches
+    (any device/dtype in; float32 fused out, on the runner's device, in [0, 1]).
+
+    Args:
+        amp: ``None``/``"fp32"`` (off), ``"bf16"`` or ``"fp16"``: ``torch.autocast`` around the forward pass. CUDA
+            takes both; on the CPU bf16 autocast is used as PyTorch provides it and fp16 is refused (CPU autocast
+            has no fp16 kernels worth using).
+        channels_last: convert the model and inputs to ``torch.channels_last`` memory format.
+        compile: wrap the model in ``torch.compile`` (first call compiles; later calls of the same size are fast).
+    """
+
+    def __init__(self, model: FusionModel, device: str | torch.device = "cpu", amp: str | None = None,
+                 channels_last: bool = False, compile: bool = False) -> None:  # fmt: skip
+        self.model, self.device = model, torch.device(device)
+        self.name, self.min_size = model.name, model.min_size
+        self.dtype = check_amp(amp, self.device)
+        onnx = type(model).__name__ == "OnnxFusionModel"
+        if onnx and (self.dtype is not None or compile):
+            raise InputError(f"{model.name}: --amp and --compile apply to PyTorch methods, not to ONNX models")
+        self.channels_last = bool(channels_last) and not onnx
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.fn = torch.compile(model) if compile else model
+
+    def __call__(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        ir, vis = ir.to(self.device, torch.float32), vis.to(self.device, torch.float32)
+        if self.channels_last:
+            ir, vis = ir.contiguous(memory_format=torch.channels_last), vis.contiguous(memory_format=torch.channels_last)
+        amp = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+        with torch.inference_mode(), amp:
+            out = self.fn(ir, vis)
+        return out.float().clamp(0, 1).contiguous()
+
+
+def check_amp(amp: str | None, device: str | torch.device = "cpu") -> torch.dtype | None:
+    """Autocast dtype for ``--amp`` on ``device`` (``None`` = fp32), or a one-line :class:`InputError`."""
+    if amp in (None, "", "none", "fp32", "off"):
+        return None
+    if amp not in AMP_DTYPES:
+        raise InputError(f"--amp {amp}: unknown precision (use bf16 or fp16; omit for fp32)")
+    dev = torch.device(device)
+    if dev.type == "cpu" and amp == "fp16":
+        raise InputError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 (CPU autocast) or fp32")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--amp is supported on cpu (bf16) and cuda, not on '{dev}'")
+    return AMP_DTYPES[amp]
+
+
+def _runner(model: FusionModel | Runner, device: str | torch.device = "cpu") -> Runner:
+    return model if isinstance(model, Runner) else Runner(model, device)
 
 
 @torch.inference_mode()
@@ -43,15 +132,19 @@ def fuse(
     vis: torch.Tensor,
     method: str | FusionModel | None = None,
     device: str | torch.device | None = None,
+    *,
+    amp: str | None = None,
+    channels_last: bool = False,
     **options: Any,
 ) -> torch.Tensor:
-    """Fuse ``ir`` (B×1×H×W or 1×H×W) with ``vis`` (B×{1,3}×H×W or {1,3}×H×W); returns the same layout."""
+    """Fuse ``ir`` (B×1×H×W or 1×H×W) with ``vis`` (B×{1,3}×H×W or {1,3}×H×W); returns the same layout
+    (float32 on the CPU). ``amp``/``channels_last``: see :class:`Runner`."""
     single = ir.ndim == 3
     if single:
         ir, vis = ir[None], vis[None]
     device = device or ir.device
-    model = get_model(method, device, **options)
-    out = model(ir.to(device, torch.float32), vis.to(device, torch.float32)).cpu()
+    runner = Runner(get_model(method, device, **options), device, amp, channels_last)
+    out = runner(ir, vis).cpu()
     return out[0] if single else out
 
 
@@ -86,16 +179,20 @@ def _check_pair_files(ir_path: Path, vis_path: Path, min_size: int, method: str)
         raise InputError(f"{ir_path}: image {wi}x{hi} is smaller than the {min_size}x{min_size} minimum of '{method}'")
 
 
-def _fuse_pair(model: FusionModel, ir_path: Path, vis_path: Path, ir_norm: str, device: str | torch.device = "cpu") -> torch.Tensor:
+def _read_pair(ir_path: Path, vis_path: Path, ir_norm: str) -> tuple[torch.Tensor, torch.Tensor]:
     ir, vis = read_ir(ir_path, ir_norm), read_vis(vis_path)
     if ir.shape[-2:] != vis.shape[-2:]:
         raise PairingError(
             f"{vis_path}: visible image is {vis.shape[-1]}x{vis.shape[-2]} but infrared is {ir.shape[-1]}x{ir.shape[-2]}"
         )
-    dev = torch.device(device)  # classical methods have no parameters to tell the device
+    return ir, vis
+
+
+def _fuse_pair(model: FusionModel | Runner, ir_path: Path, vis_path: Path, ir_norm: str,
+               device: str | torch.device = "cpu") -> torch.Tensor:  # fmt: skip
+    ir, vis = _read_pair(ir_path, vis_path, ir_norm)
     try:
-        with torch.inference_mode():
-            return model(ir[None].to(dev), vis[None].to(dev))[0].cpu()
+        return _runner(model, device)(ir[None], vis[None])[0].cpu()
     except IvfuseError as e:
         raise type(e)(f"{ir_path}: {e}") from None
 
@@ -114,14 +211,101 @@ def fuse_files(
     method: str | FusionModel | None = None,
     device: str = "cpu",
     ir_norm: str = "minmax",
+    *,
+    amp: str | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
     **options: Any,
 ) -> Path:
     """Fuse one pair of files and write the result (RGB visible -> RGB fused, input size)."""
     ir_path, vis_path, out = Path(ir_path), Path(vis_path), Path(out_path)
     _check_output(out)
     model = get_model(method, device, **options)
+    runner = Runner(model, device, amp, channels_last, compile)
     _check_pair_files(ir_path, vis_path, model.min_size, model.name)
-    return write_image(out, _fuse_pair(model, ir_path, vis_path, ir_norm, device))
+    return write_image(out, _fuse_pair(runner, ir_path, vis_path, ir_norm, device))
+
+
+class FolderResult(list):
+    """Paths written by :func:`fuse_folder` (a list), plus ``skipped`` (keys whose output already existed, with
+    ``skip_existing``) and ``failed`` (``{key: one-line error}``, with ``continue_on_error``)."""
+
+    def __init__(self, written=(), skipped=(), failed=None):
+        super().__init__(written)
+        self.skipped: list[str] = list(skipped)
+        self.failed: dict[str, str] = dict(failed or {})
+
+
+class FusionInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM under the CLI) during :func:`fuse_folder`; the message says what was kept."""
+
+
+STAGE_PREFIX = ".ivfuse-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_stages(out_dir: Path) -> list[Path]:
+    """Remove ``OUT/.ivfuse-*`` staging folders left behind by killed runs (their process no longer exists, or
+    they predate the ``.ivfuse-<pid>-`` naming); a folder of a run still in progress is left alone."""
+    removed = []
+    if not out_dir.is_dir():
+        return removed
+    for d in out_dir.glob(STAGE_PREFIX + "*"):
+        if not d.is_dir():
+            continue
+        pid = d.name[len(STAGE_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+def _validate_pair(model: FusionModel, ir_path: Path, vis_path: Path, ir_norm: str) -> tuple:
+    """Decode both images as fusion will (so truncated/corrupt files and bad values are caught) and check sizes;
+    returns the pair's tensor shapes (the batching key)."""
+    _check_pair_files(ir_path, vis_path, model.min_size, model.name)  # cheap header check first
+    ir, vis = _read_pair(ir_path, vis_path, ir_norm)
+    return tuple(ir.shape), tuple(vis.shape)
+
+
+class _PairReader(torch.utils.data.Dataset):
+    """Reads pair ``i`` of ``todo`` in a DataLoader worker: ``(key, ir, vis, None)`` or ``(key, None, None, error)``."""
+
+    def __init__(self, todo: list, ir_norm: str) -> None:
+        self.todo, self.ir_norm = todo, ir_norm
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, i: int):
+        key, ip, vp = self.todo[i]
+        try:
+            ir, vis = _read_pair(ip, vp, self.ir_norm)
+        except IvfuseError as e:
+            return key, None, None, e
+        return key, ir, vis, None
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+def _size_batches(shapes: list[tuple], batch: int) -> list[list[int]]:
+    """Indices grouped by equal shapes (first-seen order), cut into batches of at most ``batch``."""
+    groups: dict[tuple, list[int]] = {}
+    for i, sh in enumerate(shapes):
+        groups.setdefault(sh, []).append(i)
+    return [g[j:j + batch] for g in groups.values() for j in range(0, len(g), batch)]
 
 
 def fuse_folder(
@@ -133,9 +317,34 @@ def fuse_folder(
     ext: str = ".png",
     ir_norm: str = "minmax",
     progress: bool = True,
+    *,
+    skip_existing: bool = False,
+    continue_on_error: bool = False,
+    batch: int = 1,
+    workers: int | None = None,
+    amp: str | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
     **options: Any,
-) -> list[Path]:
-    """Fuse every pair of two folders (matched by file stem, strictly) into ``out_dir/<stem><ext>``."""
+) -> FolderResult:
+    """Fuse every pair of two folders (matched by file stem, strictly) into ``out_dir/<stem><ext>``.
+
+    Every pair is decoded and checked before the first is fused (an :class:`IvfuseError` naming the file, nothing
+    written). Finished images are moved into ``out_dir`` one by one (atomically), so an interruption keeps them.
+
+    Args:
+        skip_existing: leave pairs whose output file already exists alone (resume an interrupted folder).
+        continue_on_error: do not stop at a bad pair: fuse the others and list the failures in the result's
+            ``failed`` (the CLI reports them and exits with status 1).
+        batch: pairs fused per forward pass (equal-size pairs are grouped; ``--batch``).
+        workers: DataLoader worker processes that read the images (default: 0 for ``batch=1``, else 2).
+        amp, channels_last, compile: see :class:`Runner`.
+    """
+    if batch < 1:
+        raise InputError(f"--batch {batch}: must be >= 1")
+    workers = (0 if batch == 1 else min(2, os.cpu_count() or 1)) if workers is None else workers
+    if workers < 0:
+        raise InputError(f"--workers {workers}: must be >= 0")
     out_dir = Path(out_dir)
     ext = ext if ext.startswith(".") else "." + ext
     if ext.lower() not in IMAGE_EXTENSIONS:
@@ -144,20 +353,87 @@ def fuse_folder(
         raise InputError(f"{out_dir}: exists and is not a folder")
     pairs = pair_by_stem(ir_dir, vis_dir)
     model = get_model(method, device, **options)
-    for _, ip, vp in pairs:  # header-only checks first: fail before writing anything
-        _check_pair_files(ip, vp, model.min_size, model.name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".ivfuse-", dir=out_dir))
-    try:
-        from tqdm.auto import tqdm
+    runner = Runner(model, device, amp, channels_last, compile)
+    stale = clean_stale_stages(out_dir)
+    if stale:
+        warn(f"{out_dir}: removed {len(stale)} staging folder(s) left by an interrupted run ({stale[0].name})")
+    skipped = [k for k, _, _ in pairs if skip_existing and (out_dir / f"{k}{ext}").is_file()]
+    done = set(skipped)
+    todo = [p for p in pairs if p[0] not in done]
+    failed: dict[str, str] = {}
+    shapes: dict[str, tuple] = {}
+    from tqdm.auto import tqdm
 
-        for key, ip, vp in tqdm(pairs, desc=f"fuse[{model.name}]", unit="pair", disable=not progress):
-            write_image(stage / f"{key}{ext}", _fuse_pair(model, ip, vp, ir_norm, device))
-        written = []
-        for key, _, _ in pairs:
-            dest = out_dir / f"{key}{ext}"
-            os.replace(stage / f"{key}{ext}", dest)
-            written.append(dest)
-        return written
+    for key, ip, vp in tqdm(todo, desc="check pairs", unit="pair", disable=not progress or len(todo) < 50, leave=False):
+        try:
+            shapes[key] = _validate_pair(model, ip, vp, ir_norm)
+        except IvfuseError as e:
+            if not continue_on_error:
+                raise
+            failed[key] = str(e)
+    todo = [p for p in todo if p[0] not in failed]
+    written: list[Path] = []
+    if not todo:
+        return FolderResult(written, skipped, failed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=out_dir))
+
+    def fail(key: str, e: IvfuseError) -> None:
+        if not continue_on_error:
+            kept = f"; {len(written)} finished images kept in {out_dir} (resume with --skip-existing)" if written else ""
+            raise type(e)(f"{e}{kept}") from None
+        failed[key] = str(e)
+
+    def keep(key: str, fused: torch.Tensor) -> None:
+        dest = out_dir / f"{key}{ext}"
+        os.replace(write_image(stage / dest.name, fused), dest)
+        written.append(dest)
+
+    try:
+        if batch == 1 and workers == 0:
+            for key, ip, vp in tqdm(todo, desc=f"fuse[{model.name}]", unit="pair", disable=not progress):
+                try:
+                    fused = _fuse_pair(runner, ip, vp, ir_norm, device)
+                except IvfuseError as e:
+                    fail(key, e)
+                    continue
+                keep(key, fused)
+        else:
+            _fuse_batched(runner, todo, [shapes[k] for k, _, _ in todo], ir_norm, batch, workers, progress, fail, keep)
+    except KeyboardInterrupt:
+        raise FusionInterrupted(
+            f"{len(written) + len(skipped)} of {len(pairs)} fused images are in {out_dir}; "
+            f"rerun with --skip-existing (skip_existing=True) to fuse the rest"
+        ) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    return FolderResult(written, skipped, failed)
+
+
+def _fuse_batched(runner: Runner, todo: list, shapes: list, ir_norm: str, batch: int, workers: int, progress: bool,
+                  fail, keep) -> None:  # fmt: skip
+    """Folder fusion through a DataLoader: workers read pairs, equal-size pairs are fused ``batch`` at a time."""
+    from tqdm.auto import tqdm
+
+    loader = torch.utils.data.DataLoader(_PairReader(todo, ir_norm), batch_sampler=_size_batches(shapes, batch),
+                                         num_workers=workers, collate_fn=_as_list,
+                                         persistent_workers=False)  # fmt: skip
+    paths = {k: ip for k, ip, _ in todo}
+    with tqdm(total=len(todo), desc=f"fuse[{runner.name}] batch {batch}", unit="pair", disable=not progress) as bar:
+        for items in loader:
+            groups: dict[tuple, list] = {}
+            for key, ir, vis, err in items:
+                if err is not None:
+                    fail(key, err)
+                else:  # a file changed since validation could differ in shape: regroup exactly
+                    groups.setdefault((tuple(ir.shape), tuple(vis.shape)), []).append((key, ir, vis))
+            for grp in groups.values():
+                try:
+                    fused = runner(torch.stack([g[1] for g in grp]), torch.stack([g[2] for g in grp])).cpu()
+                except IvfuseError as e:
+                    for key, _, _ in grp:
+                        fail(key, type(e)(f"{paths[key]}: {e}"))
+                    continue
+                for (key, _, _), f in zip(grp, fused):
+                    keep(key, f)
+            bar.update(len(items))

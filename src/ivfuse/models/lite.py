@@ -1,0 +1,95 @@
+"""``lite``: a small real-time fusion CNN (≥ 15 images/s at 640×480 on 2 CPU cores, fp32).
+
+Design (ivfuse's own, not a paper's): the expensive part of a fusion net is full-resolution convolution, so
+``LiteFusionNet`` works mostly at half resolution and keeps only a thin full-resolution path.
+
+* stem: 3×3 conv (IR, Y) → ``width`` channels at full resolution (ReLU);
+* context: a stride-2 3×3 conv to ``2·width`` channels and two 3×3 convs at half resolution (ReLU), upsampled
+  bilinearly back to full resolution;
+* head: 3×3 conv of the stem features plus a 1×1 conv of the context features (taken at half resolution and
+  upsampled, 2 channels only — cheaper than upsampling and concatenating the features) → 2 maps: a weight
+  ``w = sigmoid(a)`` and a detail term ``d = 0.25·tanh(b)``; fused luminance ``= w·IR + (1 − w)·Y + d``
+  (clamped to [0, 1]).
+
+The weight keeps the fused image a convex mix of the sources where that suffices (what the pixel average does
+with ``w = 0.5``); the detail term lets the net add back contrast and texture the mix loses. Colour: the base
+class's YCbCr path (fuse Y, keep Cb/Cr of the visible image).
+
+It is trained by the ``lite`` recipe (:mod:`ivfuse.engine.lite`, ``ivfuse train lite preset=cpu``) with
+MetaFusion's fusion loss (SSIM + max-intensity + max-gradient, :class:`ivfuse.losses.FusionLoss`); the shipped
+weights are ``weights/lite_default.safetensors`` (see ``docs/deployment.md`` for scores and speed).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+from .base import FusionModel, load_checked, read_weights, register_model
+
+__all__ = ["LiteFusionNet", "lite"]
+
+
+class LiteFusionNet(FusionModel):
+    """See the module docstring. Args: ``width`` — channels of the full-resolution path (context has twice)."""
+
+    name = "lite"
+    min_size = 4
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        if width < 1:
+            raise InputError(f"lite width must be >= 1, got {width}")
+        self.width = int(width)
+        w, w2 = self.width, 2 * self.width
+        self.stem = nn.Conv2d(2, w, 3, 1, 1)
+        self.down = nn.Conv2d(w, w2, 3, 2, 1)
+        self.ctx1 = nn.Conv2d(w2, w2, 3, 1, 1)
+        self.ctx2 = nn.Conv2d(w2, w2, 3, 1, 1)
+        self.head = nn.Conv2d(w, 2, 3, 1, 1)
+        self.head_ctx = nn.Conv2d(w2, 2, 1)
+
+    def fuse_luma(self, ir: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        s = F.relu(self.stem(torch.cat([ir, y], 1)))
+        c = F.relu(self.down(s))
+        c = F.relu(self.ctx2(F.relu(self.ctx1(c))))
+        c = F.interpolate(self.head_ctx(c), size=s.shape[-2:], mode="bilinear", align_corners=False)
+        a, b = (self.head(s) + c).chunk(2, 1)
+        w = torch.sigmoid(a)
+        return (w * ir + (1 - w) * y + 0.25 * torch.tanh(b)).clamp(0, 1)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike) -> LiteFusionNet:
+        """Load a safetensors export (``ivfuse train lite export=F``) or a ``{"state_dict", "config"}`` .pt file."""
+        obj, meta = read_weights(path, "lite")
+        if meta:  # safetensors export
+            sd, cfg = obj, meta.get("config") or {}
+        elif isinstance(obj, dict) and "modules" in obj:  # an engine checkpoint (last.pt / final.pt)
+            sd, cfg = obj["modules"]["net"], {"width": obj["config"]["width"]}
+        else:
+            sd, cfg = (obj.get("state_dict", obj), obj.get("config", {})) if isinstance(obj, dict) else (obj, {})
+        if not isinstance(sd, dict) or "stem.weight" not in sd and not cfg.get("width"):
+            raise InputError(f"{path}: not lite weights (no stem.weight)")
+        width = int(cfg.get("width") or sd["stem.weight"].shape[0])
+        return load_checked(cls(width=width), {k: v.float() for k, v in sd.items()}, path, "lite")
+
+
+@register_model("lite")
+def lite(weights: str | os.PathLike | None = "default", width: int = 8) -> LiteFusionNet:
+    """Real-time fusion CNN; default: the shipped trained model. ``weights=None`` gives an untrained net."""
+    if weights == "default":
+        from importlib import resources
+
+        p = resources.files("ivfuse") / "weights" / "lite_default.safetensors"
+        if not p.is_file():
+            raise InputError("the shipped lite model is missing from the package; train one "
+                             "(ivfuse train lite preset=cpu export=F) and pass weights=F")  # fmt: skip
+        with resources.as_file(p) as f:
+            return LiteFusionNet.from_checkpoint(f)
+    if weights is None:
+        return LiteFusionNet(width=width).eval()
+    return LiteFusionNet.from_checkpoint(weights)
