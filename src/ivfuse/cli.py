@@ -8,7 +8,6 @@ leaving partial output behind.
 from __future__ import annotations
 
 import argparse
-import ast
 import difflib
 import re
 import sys
@@ -43,35 +42,75 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_options(items: Sequence[str] | None) -> dict:
-    """``["levels=5", "eps1=0.3", "name=x"]`` -> ``{"levels": 5, "eps1": 0.3, "name": "x"}``."""
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise IvfuseError(f"option '{it}' is not of the form key=value")
-        k, v = it.split("=", 1)
-        try:
-            out[k.strip().replace("-", "_")] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            out[k.strip().replace("-", "_")] = v
-    return out
+    """``["levels=5", "eps1=0.3", "name=x"]`` -> ``{"levels": 5, "eps1": 0.3, "name": "x"}`` (the one ``key=value``
+    parser of :mod:`ivfuse.config`, shared with ``ivfuse train``; ``-`` in keys becomes ``_``)."""
+    from .config import parse_items
+
+    return {k.replace("-", "_"): v for k, v in parse_items(items).items()}
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM raises KeyboardInterrupt, so a killed folder run cleans its staging folder and keeps finished images."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. main() called from a worker thread): leave the default
+        pass
 
 
 def _cmd_fuse(a: argparse.Namespace) -> int:
     from .fusion import DEFAULT_METHOD, fuse_files, fuse_folder
+    from .utils import check_device
 
+    check_device(a.device)
     opts = parse_options(a.opt)
     if a.weights:
         opts["weights"] = a.weights
     ir, vis = Path(a.ir), Path(a.vis)
     method = a.method or DEFAULT_METHOD
+    speed = {"amp": a.amp, "channels_last": a.channels_last, "compile": a.compile}
+    from .video import fuse_video, is_video
+
+    if is_video(ir) or is_video(vis):
+        if not (is_video(ir) and is_video(vis)):
+            raise IvfuseError(f"--ir {ir} and --vis {vis} must both be videos (or both images/folders)")
+        r = fuse_video(ir, vis, a.output, method, a.device, progress=not a.quiet, **speed, **opts)
+        print(f"wrote {r['output']} ({r['frames']} frames, {r['size'][0]}x{r['size'][1]} at {r['rate']:.3g} fps; "
+              f"fused {r['fps']:.2f} frames/s with '{method}')")  # fmt: skip
+        return 0
     if ir.is_dir() != vis.is_dir():
         raise IvfuseError(f"--ir {ir} and --vis {vis} must both be files or both be folders")
     if ir.is_dir():
-        written = fuse_folder(ir, vis, a.output, method, a.device, a.ext, a.ir_norm, progress=not a.quiet, **opts)
-        print(f"fused {len(written)} pairs with '{method}' into {a.output}")
+        _terminate_as_interrupt()
+        res = fuse_folder(ir, vis, a.output, method, a.device, a.ext, a.ir_norm, progress=not a.quiet,
+                          skip_existing=a.skip_existing, continue_on_error=a.continue_on_error, batch=a.batch,
+                          workers=a.workers, **speed, **opts)  # fmt: skip
+        skipped = f" ({len(res.skipped)} already there, skipped)" if res.skipped else ""
+        print(f"fused {len(res)} pairs with '{method}' into {a.output}{skipped}")
+        if res.failed:
+            for key, msg in res.failed.items():
+                print(f"ivfuse: error: {msg}", file=sys.stderr)
+            print(f"ivfuse: {len(res.failed)} of {len(res) + len(res.failed) + len(res.skipped)} pairs failed: "
+                  f"{', '.join(list(res.failed)[:8])}" + (" ..." if len(res.failed) > 8 else ""), file=sys.stderr)  # fmt: skip
+            return 1
     else:
-        out = fuse_files(ir, vis, a.output, method, a.device, a.ir_norm, **opts)
+        out = fuse_files(ir, vis, a.output, method, a.device, a.ir_norm, **speed, **opts)
         print(f"wrote {out} ({method})")
+    return 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    opts = parse_options(a.opt)
+    if a.weights:
+        opts["weights"] = a.weights
+    out = export_onnx(a.method, a.output, opset=a.opset, **opts)
+    print(f"wrote {out} ({a.method}, ONNX opset {a.opset}, dynamic batch/height/width; checked against PyTorch)")
     return 0
 
 
@@ -86,7 +125,16 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
         if Path(a.out).suffix.lower() not in RESULT_FORMATS:
             raise IvfuseError(f"{a.out}: unsupported results format (use {', '.join(RESULT_FORMATS)})")
-    res = evaluate_folder(a.ir, a.vis, a.fused, metrics, a.workers, progress=not a.quiet)
+    names = None
+    if a.names:
+        p = Path(a.names)
+        if not p.is_file():
+            raise IvfuseError(f"{p}: names file not found")
+        names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if not names:
+            raise IvfuseError(f"{p}: names file lists no image")
+    res = evaluate_folder(a.ir, a.vis, a.fused, metrics, a.workers, progress=not a.quiet, names=names,
+                          only_fused=a.only_fused, ir_norm=a.ir_norm)  # fmt: skip
     Console(width=max(100, 14 * (len(res["mean"]) + 1))).print(results_table(res, f"fusion metrics: {a.fused}"))
     if a.out:
         print(f"wrote {write_results(res, a.out)}")
@@ -115,6 +163,25 @@ def _cmd_list(a: argparse.Namespace) -> int:
         for n in MODELS.names():
             doc = (MODELS.get(n).__doc__ or "").strip().splitlines()
             t.add_row(n + (" (default)" if n == DEFAULT_METHOD else ""), doc[0] if doc else "")
+    elif a.what == "detectors":
+        from .tasks.detectors import DETECTORS
+
+        t.add_column("name")
+        t.add_column("description")
+        for n in DETECTORS.names():
+            doc = (DETECTORS.get(n).__doc__ or "").strip().splitlines()
+            t.add_row(n + (" (default)" if n == "yolov5n" else ""), doc[0] if doc else "")
+    elif a.what == "segmenters":
+        from .tasks import segmenters
+
+        registry = getattr(segmenters, "SEGMENTERS", None)
+        known = ({n: registry.get(n) for n in registry.names()} if registry is not None
+                 else {"espnetv2": segmenters.ESPNetv2Seg, "deeplabv3plus": segmenters.DeepLabV3Plus})  # fmt: skip
+        t.add_column("name")
+        t.add_column("description")
+        for n, obj in known.items():
+            doc = (obj.__doc__ or "").strip().splitlines()
+            t.add_row(n + (" (default)" if n == "espnetv2" else ""), doc[0] if doc else "")
     else:
         from .data import DATASETS
 
@@ -151,17 +218,26 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
 
     from .utils import atomic_write_text
 
+    from .utils import check_device
+
+    check_device(a.device)
     if a.task == "detect":
         from .tasks.downstream import class_mapping, evaluate_detector, finetune_detector, load_detection_set
 
         if not a.labels:
             raise IvfuseError("downstream detect needs --labels")
-        data = load_detection_set(a.images, a.labels, _split_names(a.names))
+        if not 0 <= a.merge_iou <= 1:
+            raise IvfuseError(f"--merge-iou {a.merge_iou}: must lie in [0, 1] (1 keeps every box of every --labels)")
+        merge = a.merge_iou if a.merge_iou < 1 else None
+        data = load_detection_set(a.images, a.labels, _split_names(a.names), merge_iou=merge)
         det = _load_detector(a, data.class_names)
         mapping = class_mapping(data.class_names, det.class_names)
-        result: dict = {"model": a.model, "weights": a.weights, "images": str(a.images), "labels": [str(x) for x in a.labels]}
+        result: dict = {"model": a.model, "weights": _weights_used(a), "images": str(a.images),
+                        "labels": [str(x) for x in a.labels]}  # fmt: skip
+        if len(a.labels) > 1:
+            result["merge_iou"] = merge
         if a.train_images:
-            train = load_detection_set(a.train_images, a.train_labels or a.labels, data.class_names)
+            train = load_detection_set(a.train_images, a.train_labels or a.labels, data.class_names, merge_iou=merge)
             hist = finetune_detector(det, train, mapping, a.epochs, a.batch, a.lr, a.imgsz, progress=not a.quiet)
             result["finetune"] = {"images": len(train), "epochs": a.epochs, "loss_per_epoch": hist}
             if a.save:
@@ -179,7 +255,7 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
             raise IvfuseError("downstream segment needs --masks")
         data = load_segmentation_set(a.images, a.masks)
         seg = _load_segmenter(a).to(a.device)
-        result = {"model": a.model, "weights": a.weights, "images": str(a.images)}
+        result = {"model": a.model, "weights": _weights_used(a), "images": str(a.images)}
         if a.train_images:
             train = load_segmentation_set(a.train_images, a.train_masks or a.masks)
             result["finetune"] = {"images": len(train), "epochs": a.epochs,
@@ -192,28 +268,27 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
     return 0
 
 
-def _load_segmenter(a: argparse.Namespace):
-    from .tasks import DeepLabV3Plus, ESPNetv2Seg
+def _weights_used(a: argparse.Namespace) -> str | None:
+    """The weights file a downstream model was built from: ``--weights``, else the default file actually loaded
+    (YOLOv5n COCO, ESPNetv2 Cityscapes); ``None`` only for a model trained from scratch."""
     from .weights import weights_path
 
+    if a.weights:
+        return str(a.weights)
+    default = {"yolov5n": "yolov5n_coco", "espnetv2": "espnetv2_city"}.get(a.model)
+    if default is None or (a.model == "espnetv2" and getattr(a, "num_classes", None)):
+        return None
+    return str(weights_path(default).resolve())
+
+
+def _load_segmenter(a: argparse.Namespace):
+    from .tasks.segmenters import create_segmenter
+
     names = _split_names(getattr(a, "names", None))
-    if a.model == "espnetv2":
-        if a.weights is None and getattr(a, "num_classes", None):
-            return ESPNetv2Seg(a.num_classes, class_names=names)
-        return ESPNetv2Seg.from_checkpoint(weights_path("espnetv2_city", a.weights))
+    kw = {"weights": a.weights, "num_classes": getattr(a, "num_classes", None), "class_names": names}
     if a.model == "deeplabv3plus":
-        k = getattr(a, "num_classes", None) or (len(names) if names else None)
-        if not k:
-            raise IvfuseError("deeplabv3plus needs --num-classes (or --names)")
-        m = DeepLabV3Plus(k, a.backbone, class_names=names)
-        if a.weights:
-            import torch
-
-            m.load_state_dict(torch.load(a.weights, map_location="cpu", weights_only=True))
-        return m
-    from .errors import suggest
-
-    raise suggest(a.model, ["espnetv2", "deeplabv3plus"], "segmenter")
+        kw["backbone"] = a.backbone
+    return create_segmenter(a.model, **kw)
 
 
 def _render_each(a: argparse.Namespace, desc: str, render) -> int:
@@ -241,6 +316,9 @@ def _as_u8(x):
 def _cmd_detect(a: argparse.Namespace) -> int:
     from torchvision.utils import draw_bounding_boxes
 
+    from .utils import check_device
+
+    check_device(a.device)
     det = _load_detector(a)
 
     def render(x):
@@ -256,43 +334,92 @@ def _cmd_segment(a: argparse.Namespace) -> int:
     from torchvision.utils import draw_segmentation_masks
 
     from .tasks.segmenters import CITYSCAPES_PALETTE
+    from .utils import check_device
 
+    check_device(a.device)
     seg = _load_segmenter(a).to(a.device)
-    pal = CITYSCAPES_PALETTE if seg.num_classes == 20 else None
+    pal = CITYSCAPES_PALETTE if seg.num_classes == 20 else _palette(seg.num_classes)
 
     def render(x):
         pred = seg.predict(x[None].to(a.device))[0].cpu()
         u8 = _as_u8(x)
         present = pred.unique().tolist()
         masks = torch.stack([pred == c for c in present])
-        over = draw_segmentation_masks(u8, masks, alpha=0.55, colors=[pal[c] for c in present] if pal else None)
-        return torch.cat([u8, over], 2)
+        colours = [tuple(pal[c]) for c in present]
+        over = draw_segmentation_masks(u8, masks, alpha=0.55, colors=colours)
+        legend = _legend([seg.class_names[c] for c in present], colours, u8.shape[-2])
+        return torch.cat([u8, over, legend], 2)
 
     return _render_each(a, "segmentation", render)
 
 
+def _palette(n: int) -> list[tuple[int, int, int]]:
+    """``n`` distinct colours (evenly spaced hues, alternating brightness) for classes without a dataset palette."""
+    from PIL import ImageColor
+
+    return [ImageColor.getrgb(f"hsv({round(360 * i / max(n, 1))}, 75%, {95 if i % 2 else 70}%)") for i in range(n)]
+
+
+def _legend(names: list[str], colours: list[tuple[int, int, int]], height: int):
+    """A white ``3×height×W`` panel listing each class name beside a swatch of its colour (uint8)."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(10, min(16, height // 24)))
+    row = max(14, int(font.size * 1.5))
+    sw = row - 4
+    width = 12 + sw + 8 + max((int(font.getlength(n)) for n in names), default=0) + 12
+    cols = max(1, -(-len(names) * row // max(row, height - 16)))  # wrap into columns when the image is short
+    per_col = -(-len(names) // cols)
+    im = Image.new("RGB", (width * cols, height), "white")
+    draw = ImageDraw.Draw(im)
+    for i, (n, c) in enumerate(zip(names, colours)):
+        x0, y0 = (i // per_col) * width + 12, 8 + (i % per_col) * row
+        draw.rectangle([x0, y0, x0 + sw, y0 + sw], fill=tuple(c), outline="black")
+        draw.text((x0 + sw + 8, y0 + sw / 2), n, fill="black", font=font, anchor="lm")
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+
+
 def _cmd_train(a: argparse.Namespace) -> int:
-    import importlib
     import json
 
-    from .engine import RECIPES
-    from .engine.config import load_config
-    from .errors import suggest
+    from .engine import RECIPES, train
+    from .engine.config import load_config, split_items
 
-    if a.method not in RECIPES:
-        raise suggest(a.method, RECIPES, "trainable method")
-    opts, overrides = {}, []
-    for item in a.items:
-        key = item.split("=", 1)[0]
-        if key in ("preset", "config", "out", "export") and "=" in item:
-            opts[key] = item.split("=", 1)[1]
-        else:
-            overrides.append(item)
-    cfg = load_config(a.method, opts.get("preset"), opts.get("config"), overrides)
-    out = opts.get("out", f"runs/{a.method}")
-    mod, fn = RECIPES[a.method].split(":")
-    summary = getattr(importlib.import_module(mod), fn)(cfg, out, opts.get("export"), progress=not a.quiet)
+    if any(x in ("-h", "--help") for x in [a.method, *a.items]):
+        build_parser().parse_args(["train", "--help"])  # prints the usage and exits
+    quiet = a.quiet or any(x in ("-q", "--quiet") for x in a.items)  # the flag may follow the items
+    items = [x for x in a.items if x not in ("-q", "--quiet")]
+    bad = [x for x in items if x.startswith("-")]
+    if bad:
+        raise IvfuseError(f"train: unknown option '{bad[0]}' (items are key=value; the only flag is -q/--quiet)")
+    RECIPES.get(a.method)  # unknown method: "did you mean"
+    run, overrides = split_items(items)
+    cfg = load_config(a.method, run.get("preset"), run.get("config"), overrides)  # keys and types checked here
+    out = run.get("out", f"runs/{a.method}")
+    # train() checks the resume mode, the device and the recipe's constraints before it writes anything
+    summary = train(a.method, cfg, out, run.get("export"), progress=not quiet, resume=run.get("resume", "auto"))
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports (the process group is gone by now)
+        return 0
     print(json.dumps({"out": out, "epoch_seconds": summary["epoch_s"], "val": summary["metrics"].get("val", {})}, indent=1))
+    print(f"run folder: {out} (final.pt, summary.json, log.csv)")
+    if summary.get("export"):
+        print(f"exported the trained model to {summary['export']}")
+    return 0
+
+
+def _cmd_masks(a: argparse.Namespace) -> int:
+    from .masks import DEFAULT_CLASSES, generate_masks
+    from .utils import check_device
+
+    classes = None if a.classes == "all" else [c.strip() for c in (a.classes or ",".join(DEFAULT_CLASSES)).split(",") if c.strip()]
+    res = generate_masks(a.ir, a.vis, a.output, detector=a.prompt_detector, detector_weights=a.detector_weights,
+                         sam_weights=a.sam_weights, conf=a.conf, classes=classes, overwrite=a.overwrite,
+                         device=check_device(a.device), progress=not a.quiet)  # fmt: skip
+    print(f"masks: {len(res['written'])} written, {len(res['skipped'])} skipped (already there) -> {a.output}")
     return 0
 
 
@@ -314,8 +441,26 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--ext", default=".png", help="output extension in folder mode (default .png)")
     f.add_argument("--ir-norm", default="minmax", choices=["minmax", "percentile", "scale"],
                    help="normalisation of 16-bit/float infrared data (8-bit is divided by 255)")
+    f.add_argument("--skip-existing", action="store_true",
+                   help="folder mode: keep outputs that already exist (resume an interrupted run)")
+    f.add_argument("--continue-on-error", action="store_true",
+                   help="folder mode: fuse every good pair, report the bad ones at the end and exit with status 1")
+    f.add_argument("--batch", type=int, default=1, help="folder mode: pairs per forward pass (equal sizes are grouped)")
+    f.add_argument("--workers", type=int, help="folder mode: DataLoader reader processes (default 0 at batch 1, else 2)")
+    f.add_argument("--amp", choices=["bf16", "fp16"], help="autocast precision (cuda: bf16/fp16; cpu: bf16 only)")
+    f.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    f.add_argument("--compile", action="store_true", help="torch.compile the model (slow first call)")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     f.set_defaults(run=_cmd_fuse)
+
+    x = sub.add_parser("export", help="export a method to ONNX (dynamic batch/height/width) for onnxruntime: --method onnx:FILE")
+    x.add_argument("method", help="method to export (ivfuse list methods)")
+    x.add_argument("--weights", help="checkpoint file for learned methods")
+    x.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option, repeatable")
+    x.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    x.add_argument("-o", "--output", required=True, help="output file (.onnx)")
+    x.set_defaults(run=_cmd_export)
 
     e = sub.add_parser("eval", help="score fused images against their sources")
     e.add_argument("--ir", required=True, help="infrared folder")
@@ -323,12 +468,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fused", required=True, help="folder of fused images (same stems)")
     e.add_argument("--metrics", help="comma-separated metric names (default: the standard suite)")
     e.add_argument("--out", help="write results to .json, .csv or .md")
+    e.add_argument("--names", help="text file of image names (one per line, extension optional): score only these")
+    e.add_argument("--only-fused", action="store_true",
+                   help="score the fused images present; source pairs without a fused image are reported, not an error")
+    e.add_argument("--ir-norm", choices=["minmax", "percentile", "scale"],
+                   help="read 16-bit/float infrared as `ivfuse fuse --ir-norm` does (then quantised to 8 bits); "
+                   "default: infrared must be 8-bit")
     e.add_argument("--workers", type=int, help="processes (default: all cores)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(run=_cmd_eval)
 
-    ls = sub.add_parser("list", help="list methods, metrics or datasets")
-    ls.add_argument("what", choices=["methods", "metrics", "datasets"])
+    ls = sub.add_parser("list", help="list methods, metrics, datasets, detectors or segmenters")
+    ls.add_argument("what", choices=["methods", "metrics", "datasets", "detectors", "segmenters"])
     ls.set_defaults(run=_cmd_list)
 
     d = sub.add_parser("downstream", help="evaluate images with a detector (mAP) or segmenter (mIoU), optionally fine-tuning first")
@@ -336,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--images", required=True, help="folder of images to judge (IR, visible or fused)")
     d.add_argument("--labels", action="append", help="YOLO/VOC label folder or COCO json; repeat to join sets (union)")
     d.add_argument("--masks", help="folder of class-id mask PNGs (segment)")
+    d.add_argument("--merge-iou", type=float, default=0.5,
+                   help="with several --labels: a later box with the class of an earlier one and IoU above this is "
+                   "the same object and is dropped, the earlier kept (default 0.5; 1 keeps every box)")
     d.add_argument("--names", help="comma-separated dataset class names (default: classes.txt beside the labels)")
     d.add_argument("--model", default=None, help="detector (yolov5n, ..., fasterrcnn_resnet50_fpn) or segmenter (espnetv2, deeplabv3plus)")
     d.add_argument("--weights", help="weights file (default: the shared COCO YOLOv5n / Cityscapes ESPNetv2)")
@@ -370,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a method: ivfuse train metafusion [preset=cpu] [config=FILE] [out=DIR] [export=FILE] key=value ...")
     tr.add_argument("method", help="method to train (metafusion)")
-    tr.add_argument("items", nargs="*", metavar="KEY=VALUE", help="preset=, config=, out=, export= and config overrides such as epochs.pretrain=5")
+    tr.add_argument("items", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
+                    help="preset=, config=, out=, export=, resume=auto|force|new and config overrides such as epochs.pretrain=5")
     tr.add_argument("-q", "--quiet", action="store_true")
     tr.set_defaults(run=_cmd_train)
 
@@ -380,10 +535,47 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--num-classes", type=int)
     sg.add_argument("--names")
     sg.set_defaults(run=_cmd_segment)
+
+    from .bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
+    m = sub.add_parser("masks", help="OCCO object masks: detector boxes -> SAM masks per modality -> shared/unique/background maps")
+    m.add_argument("--ir", required=True, help="infrared folder")
+    m.add_argument("--vis", required=True, help="visible folder (pairs matched by file stem)")
+    m.add_argument("-o", "--output", required=True, help="output folder: <stem>.png class map (0 bg, 1 shared, 2 ir-unique, "
+                   "3 vis-unique), <stem>.json instances, preview/<stem>.png")  # fmt: skip
+    m.add_argument("--prompt-detector", default="yolov5n", help="ivfuse detector giving the box prompts (default yolov5n, COCO)")
+    m.add_argument("--detector-weights", help="weights of the prompt detector")
+    m.add_argument("--conf", type=float, default=0.25, help="detector confidence threshold (default 0.25)")
+    m.add_argument("--classes", help="comma-separated detector classes used as prompts, or 'all' (default: person, bicycle, "
+                   "car, motorcycle, bus, truck)")  # fmt: skip
+    m.add_argument("--sam-weights", help="SAM checkpoint: MobileSAM (default, shared weights) or official SAM ViT-B/L/H (.pth)")
+    m.add_argument("--overwrite", action="store_true", help="recompute pairs whose outputs exist")
+    m.add_argument("--device", default="cpu")
+    m.add_argument("-q", "--quiet", action="store_true")
+    m.set_defaults(run=_cmd_masks)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    with warnings.catch_warnings():
+        default_show = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            from .errors import IvfuseWarning
+
+            if issubclass(category, IvfuseWarning):  # input warnings: one line, like the errors
+                print(f"ivfuse: warning: {message}", file=file or sys.stderr)
+            else:
+                default_show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "command", None) == "downstream" and args.model is None:
         args.model = "yolov5n" if args.task == "detect" else "espnetv2"
@@ -392,8 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IvfuseError as e:
         print(f"ivfuse: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ivfuse: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print("ivfuse: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return 130
 
 

@@ -1,6 +1,9 @@
 """Fusion methods: one registry, one file per method family (``ivfuse list methods``)."""
 
 from . import classical, metafusion  # noqa: F401  (registration)
+from . import didfuse, ifcnn, seafusion, tardal  # noqa: F401  (peers, official weights)
+from . import lite  # noqa: F401  (real-time model, shipped weights)
+from . import occo, tim, tsjnet  # noqa: F401  (task-driven methods with CPU-trained shipped weights)
 from .base import MODELS, FusionModel, check_pair, create_model, list_models, register_model
 
 __all__ = ["MODELS", "FusionModel", "check_pair", "create_model", "list_models", "register_model"]
