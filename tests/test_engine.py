@@ -464,7 +464,7 @@ def test_finetune_segmenter_is_bitwise_reproducible_from_seed(tmp_path):
 # ------------------------------------------------------------------------------------------------ CLI
 @pytest.mark.parametrize("items,msg", [
     (["device=cuda"], "no CUDA GPU is available"),
-    (["device=gpu"], "unknown device 'gpu'"),
+    (["device=gpu"], "did you mean 'cuda'"),
     (["epochs.pretrain=abc"], "config key 'epochs.pretrain' must be an integer"),
     (["data.crop=96"], "config key 'data.crop' must be a list"),
     (["data=oops"], "config key 'data' must be a mapping"),

@@ -79,21 +79,11 @@ class Recipe:
 
 
 def check_device(name: str) -> torch.device:
-    """A usable torch device for ``name``, or a one-line :class:`InputError`."""
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device '{name}' (use cpu, cuda, cuda:N or mps)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device '{name}' requested but no CUDA GPU is available (use device=cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"device '{name}': only {torch.cuda.device_count()} CUDA device(s) present")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"device '{name}' requested but MPS is not available (use device=cpu)")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"device '{name}' is not supported for training (use cpu or cuda)")
-    return dev
+    """The torch device of a config's ``device`` key, checked like ``--device`` (:func:`ivfuse.utils.check_device`):
+    a one-line error for an unknown name or a GPU that is not there."""
+    from ..utils import check_device as check
+
+    return torch.device(check(name, "device"))
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
