@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ from kornia.color import hsv_to_rgb, rgb_to_hsv, rgb_to_ycbcr, ycbcr_to_rgb
 from torch import nn
 
 from ..errors import InputError
-from .base import FusionModel, check_pair, register_model
+from .base import FusionModel, check_pair, load_checked, read_weights, register_model
 
 __all__ = ["MetaFusionNet", "MetaFeatureEmbedding", "FusionBlock", "guide_loss"]
 
@@ -139,35 +138,23 @@ class MetaFusionNet(FusionModel):
     def from_checkpoint(cls, path: str | os.PathLike) -> MetaFusionNet:
         """Load an ivfuse MetaFusion checkpoint (``{"state_dict", "config"}``) or an official state dict
         (4-channel input -> ``colour="hsv"``, width 1)."""
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"{p}: MetaFusion weights file not found")
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd, cfg = load_file(p), None
-            import json
-
-            from safetensors import safe_open
-
-            with safe_open(p, "pt") as f:
-                meta = f.metadata() or {}
-            cfg = json.loads(meta.get("config", "{}"))
+        obj, meta = read_weights(path, "MetaFusion")
+        if meta:  # safetensors export
+            sd, cfg = obj, meta.get("config") or None
+        elif isinstance(obj, dict) and "modules" in obj:  # an ivfuse training checkpoint (last.pt / final.pt / after_<stage>.pt)
+            sd, cfg = obj["modules"]["F"], dict(obj["config"]["fusion"])
+        elif isinstance(obj, dict) and "state_dict" in obj:
+            sd, cfg = obj["state_dict"], obj.get("config")
         else:
-            ck = torch.load(p, map_location="cpu", weights_only=True)
-            if "modules" in ck:  # an ivfuse training checkpoint (last.pt / final.pt / after_<stage>.pt)
-                sd, cfg = ck["modules"]["F"], dict(ck["config"]["fusion"])
-            else:
-                sd, cfg = (ck["state_dict"], ck.get("config", {})) if "state_dict" in ck else (ck, None)
-        if cfg is None or not cfg:
-            w0 = sd["block1.0.conv1_1.weight"]
+            sd, cfg = obj, None
+        if not cfg:  # an official state dict: read the layout off the weights
+            w0 = sd.get("block1.0.conv1_1.weight") if isinstance(sd, dict) else None
+            if w0 is None:
+                raise InputError(f"{path}: not MetaFusion weights (no block1.0.conv1_1.weight)")
             cfg = {"width": w0.shape[0] / 64, "colour": "hsv" if w0.shape[1] == 4 else "ycbcr",
                    "blocks": len({k.split(".")[1] for k in sd if k.startswith("block1.")})}  # fmt: skip
         model = cls(width=float(cfg.get("width", 1.0)), colour=cfg.get("colour", "ycbcr"), blocks=int(cfg.get("blocks", 3)))
-        missing = model.load_state_dict(sd, strict=False)
-        if missing.missing_keys or missing.unexpected_keys:
-            raise InputError(f"{p}: keys do not match MetaFusion F (missing {missing.missing_keys[:3]}, unexpected {missing.unexpected_keys[:3]})")
-        return model.eval()
+        return load_checked(model, sd, path, "MetaFusion F")
 
 
 def _convs(cin: int, cout: int, n: int) -> nn.Sequential:
