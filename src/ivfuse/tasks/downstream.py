@@ -211,7 +211,7 @@ def finetune_detector(
     generators seeded with ``(seed, epoch)``, and the global torch generator (used by Faster R-CNN's proposal
     sampling) is seeded with ``seed`` for the duration and restored afterwards.
     """
-    from ..engine import BatchSource, OptimStep, RandomFlip, Stage, Trainer
+    from ..engine import BatchSource, OptimStep, RandomFlip, Stage
     from .detectors import DETECTOR_CLIP, detector_optimizer
 
     mapping = mapping if mapping is not None else class_mapping(data.class_names, detector.class_names)
@@ -241,15 +241,25 @@ def finetune_detector(
         log({"epoch": epoch, "loss": ctx["epoch_metrics"]["loss"]})
 
     cfg = {"task": "detection", "epochs": epochs, "batch_size": batch_size, "lr": lr, "imgsz": imgsz, "seed": seed}
-    tr = Trainer(None, {"detector": detector}, {"sgd": opt}, cfg, progress)
+    stage = Stage("finetune", epochs, source, train_step, on_epoch_end=epoch_end if log else None)
+    return _run_finetune(detector, "detector", opt, cfg, stage, seed, progress)
+
+
+def _run_finetune(module, name: str, opt, cfg: dict, stage, seed: int, progress: bool) -> list[float]:
+    """Run one fine-tuning ``stage`` of ``module`` on the engine's Trainer (no run folder) with the global torch
+    generator seeded by ``seed`` for the duration and restored afterwards; ``module`` is left in eval mode.
+    Returns the mean loss of each epoch."""
+    from ..engine import Trainer
+
+    tr = Trainer(None, {name: module}, {name: opt}, cfg, progress)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        detector.train()
+        module.train()
         try:
-            tr.run([Stage("finetune", epochs, source, train_step, on_epoch_end=epoch_end if log else None)])
+            tr.run([stage])
         finally:
-            detector.eval()
-    return [h["loss"] for h in tr.history.get("finetune", [])]
+            module.eval()
+    return [h["loss"] for h in tr.history.get(stage.name, [])]
 
 
 # ------------------------------------------------------------------------------------------------ segmentation
@@ -304,7 +314,7 @@ def finetune_segmenter(segmenter, data: SegmentationSet, epochs: int = 5, batch_
     """Cross-entropy training on class-id masks (Adam, random crops and flips) on the engine's
     :class:`~ivfuse.engine.Trainer`. Returns epoch mean losses; bitwise reproducible on CPU from ``seed`` and the
     initial weights (see :func:`finetune_detector`)."""
-    from ..engine import BatchSource, OptimStep, RandomCrop, RandomFlip, Stage, Trainer
+    from ..engine import BatchSource, OptimStep, RandomCrop, RandomFlip, Stage
     from .segmenters import segmentation_loss
 
     samples = [{"name": n, "vis": read_vis(i), "mask": read_mask(m)} for n, i, m in zip(data.names, data.images, data.masks)]
@@ -320,12 +330,4 @@ def finetune_segmenter(segmenter, data: SegmentationSet, epochs: int = 5, batch_
         return {"loss": float(loss.detach())}
 
     cfg = {"task": "segmentation", "epochs": epochs, "batch_size": batch_size, "lr": lr, "crop": crop, "seed": seed}
-    tr = Trainer(None, {"segmenter": segmenter}, {"adam": opt}, cfg, progress)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        segmenter.train()
-        try:
-            tr.run([Stage("finetune", epochs, source, train_step)])
-        finally:
-            segmenter.eval()
-    return [h["loss"] for h in tr.history.get("finetune", [])]
+    return _run_finetune(segmenter, "segmenter", opt, cfg, Stage("finetune", epochs, source, train_step), seed, progress)
