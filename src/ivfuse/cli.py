@@ -447,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder mode: fuse every good pair, report the bad ones at the end and exit with status 1")
     f.add_argument("--batch", type=int, default=1, help="folder mode: pairs per forward pass (equal sizes are grouped)")
     f.add_argument("--workers", type=int, help="folder mode: DataLoader reader processes (default 0 at batch 1, else 2)")
-    f.add_argument("--amp", choices=["bf16", "fp16"], help="autocast precision (cuda: bf16/fp16; cpu: bf16 only)")
+    f.add_argument("--amp", choices=["none", "bf16", "fp16"],
+                   help="autocast precision, as the training key amp= (cuda: bf16/fp16; cpu: bf16 only; none = fp32)")
     f.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     f.add_argument("--compile", action="store_true", help="torch.compile the model (slow first call)")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

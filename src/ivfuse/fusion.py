@@ -78,7 +78,7 @@ class Runner:
     (any device/dtype in; float32 fused out, on the runner's device, in [0, 1]).
 
     Args:
-        amp: ``None``/``"fp32"`` (off), ``"bf16"`` or ``"fp16"``: ``torch.autocast`` around the forward pass. CUDA
+        amp: ``None``/``"none"`` (off, fp32; as the training config key ``amp``), ``"bf16"`` or ``"fp16"``: ``torch.autocast`` around the forward pass. CUDA
             takes both; on the CPU bf16 autocast is used as PyTorch provides it and fp16 is refused (CPU autocast
             has no fp16 kernels worth using).
         channels_last: convert the model and inputs to ``torch.channels_last`` memory format.
@@ -113,10 +113,10 @@ def check_amp(amp: str | None, device: str | torch.device = "cpu") -> torch.dtyp
     if amp in (None, "", "none", "fp32", "off"):
         return None
     if amp not in AMP_DTYPES:
-        raise InputError(f"--amp {amp}: unknown precision (use bf16 or fp16; omit for fp32)")
+        raise InputError(f"--amp {amp}: unknown precision (use none, bf16 or fp16)")
     dev = torch.device(device)
     if dev.type == "cpu" and amp == "fp16":
-        raise InputError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 (CPU autocast) or fp32")
+        raise InputError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 (CPU autocast) or --amp none")
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"--amp is supported on cpu (bf16) and cuda, not on '{dev}'")
     return AMP_DTYPES[amp]

@@ -3,10 +3,12 @@
 ``ivfuse train lite preset=cpu out=runs/lite export=lite.safetensors`` trains :class:`LiteFusionNet` with
 MetaFusion's fusion loss (:class:`ivfuse.losses.FusionLoss`: SSIM to both sources + ``|F − max(IR, Y)|`` +
 ``| |∇F| − max(|∇IR|, |∇Y|) |``) on random crops of MSRS dev-train (no labels used), Adam with a cosine learning
-rate. The loss is the teacher: no distillation from a bigger net is needed because the lite net is trained
-directly on the objective the MetaFusion F of ivfuse is pre-trained with (choice documented in
-``docs/deployment.md``). The export (safetensors) carries the config, data, epochs, seed, wall time and the
-validation metrics as metadata; ``create_model("lite")`` loads the shipped one.
+rate, optionally plus **distillation** from a bigger fusion method (``teacher.method=tim``): an L1 term
+``λ_t·|F − T|`` to the teacher's fused luminance T, computed once per training pair at full resolution (cached as
+safetensors) and cropped/flipped with the pair. The shipped model is distilled from the task-guided TIM (see
+``docs/deployment.md``: the fusion loss alone did not reach the pixel average's zero-shot mAP50). The export
+(safetensors) carries the config, data, epochs, seed, teacher, wall time and the validation metrics as metadata;
+``create_model("lite")`` loads the shipped one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 from kornia.color import rgb_to_ycbcr
 
-from ..errors import InputError
+from ..errors import InputError, suggest
 from ..losses import FusionLoss
 from ..models.lite import LiteFusionNet
 from .checkpoint import export_safetensors
@@ -27,7 +29,25 @@ from .recipe import Recipe, register_recipe, strict_json, validate_fusion
 from .step import OptimStep
 from .trainer import Stage
 
-__all__ = ["LiteRecipe"]
+__all__ = ["LiteRecipe", "teacher_cache_dir"]
+
+
+def teacher_cache_dir(t: dict) -> Path:
+    """Folder of the teacher images of a config's ``teacher`` section (keyed by method and weights file)."""
+    import hashlib
+    import os
+
+    if t.get("cache"):
+        return Path(t["cache"]).expanduser()
+    w = t.get("weights")
+    tag = hashlib.sha256(Path(w).read_bytes()).hexdigest()[:12] if w and Path(w).is_file() else "default"
+    if not w:  # the shipped default: key by the installed file so a new release does not reuse stale images
+        from importlib import resources
+
+        f = resources.files("ivfuse") / "weights" / f"{t['method']}_default.safetensors"
+        tag = hashlib.sha256(f.read_bytes()).hexdigest()[:12] if f.is_file() else "default"
+    root = Path(os.environ.get("IVFUSE_CACHE", "~/.cache/ivfuse")).expanduser()
+    return root / "lite_teacher" / f"{t['method']}-{tag}"
 
 
 @register_recipe("lite")
@@ -43,6 +63,16 @@ class LiteRecipe(Recipe):
         for spec in cfg["data"]:
             if isinstance(spec, dict) and spec.get("name") == "msrs" and spec.get("split") in ("dev-val", "test"):
                 raise InputError(f"config key 'data' lists msrs:{spec['split']}, a held-out split; train on dev-train")
+        t = cfg["teacher"]
+        if not t["method"] and not any(float(v) for v in cfg["loss"].values()):
+            raise InputError("lite has nothing to learn: every 'loss' weight is 0 and no 'teacher.method' is set")
+        if t["method"]:
+            from ..models import list_models
+
+            if t["method"] not in list_models():
+                raise suggest(t["method"], list_models(), "teacher method")
+            if t["weights"] and not Path(t["weights"]).is_file():
+                raise InputError(f"{t['weights']}: teacher weights file not found")
         return []
 
     def build(self) -> None:
@@ -56,7 +86,24 @@ class LiteRecipe(Recipe):
         samples = load_samples(c["data"])
         self.data = BatchSource(samples, c["batch"], [RandomCrop(c["crop"]), RandomFlip()], c.get("max_batches"),
                                 seed=c["seed"])  # fmt: skip
+        if c["teacher"]["method"]:
+            self.data.prepare("teacher", self._teacher_fn(), teacher_cache_dir(c["teacher"]), progress=self.progress)
         self.total_steps = c["epochs"] * len(self.data)
+
+    def _teacher_fn(self):
+        """``sample -> 1×H×W`` fused luminance of the teacher (fp32, [0, 1]) on the full pair."""
+        from ..models import create_model
+
+        t = self.cfg["teacher"]
+        kw = {"weights": t["weights"]} if t["weights"] else {}
+        teacher = create_model(t["method"], **kw).to(self.device).eval()
+
+        @torch.no_grad()
+        def fn(s: dict) -> torch.Tensor:
+            fused = teacher(s["ir"][None].to(self.device), s["vis"][None].to(self.device))
+            return (rgb_to_ycbcr(fused)[:, :1] if fused.shape[1] == 3 else fused)[0].float().cpu()
+
+        return fn
 
     def _set_lr(self, epoch: int) -> None:
         """Cosine decay from ``lr`` to ``lr/20`` over the epochs (a function of the epoch: resumes exactly)."""
@@ -72,7 +119,12 @@ class LiteRecipe(Recipe):
             self._set_lr(ctx.get("epoch", 0))
         ir, vis = batch["ir"].to(self.device), batch["vis"].to(self.device)
         y = rgb_to_ycbcr(vis)[:, :1]
-        loss, parts = self.loss(self.net.fuse_luma(ir, y), ir, y)
+        out = self.net.fuse_luma(ir, y)
+        loss, parts = self.loss(out, ir, y)
+        if "teacher" in batch:
+            lt = (out - batch["teacher"].to(self.device)).abs().mean()
+            loss = loss + self.cfg["teacher"]["weight"] * lt
+            parts["teacher"] = float(lt.detach())
         self.step_net(loss)
         return {"loss": float(loss.detach()), **parts}
 
@@ -87,6 +139,7 @@ class LiteRecipe(Recipe):
         meta = {"config": json.dumps({"width": c["width"]}),
                 "training": json.dumps({"recipe": "lite", "data": c["data"], "epochs": c["epochs"], "batch": c["batch"],
                                         "crop": c["crop"], "lr": c["lr"], "loss": c["loss"], "seed": c["seed"],
+                                        "teacher": c["teacher"],
                                         "device": str(self.device), "threads": torch.get_num_threads(),
                                         "wall_s": round(time.time() - self.t0, 1)}),
                 "metrics": json.dumps(strict_json(self.trainer.metrics.get("val", {}) if self.trainer else {}))}  # fmt: skip

@@ -15,9 +15,10 @@ The weight keeps the fused image a convex mix of the sources where that suffices
 with ``w = 0.5``); the detail term lets the net add back contrast and texture the mix loses. Colour: the base
 class's YCbCr path (fuse Y, keep Cb/Cr of the visible image).
 
-It is trained by the ``lite`` recipe (:mod:`ivfuse.engine.lite`, ``ivfuse train lite preset=cpu``) with
-MetaFusion's fusion loss (SSIM + max-intensity + max-gradient, :class:`ivfuse.losses.FusionLoss`); the shipped
-weights are ``weights/lite_default.safetensors`` (see ``docs/deployment.md`` for scores and speed).
+It is trained by the ``lite`` recipe (:mod:`ivfuse.engine.lite`, ``ivfuse train lite preset=cpu``) with a fusion
+loss (:class:`ivfuse.losses.FusionLoss`) and/or distillation from a bigger method; the shipped weights
+``weights/lite_default.safetensors`` are distilled from the task-guided TIM (see ``docs/deployment.md`` for how
+they were chosen, scores and speed).
 """
 
 from __future__ import annotations
