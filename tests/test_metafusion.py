@@ -6,13 +6,14 @@ import csv
 
 import pytest
 import torch
+from conftest import need
 from kornia.color import rgb_to_ycbcr
 
-from conftest import need
+from ivfuse.data.labels import Boxes
 from ivfuse.engine import OptimStep, train
 from ivfuse.engine.config import load_config
-from ivfuse.engine.metafusion import MetaFusionRecipe, train_metafusion
-from ivfuse.errors import InputError
+from ivfuse.engine.metafusion import MetaFusionRecipe, box_mask, train_metafusion
+from ivfuse.errors import InputError, UnknownNameError
 from ivfuse.losses import FusionLoss
 from ivfuse.models.metafusion import MetaFeatureEmbedding, MetaFusionNet, guide_loss
 from ivfuse.tasks.detectors import create_detector
@@ -63,6 +64,7 @@ class _TinyRecipe(MetaFusionRecipe):
         super().__init__(cfg, "cpu", progress=False)
         self.F = MetaFusionNet(width=0.125)
         self.D = create_detector("yolov5n", weights=None).eval()
+        self.D_task = None
         self.MFE = MetaFeatureEmbedding(self.F.feature_channels, [64, 128, 256], cfg["levels"], 8)
         self.loss_f = FusionLoss(cfg["loss"])
         self.step_mfe = OptimStep(torch.optim.SGD(self.MFE.parameters(), lr=0.1))
@@ -89,6 +91,74 @@ def test_inner_update_is_second_order():
     rec.inner_update(_batch(1), _batch(2), first_order=True)
     assert all(float(p.grad.abs().sum()) == 0 for p in rec.MFE.parameters())
     assert all(torch.equal(a, p) for a, p in zip(before, rec.MFE.parameters()))
+
+
+def test_box_mask_hand_case():
+    b = Boxes(torch.tensor([[2.5, 1.0, 5.0, 3.0], [-4.0, 6.0, 2.2, 20.0]]), torch.tensor([0, 2]))
+    m = box_mask([b, None], torch.Size([2, 1, 8, 6]))
+    want = torch.zeros(2, 1, 8, 6)
+    want[0, 0, 1:3, 2:5] = 1  # x 2.5..5 -> columns 2..4 (outward rounding), y 1..3 -> rows 1..2
+    want[0, 0, 6:8, 0:3] = 1  # clipped to the image; x2 2.2 -> column 2
+    assert torch.equal(m, want)
+
+
+def test_target_term_is_the_box_masked_distance_to_the_target_and_reaches_f():
+    """``target.intensity``: L_f + λ_t·mean over box pixels of |Y_F − IR| (``source: max``: max(IR, Y)); a batch
+    without boxes adds nothing; the term's gradient reaches F."""
+    torch.manual_seed(0)
+    b = _batch(3)
+    boxes = [Boxes(torch.tensor([[4.0, 4.0, 20.0, 28.0]]), torch.tensor([0])), None]
+    for source in ("ir", "max"):
+        cfg = load_config("metafusion", "cpu", overrides=["target.intensity=2.0", f"target.source={source}"])
+        rec = _TinyRecipe(cfg)
+        y, _, _ = rec.F(b["ir"], b["vis"], with_features=True)
+        plain, _ = rec.loss_f(y, b["ir"], rec._lum(b["vis"]))
+        total, parts = rec.fusion_loss(y, b["ir"], b["vis"], boxes)
+        t = b["ir"] if source == "ir" else torch.maximum(b["ir"], rec._lum(b["vis"]))
+        want = (y - t)[0, :, 4:28, 4:20].abs().mean()
+        want, plain = float(want.detach()), float(plain.detach())
+        assert parts["target"] == pytest.approx(want, rel=1e-5)
+        assert float(total.detach()) == pytest.approx(plain + 2.0 * want, rel=1e-5)
+        assert "target" not in rec.fusion_loss(y, b["ir"], b["vis"], [None, None])[1]
+    rec.F.zero_grad()
+    total.backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in rec.F.block2.parameters())
+
+
+def test_target_det_adds_the_fixed_detectors_loss_to_the_outer_update():
+    """``target.det``: D's detection loss on F's fused image (labelled samples only) joins the outer update of F; D
+    itself is not stepped."""
+    torch.manual_seed(0)
+    rec = _TinyRecipe(load_config("metafusion", "cpu", overrides=["target.det=1.0"]))
+    rec.step_f = OptimStep(torch.optim.SGD(rec.F.parameters(), lr=0.1))
+    batch = {**_batch(4), "boxes": [Boxes(torch.tensor([[2.0, 2.0, 20.0, 30.0]]), torch.tensor([0])), None]}
+    f0 = [p.detach().clone() for p in rec.F.parameters()]
+    d0 = {k: v.clone() for k, v in rec.D.state_dict().items()}
+    out = rec.step_outer(batch, {})
+    assert out["L_det"] > 0 and {"L_f", "L_g"} <= set(out)
+    assert any(not torch.equal(a, p) for a, p in zip(f0, rec.F.parameters()))
+    assert all(torch.equal(v, rec.D.state_dict()[k]) for k, v in d0.items())
+    assert "L_det" not in rec.step_outer({**_batch(4), "boxes": [None, None]}, {})  # no labels, no term
+    # target.detector=frozen: the loss comes from the frozen copy (not from D) and the copy is not changed
+    rec.D_task = create_detector("yolov5n", weights=None).eval().requires_grad_(False)
+    t0 = {k: v.clone() for k, v in rec.D_task.state_dict().items()}
+    with torch.no_grad():
+        fused = rec.F(batch["ir"][:1], batch["vis"][:1])
+        want = float(rec.D_task.loss(fused, batch["boxes"][:1])[0])
+        from_d = float(rec.D.loss(fused, batch["boxes"][:1])[0])
+    got = rec.step_outer(batch, {})["L_det"]
+    assert got == pytest.approx(want, rel=1e-4) and got != pytest.approx(from_d, rel=1e-4)
+    assert all(torch.equal(v, rec.D_task.state_dict()[k]) for k, v in t0.items())
+
+
+def test_target_options_are_checked():
+    with pytest.raises(UnknownNameError, match="did you mean 'max'"):
+        MetaFusionRecipe.check(load_config("metafusion", "cpu", overrides=["target.source=maxx"]))
+    with pytest.raises(InputError, match="held-out"):
+        MetaFusionRecipe.check(load_config("metafusion", "cpu", overrides=[
+            "data.detection=[{name: msrs, split: dev-val, labels: infrared}]"]))  # fmt: skip
+    with pytest.raises(InputError, match="must be >= 0"):
+        MetaFusionRecipe.check(load_config("metafusion", "cpu", overrides=["target.det=-1"]))
 
 
 def _tiny_cfg(tmp_mode: str, **extra):
@@ -240,6 +310,9 @@ def test_shipped_default_model_is_the_default_method():
             meta = f.metadata()
     training = json.loads(meta["training"])
     assert training["mode"] == "metafusion" and training["detector"]["name"] == "yolov5n"
+    # trained on the fixed split's dev-train only (never dev-val), with the target-aware term (preset cpu_task)
+    assert training["data"] == training["detection_data"] == [{"name": "msrs", "split": "dev-train", "labels": "infrared"}]
+    assert training["target"]["intensity"] > 0
     # it fuses: a hot IR target and visible texture both survive
     ir = torch.full((1, 1, 96, 96), 0.2)
     ir[..., 40:56, 60:76] = 1.0

@@ -11,6 +11,15 @@ MFE every N epochs). Modes (the paper's ablations):
 
 **Outer update (Eq. 6):** θ_F ← θ_F − β_F ∇(L_f + λ_g Σ_j L_g) with MFE and D fixed.
 
+**Target-aware terms (ivfuse's extension for issue #9; off by default = the paper's objective):**
+``target.intensity`` = λ_t adds λ_t·mean_{boxes}|Y_F − T| to L_f wherever L_f is used (pretraining, outer, inner
+meta-test, CoFusion), over the pixels inside the labelled boxes of the ``data.train`` pairs (pairs without labels
+contribute nothing), T = the infrared image (``source: ir``) or max(IR, Y) (``source: max``); ``target.det`` = λ_det
+adds a detection loss on F's fused image to the outer update, on the labelled samples of the batch, from D (fixed
+there, as in CoFusion; ``target.detector: d``) or from a frozen copy of D's initial weights (``frozen``: e.g. the
+COCO YOLOv5n, the guidance TIM uses). Both need labelled pairs in ``data.train`` (e.g. ``{name: msrs, split:
+dev-train, labels: infrared}``).
+
 **Inner update (Eqs. 1-5):** on a meta-train batch, θ_F' = θ_F − β_F' ∇_θF Σ_j L_g (kept in the graph,
 ``create_graph=True``); L_f of F(θ_F') on a meta-test batch is back-propagated to θ_MFG and θ_FT *through*
 θ_F' (second order; :func:`~ivfuse.engine.step.virtual_step` and :func:`~ivfuse.engine.step.call_with`); F
@@ -31,6 +40,7 @@ phase not being sped up.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -41,11 +51,11 @@ from ..models.metafusion import MetaFeatureEmbedding, MetaFusionNet, guide_loss
 from ..tasks.detectors import DETECTOR_CLIP, create_detector, detector_optimizer
 from .checkpoint import export_safetensors
 from .data import BatchSource, RandomCrop, load_samples
-from .recipe import Recipe, strict_json, register_recipe, train, validate_fusion
+from .recipe import Recipe, register_recipe, strict_json, train, validate_fusion
 from .step import OptimStep, call_with, virtual_step
 from .trainer import Stage
 
-__all__ = ["MetaFusionRecipe", "train_metafusion", "MODES"]
+__all__ = ["MODES", "MetaFusionRecipe", "box_mask", "train_metafusion"]
 
 MODES = ("metafusion", "sofusion", "cofusion")
 
@@ -72,6 +82,18 @@ class MetaFusionRecipe(Recipe):
                     f"inner.every={inner['every']} > epochs.mfe={ep['mfe']}: the inner (meta) update of MFE would never "
                     f"run; lower inner.every, raise epochs.mfe, or set inner.updates=0 to train without it"
                 )  # fmt: skip
+        t = cfg["target"]
+        if t["source"] not in ("ir", "max"):
+            raise suggest(t["source"], ("ir", "max"), "target.source")
+        if t["detector"] not in ("d", "frozen"):
+            raise suggest(t["detector"], ("d", "frozen"), "target.detector")
+        if t["intensity"] < 0 or t["det"] < 0:
+            raise InputError(f"config keys 'target.intensity'/'target.det' must be >= 0, got {t['intensity']}/{t['det']}")
+        for key in ("train", "detection"):
+            for spec in cfg["data"][key]:
+                if isinstance(spec, dict) and spec.get("name") == "msrs" and spec.get("split") in ("dev-val", "test"):
+                    raise InputError(f"config key 'data.{key}' lists msrs:{spec['split']}, a held-out split; "
+                                     f"train on msrs:dev-train (or train)")  # fmt: skip
         if len(cfg["data"]["crop"]) != 2:
             raise InputError(f"config key 'data.crop' must be [height, width], got {cfg['data']['crop']}")
         return []
@@ -83,6 +105,9 @@ class MetaFusionRecipe(Recipe):
         w = dcfg.get("weights")
         kw = {} if w is None else {"weights": None if w == "scratch" else w}
         self.D = create_detector(dcfg["name"], **kw).to(dev)
+        self.D_task = None  # target.detector=frozen: D's initial weights, never trained (not checkpointed)
+        if cfg["target"]["det"] and cfg["target"]["detector"] == "frozen":
+            self.D_task = create_detector(dcfg["name"], **kw).to(dev).eval().requires_grad_(False)
         with torch.no_grad():  # channels of the detector stages (DFB1-3), whatever the YOLOv5 size
             det_ch = [f.shape[1] for f in self.D.eval().features(torch.zeros(1, 3, 64, 64, device=dev))]
         self.levels = list(cfg["levels"])
@@ -102,7 +127,11 @@ class MetaFusionRecipe(Recipe):
     def load_data(self) -> None:
         cfg, d = self.cfg, self.cfg["data"]
         seed = cfg.get("seed", 0)
-        self.pairs = load_samples(d["train"])
+        t = cfg["target"]
+        self.pairs = load_samples(d["train"], with_boxes=bool(t["intensity"] or t["det"]))
+        if (t["intensity"] or t["det"]) and not any(s["boxes"] is not None and len(s["boxes"].xyxy) for s in self.pairs):
+            raise InputError("target.intensity/target.det > 0 need labelled pairs in data.train "
+                             "(e.g. {name: msrs, split: dev-train, labels: infrared}); none of them has boxes")  # fmt: skip
         crop = [RandomCrop(d["crop"])]
         self.batches = BatchSource(self.pairs, d["batch"], crop, d.get("max_batches"), seed)
         self.meta_batches = BatchSource(self.pairs, d["batch"], crop, None, seed, shard=False)
@@ -118,6 +147,20 @@ class MetaFusionRecipe(Recipe):
     def _lum(self, vis: torch.Tensor) -> torch.Tensor:
         return self.F.split(vis)[1]
 
+    def fusion_loss(self, y: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, boxes) -> tuple[torch.Tensor, dict]:
+        """L_f (``loss``) plus the target term λ_t·mean_{box pixels}|Y_F − T| when ``target.intensity`` > 0."""
+        lum = self._lum(vis)
+        loss, parts = self.loss_f(y, ir, lum)
+        lam = self.cfg["target"]["intensity"]
+        if lam and boxes is not None:
+            m = box_mask(boxes, y.shape, y.device)
+            if m.sum() > 0:
+                t = ir if self.cfg["target"]["source"] == "ir" else torch.maximum(ir, lum)
+                lt = ((y - t).abs() * m).sum() / m.sum()
+                loss = loss + lam * lt
+                parts = {**parts, "target": float(lt.detach())}
+        return loss, parts
+
     def det_features(self, fused: torch.Tensor) -> list[torch.Tensor]:
         self.D.eval()
         with torch.no_grad():
@@ -127,7 +170,7 @@ class MetaFusionRecipe(Recipe):
     def step_pretrain(self, batch: dict, ctx) -> dict:
         ir, vis = self._pair(batch)
         y, _, _ = self.F(ir, vis, with_features=True)
-        loss, parts = self.loss_f(y, ir, self._lum(vis))
+        loss, parts = self.fusion_loss(y, ir, vis, batch.get("boxes"))
         self.step_f(loss)
         return {"L_f": float(loss.detach()), **parts}
 
@@ -143,16 +186,24 @@ class MetaFusionRecipe(Recipe):
     def step_outer(self, batch: dict, ctx) -> dict:
         ir, vis = self._pair(batch)
         y, fused, feats = self.F(ir, vis, with_features=True)
-        lf, parts = self.loss_f(y, ir, self._lum(vis))
+        lf, _ = self.fusion_loss(y, ir, vis, batch.get("boxes"))
         fm, ft = self.MFE(feats, self.det_features(fused.detach()))
         lg = guide_loss(fm, ft)
-        self.step_f(lf + self.cfg["lambda_g"] * lg, inputs=self.F.parameters())
-        return {"L_f": float(lf.detach()), "L_g": float(lg.detach())}
+        total, out = lf + self.cfg["lambda_g"] * lg, {"L_f": float(lf.detach()), "L_g": float(lg.detach())}
+        lam_d = self.cfg["target"]["det"]
+        idx = [i for i, b in enumerate(batch.get("boxes") or []) if b is not None] if lam_d else []
+        if idx:  # the detector is fixed (eval mode, not stepped here); its loss reaches F through the fused image
+            det = self.D_task if self.D_task is not None else self.D.eval()
+            ld, _ = det.loss(fused[idx], [batch["boxes"][i] for i in idx])
+            total = total + lam_d * ld
+            out["L_det"] = float(ld.detach())
+        self.step_f(total, inputs=self.F.parameters())
+        return out
 
     def step_cofusion(self, batch: dict, ctx) -> dict:
         ir, vis = self._pair(batch)
         y, fused, _ = self.F(ir, vis, with_features=True)
-        lf, _ = self.loss_f(y, ir, self._lum(vis))
+        lf, _ = self.fusion_loss(y, ir, vis, batch.get("boxes"))
         self.D.eval()
         ld, _ = self.D.loss(fused, batch["boxes"])
         self.step_f(lf + self.cfg["lambda_d"] * ld, inputs=self.F.parameters())
@@ -171,7 +222,7 @@ class MetaFusionRecipe(Recipe):
         fm, ft = self.MFE(feats1, self.det_features(fused1.detach()))
         virtual = virtual_step(self.F, guide_loss(fm, ft), self.cfg["optim"]["lr_inner"], first_order=first_order)
         y2, _, _ = call_with(self.F, virtual, ir2, vis2, with_features=True)
-        lf, _ = self.loss_f(y2, ir2, self._lum(vis2))
+        lf, _ = self.fusion_loss(y2, ir2, vis2, meta_test.get("boxes"))
         params = list(self.MFE.parameters())
         grads = torch.autograd.grad(lf, params, allow_unused=True)
         self.step_mfe.step_with_grads(dict(zip(params, grads)))
@@ -231,9 +282,25 @@ class MetaFusionRecipe(Recipe):
                 "training": json.dumps({"mode": cfg["mode"], "levels": cfg["levels"], "data": cfg["data"]["train"],
                                         "detection_data": cfg["data"]["detection"], "detector": cfg["detector"],
                                         "epochs": cfg["epochs"], "rounds": cfg["rounds"], "loss": cfg["loss"],
+                                        "target": cfg["target"],
                                         "seed": cfg.get("seed", 0)}),
                 "metrics": json.dumps(strict_json(self.trainer.metrics.get("val", {}) if self.trainer else {}))}  # fmt: skip
         return export_safetensors(path, self.F.state_dict(), meta)
+
+
+def box_mask(boxes, shape: torch.Size, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``B×1×H×W`` float mask, 1 inside the boxes of each sample (``boxes``: a list of :class:`Boxes` or ``None``)."""
+    b_, _, h, w = shape
+    m = torch.zeros(b_, 1, h, w, device=device)
+    for i, bx in enumerate(boxes):
+        if bx is None:
+            continue
+        for x1, y1, x2, y2 in bx.xyxy.tolist():
+            x1, y1 = max(0, int(x1)), max(0, int(y1))
+            x2, y2 = min(w, math.ceil(x2)), min(h, math.ceil(y2))
+            if x2 > x1 and y2 > y1:
+                m[i, 0, y1:y2, x1:x2] = 1
+    return m
 
 
 def train_metafusion(cfg: dict, out: str | Path, export: str | Path | None = None, progress: bool = True,
