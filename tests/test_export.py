@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import ivfuse
+from conftest import need
 from ivfuse.cli import main
 from ivfuse.errors import InputError, IvfuseError
 from ivfuse.fusion import fuse, fuse_folder
@@ -123,7 +124,14 @@ def test_onnx_export_matches_pytorch(tmp_path, name, learned):
 
 def test_every_learned_method_with_weights_is_covered():
     learned = {n for n, lrn in _exportable() if lrn}
-    assert {"metafusion", "lite", "ifcnn", "seafusion"} <= learned  # shipped / shared weights are exported
+    assert {"metafusion", "lite", "tim"} <= learned  # the shipped weights are always exported
+
+
+@pytest.mark.realdata
+def test_peers_with_shared_weights_are_covered():
+    need("weights/peers")
+    learned = {n for n, lrn in _exportable() if lrn}
+    assert {"ifcnn", "seafusion"} <= learned  # official peer weights from ../shared are exported too
 
 
 def test_onnx_method_through_cli(pair_dirs, tmp_path, capsys):
