@@ -25,7 +25,7 @@ from ..losses import FusionLoss
 from ..models.lite import LiteFusionNet
 from .checkpoint import export_safetensors
 from .data import BatchSource, RandomCrop, RandomFlip, load_samples
-from .recipe import Recipe, register_recipe, strict_json, validate_fusion
+from .recipe import Recipe, refuse_held_out, register_recipe, strict_json, validate_fusion
 from .step import OptimStep
 from .trainer import Stage
 
@@ -60,9 +60,7 @@ class LiteRecipe(Recipe):
             raise InputError(f"config key 'width' must be >= 1, got {cfg['width']}")
         if cfg["epochs"] < 1:
             raise InputError(f"config key 'epochs' must be >= 1, got {cfg['epochs']}")
-        for spec in cfg["data"]:
-            if isinstance(spec, dict) and spec.get("name") == "msrs" and spec.get("split") in ("dev-val", "test"):
-                raise InputError(f"config key 'data' lists msrs:{spec['split']}, a held-out split; train on dev-train")
+        refuse_held_out(cfg["data"], "data")
         t = cfg["teacher"]
         if not t["method"] and not any(float(v) for v in cfg["loss"].values()):
             raise InputError("lite has nothing to learn: every 'loss' weight is 0 and no 'teacher.method' is set")

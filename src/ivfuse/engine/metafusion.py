@@ -51,7 +51,7 @@ from ..models.metafusion import MetaFeatureEmbedding, MetaFusionNet, guide_loss
 from ..tasks.detectors import DETECTOR_CLIP, create_detector, detector_optimizer
 from .checkpoint import export_safetensors
 from .data import BatchSource, RandomCrop, load_samples
-from .recipe import Recipe, register_recipe, strict_json, train, validate_fusion
+from .recipe import Recipe, refuse_held_out, register_recipe, strict_json, train, validate_fusion
 from .step import OptimStep, call_with, virtual_step
 from .trainer import Stage
 
@@ -90,10 +90,7 @@ class MetaFusionRecipe(Recipe):
         if t["intensity"] < 0 or t["det"] < 0:
             raise InputError(f"config keys 'target.intensity'/'target.det' must be >= 0, got {t['intensity']}/{t['det']}")
         for key in ("train", "detection"):
-            for spec in cfg["data"][key]:
-                if isinstance(spec, dict) and spec.get("name") == "msrs" and spec.get("split") in ("dev-val", "test"):
-                    raise InputError(f"config key 'data.{key}' lists msrs:{spec['split']}, a held-out split; "
-                                     f"train on msrs:dev-train (or train)")  # fmt: skip
+            refuse_held_out(cfg["data"][key], f"data.{key}")
         if len(cfg["data"]["crop"]) != 2:
             raise InputError(f"config key 'data.crop' must be [height, width], got {cfg['data']['crop']}")
         return []

@@ -32,6 +32,7 @@ from .trainer import Stage, Trainer
 
 __all__ = [
     "Recipe", "RECIPES", "register_recipe", "train", "check_device", "validate_fusion", "strict_json", "RESUME_MODES",
+    "refuse_held_out",
 ]  # fmt: skip
 
 RECIPES: Registry[type] = Registry("trainable method")
@@ -102,6 +103,15 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 _RUN_FILES = ("last.pt", "final.pt", "log.csv", "summary.json", "config.json")
+
+
+def refuse_held_out(specs, key: str) -> None:
+    """One-line :class:`InputError` if the data specs under config key ``key`` list a held-out MSRS split (``dev-val``,
+    ``test``): those are only ever evaluated on."""
+    for spec in specs:
+        if isinstance(spec, dict) and spec.get("name") == "msrs" and spec.get("split") in ("dev-val", "test"):
+            raise InputError(f"config key '{key}' lists msrs:{spec['split']}, a held-out split; "
+                             f"train on msrs:dev-train (or train)")  # fmt: skip
 
 
 def strict_json(x):
