@@ -279,3 +279,56 @@ def test_bench_seg_protocol_on_a_masked_layout(tmp_path):
         assert 0.0 <= e["seg"][m]["mIoU"] <= 1.0 and run["n_images"] == 2 and len(run["loss_per_epoch"]) == 1
         assert "person" in run["per_class"] and 0.0 <= run["pixel_acc"] <= 1.0
     assert "seg: ESPNetv2 fine-tuned" in (tmp_path / "out" / "results.md").read_text()
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_bench_seg_protocol_with_a_pseudo_mask_folder(tmp_path):
+    """``seg_masks=DIR`` (``--seg-masks``): the shared MSRS copy has no masks, a folder of ``<pair>.png`` class maps
+    stands in for both splits; the masks' content is part of the cache key, and a missing mask or folder is named."""
+    from ivfuse.bench import run_bench
+    from ivfuse.data import load_dataset
+    from ivfuse.data.images import read_gray_u8
+
+    need("data/MSRS")
+    need("weights")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    pairs = [p for split in ("dev-train", "dev-val") for p in sorted(load_dataset("msrs", split=split).pairs)[:2]]
+    for n, ip, _ in pairs:
+        ir = read_gray_u8(ip)
+        Image.fromarray(np.where(ir > np.percentile(ir, 90), 2, 0).astype(np.uint8)).save(masks / f"{n}.png")
+    kw = dict(protocols="seg", out=tmp_path / "out", progress=False, speed=False, references=False, limit=2,
+              train_limit=2, seg_epochs=1, seg_crop=128, seg_masks=masks)  # fmt: skip
+    res = run_bench("average", "msrs:dev-val", **kw)
+    e = res["datasets"]["msrs:dev-val"]
+    assert "seg" not in e["skipped"] and e["n_train"] == 2 and res["meta"]["seg_masks"] == str(masks)
+    run = e["seg"]["average"]["seeds"][0]
+    assert run["n_images"] == 2 and 0.0 <= e["seg"]["average"]["mIoU"] <= 1.0
+    assert run["per_class"]["person"] is not None  # the hot pixels' class
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert f"pseudo-masks {masks}" in md and "IoU person" in md
+    assert res["meta"]["cache"]["result_misses"] == 1
+    assert run_bench("average", "msrs:dev-val", **kw)["meta"]["cache"]["result_hits"] == 1
+    # the Cityscapes network kept whole, its classes merged into MSRS' (TSJNet's guide), judged frozen
+    res = run_bench("average", "msrs:dev-val", **{**kw, "seg_judge": "merged", "seg_epochs": 0})
+    r = res["datasets"]["msrs:dev-val"]["seg"]["average"]
+    assert res["meta"]["cache"]["result_misses"] == 1 and r["seeds"][0]["loss_per_epoch"] == [] and 0 <= r["mIoU"] <= 1
+    assert "seg: ESPNetv2 (Cityscapes, classes merged) frozen" in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(InputError, match="unknown seg judge 'city'"):
+        run_bench("average", "msrs:dev-val", **{**kw, "seg_judge": "city"})
+    # seg overrides leave the retrain results cached (their key holds the detection fields only)
+    rk = {**kw, "protocols": "retrain", "epochs": 1, "imgsz": 160, "batch_size": 2}
+    del rk["seg_epochs"], rk["seg_crop"], rk["seg_masks"]
+    assert run_bench("average", "msrs:dev-val", **rk)["meta"]["cache"]["result_misses"] == 1
+    again = run_bench("average", "msrs:dev-val", **{**rk, "seg_epochs": 0, "seg_lr": 0.01})["meta"]["cache"]
+    assert again["result_hits"] == 1 and again["result_misses"] == 0
+    assert run_bench("average", "msrs:dev-val", **{**rk, "lr": 0.01})["meta"]["cache"]["result_misses"] == 1
+    n0 = pairs[0][0]
+    Image.fromarray(np.zeros((480, 640), np.uint8)).save(masks / f"{n0}.png")  # new masks: recomputed
+    assert run_bench("average", "msrs:dev-val", **kw)["meta"]["cache"]["result_misses"] == 1
+    (masks / f"{n0}.png").unlink()
+    with pytest.raises(InputError, match=f"no mask for {n0}"):
+        run_bench("average", "msrs:dev-val", **kw)
+    with pytest.raises(InputError, match="folder not found"):
+        run_bench("average", "msrs:dev-val", **{**kw, "seg_masks": tmp_path / "nope"})

@@ -137,6 +137,17 @@ def _run_masks(argv: list[str]) -> int:
     return args.run(args)
 
 
+def _link_pairs(src: Path, tmp_path: Path, stems: list[str]) -> tuple[Path, Path]:
+    """``tmp_path/ir`` and ``tmp_path/vi`` with symlinks to the MSRS pairs ``stems``."""
+    ir_d, vis_d = tmp_path / "ir", tmp_path / "vi"
+    ir_d.mkdir()
+    vis_d.mkdir()
+    for s in stems:
+        os.symlink(src / "ir" / f"{s}.png", ir_d / f"{s}.png")
+        os.symlink(src / "vi" / f"{s}.png", vis_d / f"{s}.png")
+    return ir_d, vis_d
+
+
 def test_masks_command_bad_input(tmp_path):
     (tmp_path / "ir").mkdir()
     (tmp_path / "vi").mkdir()
@@ -151,13 +162,9 @@ def test_masks_command_bad_input(tmp_path):
 def test_masks_command_on_msrs_pairs_and_cache(tmp_path, capsys):
     src = need("data/MSRS")
     need("weights/mobile_sam.pt")
-    ir_d, vis_d, out = tmp_path / "ir", tmp_path / "vi", tmp_path / "masks"
-    ir_d.mkdir()
-    vis_d.mkdir()
     stems = ["00004N", "00633D"]
-    for s in stems:
-        os.symlink(src / "ir" / f"{s}.png", ir_d / f"{s}.png")
-        os.symlink(src / "vi" / f"{s}.png", vis_d / f"{s}.png")
+    ir_d, vis_d = _link_pairs(src, tmp_path, stems)
+    out = tmp_path / "masks"
     assert _run_masks(["masks", "--ir", str(ir_d), "--vis", str(vis_d), "-o", str(out), "-q"]) == 0
     assert "2 written, 0 skipped" in capsys.readouterr().out
     for s in stems:
@@ -184,3 +191,41 @@ def test_masks_command_on_msrs_pairs_and_cache(tmp_path, capsys):
     assert "0 written, 2 skipped" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == mtimes
     assert not [p for p in out.rglob(".*")]  # no temporary files left behind
+
+
+# ------------------------------------------------------------------------------------------------ seg pseudo-masks
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_masks_command_seg_pseudo_masks_on_msrs(tmp_path, capsys):
+    """``ivfuse masks --kind seg`` writes TSJNet's pseudo-masks (MSRS class ids) as PNGs: the same values as
+    :func:`pseudo_mask` in memory, the night pedestrian of 00004N labelled person, cached reruns, bad options refused."""
+    from ivfuse.data.images import read_ir, read_vis
+    from ivfuse.engine.tsjnet import pseudo_mask
+    from ivfuse.errors import UnknownNameError
+    from ivfuse.tasks.segmenters import create_segmenter
+
+    src = need("data/MSRS")
+    need("weights")
+    stems = ["00004N", "00633D"]
+    ir_d, vis_d = _link_pairs(src, tmp_path, stems)
+    out = tmp_path / "seg"
+    argv = ["masks", "--kind", "seg", "--ir", str(ir_d), "--vis", str(vis_d), "-o", str(out), "-q"]
+    assert _run_masks(argv) == 0
+    assert "2 written, 0 skipped" in capsys.readouterr().out
+    seg = create_segmenter("espnetv2").eval()
+    for s in stems:
+        m = np.array(Image.open(out / f"{s}.png"))
+        assert m.shape == (480, 640) and m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1, 2, 3}
+        ref = pseudo_mask(read_ir(ir_d / f"{s}.png"), read_vis(vis_d / f"{s}.png"), seg, "auto", 0.2)
+        assert np.array_equal(m, ref.numpy())
+    night = np.array(Image.open(out / "00004N.png"))
+    assert (night[204:347, 509:562] == 2).sum() > 500  # the pedestrian at the right (IR-bright, dark in visible)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert _run_masks(argv) == 0
+    assert "0 written, 2 skipped" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*.png")} == mtimes
+    assert not list(out.glob(".*"))
+    with pytest.raises(UnknownNameError, match="pseudo-mask source"):
+        _run_masks([*argv, "--seg-source", "thermal", "--overwrite"])

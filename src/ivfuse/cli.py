@@ -412,9 +412,14 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_masks(a: argparse.Namespace) -> int:
-    from .masks import DEFAULT_CLASSES, generate_masks
+    from .masks import DEFAULT_CLASSES, generate_masks, generate_seg_masks
     from .utils import check_device
 
+    if a.kind == "seg":
+        res = generate_seg_masks(a.ir, a.vis, a.output, source=a.seg_source, night=a.night, weights=a.seg_weights,
+                                 overwrite=a.overwrite, device=check_device(a.device), progress=not a.quiet)  # fmt: skip
+        print(f"seg masks: {len(res['written'])} written, {len(res['skipped'])} skipped (already there) -> {a.output}")
+        return 0
     classes = None if a.classes == "all" else [c.strip() for c in (a.classes or ",".join(DEFAULT_CLASSES)).split(",") if c.strip()]
     res = generate_masks(a.ir, a.vis, a.output, detector=a.prompt_detector, detector_weights=a.detector_weights,
                          sam_weights=a.sam_weights, conf=a.conf, classes=classes, overwrite=a.overwrite,
@@ -540,11 +545,19 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
-    m = sub.add_parser("masks", help="OCCO object masks: detector boxes -> SAM masks per modality -> shared/unique/background maps")
+    m = sub.add_parser("masks", help="OCCO object masks: detector boxes -> SAM masks per modality -> shared/unique/background "
+                       "maps; --kind seg: segmentation pseudo-masks (TSJNet)")  # fmt: skip
     m.add_argument("--ir", required=True, help="infrared folder")
     m.add_argument("--vis", required=True, help="visible folder (pairs matched by file stem)")
     m.add_argument("-o", "--output", required=True, help="output folder: <stem>.png class map (0 bg, 1 shared, 2 ir-unique, "
-                   "3 vis-unique), <stem>.json instances, preview/<stem>.png")  # fmt: skip
+                   "3 vis-unique), <stem>.json instances, preview/<stem>.png; --kind seg: <stem>.png MSRS class ids")  # fmt: skip
+    m.add_argument("--kind", default="occo", choices=["occo", "seg"],
+                   help="occo (default): OCCO region maps; seg: Cityscapes-ESPNetv2 pseudo segmentation masks in MSRS' "
+                   "classes, as TSJNet trains on (docs/tsjnet.md)")  # fmt: skip
+    m.add_argument("--seg-source", default="auto", help="--kind seg: input of the labeller: auto (visible by day, "
+                   "mean of IR and visible by night), vis, ir, mean")  # fmt: skip
+    m.add_argument("--night", type=float, default=0.2, help="--kind seg, auto: mean visible luminance below this = night")
+    m.add_argument("--seg-weights", help="--kind seg: ESPNetv2 Cityscapes checkpoint (default: the shared one)")
     m.add_argument("--prompt-detector", default="yolov5n", help="ivfuse detector giving the box prompts (default yolov5n, COCO)")
     m.add_argument("--detector-weights", help="weights of the prompt detector")
     m.add_argument("--conf", type=float, default=0.25, help="detector confidence threshold (default 0.25)")

@@ -20,6 +20,12 @@ Per pair, with ``m_vis``/``m_ir`` the union of the object masks found in each mo
   the gray image (shared yellow, IR-unique red, visible-unique cyan), for people to look at.
 
 Outputs are written atomically; a pair whose three files exist is skipped unless ``overwrite``.
+
+**Segmentation pseudo-masks** (``ivfuse masks --kind seg``, :func:`generate_seg_masks`): for datasets without
+segmentation labels, TSJNet's pseudo-labeller (:func:`ivfuse.engine.tsjnet.pseudo_mask`: the Cityscapes ESPNetv2 on
+the visible image by day and on ½(IR + visible) by night, classes merged to MSRS' nine) written as
+``MASKS/<stem>.png`` class-id maps that ``ivfuse bench --seg-masks MASKS`` and ``ivfuse downstream segment --masks``
+read.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ __all__ = [
     "object_masks_from_class_map",
     "MaskGenerator",
     "generate_masks",
+    "generate_seg_masks",
 ]
 
 #: class-map values
@@ -193,8 +200,8 @@ def generate_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path,
     lists of stems. Existing outputs are skipped unless ``overwrite``."""
     from tqdm.auto import tqdm
 
-    from .data.images import read_ir, read_vis
     from .data.pairing import pair_by_stem
+    from .fusion import _read_pair as read_pair
     from .utils import atomic_write_bytes, atomic_write_text
 
     pairs = pair_by_stem(ir_dir, vis_dir)
@@ -205,11 +212,7 @@ def generate_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path,
         return done
     gen = MaskGenerator(detector, detector_weights, sam_weights, conf, classes, device)
     for key, ip, vp in tqdm(todo, desc="masks", disable=not progress):
-        ir, vis = read_ir(ip, ir_norm), read_vis(vp)
-        if ir.shape[-2:] != vis.shape[-2:]:
-            raise InputError(
-                f"{ip}: infrared {ir.shape[-1]}x{ir.shape[-2]} and visible {vp} {vis.shape[-1]}x{vis.shape[-2]} differ in size"
-            )
+        ir, vis = read_pair(ip, vp, ir_norm)
         res = gen(ir, vis)
         cm = res["class_map"]
         meta = {
@@ -222,5 +225,39 @@ def generate_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path,
         atomic_write_bytes(p_map, _png_bytes(cm.numpy()))
         atomic_write_bytes(p_prev, _png_bytes(preview(ir, vis, res).permute(1, 2, 0).numpy()))
         atomic_write_text(p_json, json.dumps(meta, indent=1))  # written last: its presence marks a finished pair
+        done["written"].append(key)
+    return done
+
+
+def generate_seg_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path, *, source: str = "auto",
+                       night: float = 0.2, weights: str | None = None, overwrite: bool = False, device: str = "cpu",
+                       progress: bool = False, ir_norm: str = "minmax") -> dict:  # fmt: skip
+    """Segmentation pseudo-masks (``H×W`` uint8 PNG of MSRS class ids, :data:`ivfuse.engine.tsjnet.MSRS_SEG_CLASSES`)
+    of every pair of two folders (matched by stem) from the Cityscapes ESPNetv2 (``weights``: its checkpoint,
+    default the shared one), as TSJNet's ``seg.pseudo: espnetv2`` makes them; ``source``/``night`` as in
+    :func:`ivfuse.engine.tsjnet.pseudo_mask`. Returns ``{"written", "skipped"}`` lists of stems; existing masks are
+    skipped unless ``overwrite``."""
+    from tqdm.auto import tqdm
+
+    from .data.pairing import pair_by_stem
+    from .fusion import _read_pair as read_pair
+    from .engine.tsjnet import PSEUDO_SOURCES, pseudo_mask
+    from .errors import suggest
+    from .tasks.segmenters import create_segmenter
+    from .utils import atomic_write_bytes
+
+    if source not in PSEUDO_SOURCES:
+        raise suggest(source, PSEUDO_SOURCES, "pseudo-mask source")
+    pairs = pair_by_stem(ir_dir, vis_dir)
+    out = Path(out_dir)
+    todo = [(k, i, v) for k, i, v in pairs if overwrite or not (out / f"{k}.png").is_file()]
+    done = {"written": [], "skipped": sorted(set(k for k, _, _ in pairs) - set(k for k, _, _ in todo))}
+    if not todo:
+        return done
+    seg = create_segmenter("espnetv2", **({"weights": weights} if weights else {})).to(device).eval()
+    for key, ip, vp in tqdm(todo, desc="seg masks", disable=not progress):
+        ir, vis = read_pair(ip, vp, ir_norm)
+        m = pseudo_mask(ir, vis, seg, source, night)
+        atomic_write_bytes(out / f"{key}.png", _png_bytes(m.to(torch.uint8).numpy()))
         done["written"].append(key)
     return done

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .recipes import LABEL_SETS, PRESETS, PROTOCOLS
+from .recipes import LABEL_SETS, PRESETS, PROTOCOLS, SEG_JUDGES
 
 __all__ = ["add_parser"]
 
@@ -17,7 +17,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         labels=a.labels, judge=a.judge, judge_weights=a.judge_weights, metrics=a.metrics, limit=a.limit,
         train_limit=a.train_limit, references=not a.no_references, speed=not a.no_speed, workers=a.workers,
         progress=not a.quiet, grid_pairs=a.grid_pairs, epochs=a.epochs, imgsz=a.imgsz, batch_size=a.batch, lr=a.lr,
-        train_pairs=a.train_pairs,
+        train_pairs=a.train_pairs, seg_masks=a.seg_masks, seg_judge=a.seg_judge, seg_epochs=a.seg_epochs, seg_lr=a.seg_lr,
     )  # fmt: skip
     c = res["meta"]["cache"]
     print(f"wrote {a.out}/results.json, results.csv, results.md, report.html "
@@ -45,6 +45,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, help="override the preset's batch size")
     b.add_argument("--lr", type=float, help="override the preset's learning rate")
     b.add_argument("--train-pairs", type=int, help="override the preset's number of training pairs (0: all)")
+    b.add_argument("--seg-masks", help="folder of class-id masks <pair>.png for the seg protocol instead of the datasets' own "
+                   "(e.g. pseudo-masks from: ivfuse masks --kind seg)")  # fmt: skip
+    b.add_argument("--seg-judge", default="head", choices=SEG_JUDGES,
+                   help="seg: ESPNetv2 with a new head for the dataset's classes (head, default) or the Cityscapes network kept "
+                   "whole with its classes merged into MSRS' (merged; for MSRS-class pseudo-masks)")  # fmt: skip
+    b.add_argument("--seg-epochs", type=int, help="override the preset's seg fine-tuning epochs (0: judge the segmenter frozen)")
+    b.add_argument("--seg-lr", type=float, help="override the preset's seg learning rate")
     b.add_argument("--limit", type=int, help="only the first N pairs of each judged split (smoke tests)")
     b.add_argument("--train-limit", type=int, help="only the first N pairs of each training split")
     b.add_argument("--grid-pairs", type=int, default=2, help="pairs shown in the image grids (default 2: night and day)")

@@ -22,11 +22,11 @@ from ..data.datasets import DATASETS, FusionDataset, load_dataset
 from ..data.images import write_image
 from ..errors import InputError, IvfuseError
 from ..models import FusionModel, create_model, list_models
-from .recipes import LABEL_SETS, PRESETS, PROTOCOLS, Recipe  # noqa: F401  (re-exported)
+from .recipes import LABEL_SETS, PRESETS, PROTOCOLS, SEG_JUDGES, Recipe  # noqa: F401  (re-exported)
 
 __all__ = [
     "Recipe", "PRESETS", "DataSpec", "parse_data", "SourceImage", "REFERENCES", "build_method",
-    "fuse_split", "detection_set", "run_fusion", "run_zero", "run_retrain", "run_seg", "run_speed",
+    "fuse_split", "detection_set", "run_fusion", "run_zero", "run_retrain", "run_seg", "run_speed", "SEG_JUDGES", "check_seg_judge",
     "TRAIN_SPLIT_OF", "PROTOCOLS",
 ]  # fmt: skip
 
@@ -125,9 +125,10 @@ def fuse_split(model: FusionModel, ds: FusionDataset, out_dir: Path, device: str
 
 
 def open_dataset(spec: DataSpec, split: str, det_labels: str | None, limit: int | None = None,
-                 spaced: int | None = None) -> FusionDataset:  # fmt: skip
-    """One split of a dataset; ``limit``: its first N pairs; ``spaced``: N pairs evenly spaced over the sorted names."""
-    ds = load_dataset(spec.name, root=spec.root, split=split, det_labels=det_labels)
+                 spaced: int | None = None, seg_dir: str | Path | None = None) -> FusionDataset:  # fmt: skip
+    """One split of a dataset; ``limit``: its first N pairs; ``spaced``: N pairs evenly spaced over the sorted names;
+    ``seg_dir``: mask folder replacing the dataset's own (pseudo-masks)."""
+    ds = load_dataset(spec.name, root=spec.root, split=split, det_labels=det_labels, seg_dir=seg_dir)
     ds.pairs = sorted(ds.pairs)
     if limit:
         ds.pairs = ds.pairs[:limit]
@@ -236,9 +237,22 @@ def run_retrain(make_judge, train, test, recipe: Recipe, seed: int, progress: bo
     return out
 
 
+def check_seg_judge(judge: str) -> str:
+    """``judge`` if it is one of :data:`SEG_JUDGES`, else an :class:`InputError` listing them."""
+    if judge not in SEG_JUDGES:
+        raise InputError(f"unknown seg judge '{judge}' (available: {', '.join(SEG_JUDGES)})")
+    return judge
+
+
 def run_seg(ds_train: FusionDataset, train_paths: dict[str, Path], ds_test: FusionDataset, test_paths: dict[str, Path],
-            recipe: Recipe, seed: int, device: str = "cpu", progress: bool = True) -> dict:  # fmt: skip
-    """mIoU of ESPNetv2 (Cityscapes weights, new class head) fine-tuned on the fused training images with masks."""
+            recipe: Recipe, seed: int, device: str = "cpu", progress: bool = True, judge: str = "head") -> dict:  # fmt: skip
+    """mIoU of ESPNetv2 fine-tuned on the fused training images with masks.
+
+    ``judge``: ``head`` — Cityscapes weights with a new head for the dataset's classes (its bottom-up decoder is sized
+    by the class count, so it starts from scratch); ``merged`` — the whole Cityscapes network kept, its 20 classes
+    merged into MSRS' nine (:class:`ivfuse.engine.tsjnet.MergedSegmenter`, the guide of TSJNet's L_Seg), for masks in
+    MSRS' classes such as the pseudo-masks of ``ivfuse masks --kind seg``; ``recipe.seg_epochs = 0`` judges it frozen.
+    """
     from ..tasks import ESPNetv2Seg
     from ..tasks.detectors import transfer_matching
     from ..tasks.downstream import SegmentationSet, evaluate_segmenter, finetune_segmenter
@@ -260,11 +274,21 @@ def run_seg(ds_train: FusionDataset, train_paths: dict[str, Path], ds_test: Fusi
         raise IvfuseError("seg: training images are also test images")
     names = ds_test.spec.seg_names
     torch.manual_seed(seed)
-    seg = ESPNetv2Seg(len(names), class_names=names)
-    transfer_matching(ESPNetv2Seg.from_checkpoint(weights_path("espnetv2_city")), seg)  # all but the class head
+    city = ESPNetv2Seg.from_checkpoint(weights_path("espnetv2_city"))
+    if check_seg_judge(judge) == "merged":
+        from ..engine.tsjnet import MSRS_SEG_CLASSES, MergedSegmenter
+
+        if tuple(names) != MSRS_SEG_CLASSES:
+            raise InputError(f"seg judge 'merged' maps Cityscapes to MSRS' classes; {ds_test.spec.name} has {', '.join(names)}")
+        seg = MergedSegmenter(city)
+    else:
+        seg = ESPNetv2Seg(len(names), class_names=names)
+        transfer_matching(city, seg)  # all but the class head (and the class-sized decoder)
     seg = seg.to(device)
-    hist = finetune_segmenter(seg, train, recipe.seg_epochs, recipe.seg_batch, recipe.seg_lr, recipe.seg_crop,
-                              seed=seed, progress=progress)  # fmt: skip
+    hist = []
+    if recipe.seg_epochs > 0:
+        hist = finetune_segmenter(seg, train, recipe.seg_epochs, recipe.seg_batch, recipe.seg_lr, recipe.seg_crop,
+                                  seed=seed, progress=progress)  # fmt: skip
     out = evaluate_segmenter(seg, test, len(names), names, progress=progress)
     out.update(seed=seed, loss_per_epoch=hist)
     return out

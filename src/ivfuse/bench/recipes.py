@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-__all__ = ["Recipe", "PRESETS", "PROTOCOLS", "LABEL_SETS"]
+__all__ = ["Recipe", "PRESETS", "PROTOCOLS", "LABEL_SETS", "SEG_JUDGES"]
 
 PROTOCOLS = ("fusion", "zero", "retrain", "seg")
+SEG_JUDGES = ("head", "merged")  # seg: ESPNetv2 with a new class head | the Cityscapes network, classes merged to MSRS
 LABEL_SETS = ("infrared", "union", "visible")
 
 

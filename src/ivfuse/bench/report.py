@@ -128,8 +128,19 @@ def tables(results: dict) -> list[tuple[str, list[dict]]]:
                 f"horizontal flips; mean ± std over seeds; ranked by mAP50:95"))  # fmt: skip
         if e["seg"]:
             order = _order([m for m in methods if m in e["seg"]], refs, lambda m: e["seg"][m]["mIoU"])
-            rows = [(m, [e["seg"][m]["mIoU"]], [_pm(e["seg"][m], "mIoU")]) for m in order]
-            tabs.append(_table(f"{tag} · seg: ESPNetv2 fine-tuned, mIoU", ["method", "mIoU ↑"], rows, [True], refs))
+            pc = [c for c in e["seg"][order[0]].get("per_class_IoU", {})
+                  if any(math.isfinite(e["seg"][m]["per_class_IoU"][c]) for m in order)]  # classes that occur
+            rows = []
+            for m in order:
+                vals = [e["seg"][m]["mIoU"]] + [e["seg"][m]["per_class_IoU"][c] for c in pc]
+                rows.append((m, vals, [_pm(e["seg"][m], "mIoU")] + [_fmt(v) for v in vals[1:]]))
+            src = f"pseudo-masks {meta['seg_masks']}" if meta.get("seg_masks") else "the dataset's masks"
+            judge = "ESPNetv2" + (" (Cityscapes, classes merged)" if meta.get("seg_judge") == "merged" else "")
+            how = ("frozen" if meta["recipe"]["seg_epochs"] == 0
+                   else f"fine-tuned on each method's fused {e['train_split']}")  # fmt: skip
+            tabs.append(_table(f"{tag} · seg: {judge} {how} ({src}), mIoU",
+                               ["method", "mIoU ↑"] + [f"IoU {c} ↑" for c in pc], rows, [True] * (1 + len(pc)), refs,
+                               "mean ± std over seeds; ranked by mIoU"))  # fmt: skip
         if e["speed"]:
             order = _order([m for m in methods if m in e["speed"]], refs, lambda m: -e["speed"][m]["s_per_image"])
             rows = []

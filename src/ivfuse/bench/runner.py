@@ -18,7 +18,7 @@ from ..metrics import DEFAULT_METRICS, create_metric
 from .cache import BenchCache, data_key, method_key, short_hash, state_hash
 from .recipes import LABEL_SETS, PRESETS, PROTOCOLS
 from .protocols import (
-    REFERENCES, build_method, detection_set, fuse_split, open_dataset, parse_data,
+    REFERENCES, build_method, check_seg_judge, detection_set, fuse_split, open_dataset, parse_data,
     run_fusion, run_retrain, run_seg, run_speed, run_zero,
 )  # fmt: skip
 
@@ -70,6 +70,8 @@ def run_bench(
     progress: bool = True,
     report: bool = True,
     grid_pairs: int = 2,
+    seg_masks: str | Path | None = None,
+    seg_judge: str = "head",
     **recipe_overrides,
 ) -> dict:
     """Run the bench and write ``out/results.{json,csv,md}`` and ``out/report.html`` (+ ``out/assets``).
@@ -84,6 +86,11 @@ def run_bench(
         seeds: ``retrain``/``seg`` repetitions (seeds 0..N-1); mean ± std are reported.
         labels: detection label set (``infrared``, ``union``, ``visible``).
         limit / train_limit: only the first N pairs of the judged / training split (smoke tests).
+        seg_masks: folder of class-id masks (``<pair>.png``) used by ``seg`` instead of the datasets' own, for both
+            the training and the judged split (pseudo-masks from ``ivfuse masks --kind seg``); its content is part of
+            the cache key.
+        seg_judge: ``head`` (ESPNetv2 with a new head for the dataset's classes) or ``merged`` (the Cityscapes
+            ESPNetv2 kept whole, its classes merged into MSRS'; for MSRS-class masks such as the pseudo-masks).
     Returns the results dict written to ``results.json``.
     """
     t_start = time.time()
@@ -136,7 +143,14 @@ def run_bench(
 
     frozen = make_judge() if needs_judge else None
     judge_key = f"{judge}-{state_hash(frozen)[:10]}" if frozen is not None else judge
-    recipe_key = short_hash({**recipe.as_dict(), "eval": "val.py at imgsz"}, 8)
+    # retrain results depend on the detection fields only: seg overrides (--seg-epochs ...) keep them cached
+    det_view = replace(recipe, **{k: v for k, v in PRESETS[preset].as_dict().items() if k.startswith("seg_")})
+    recipe_key = short_hash({**det_view.as_dict(), "eval": "val.py at imgsz"}, 8)
+    seg_recipe_key = short_hash({**recipe.as_dict(), "eval": "val.py at imgsz"}, 8)
+    if seg_masks is not None and not Path(seg_masks).is_dir():
+        raise InputError(f"--seg-masks {seg_masks}: folder not found")
+    masks_key = "" if seg_masks is None else "-m" + _folder_hash(Path(seg_masks))
+    seg_key = "espnetv2" if check_seg_judge(seg_judge) == "head" else f"espnetv2_{seg_judge}"
 
     results: dict = {
         "meta": {
@@ -146,7 +160,8 @@ def run_bench(
             "seeds": seeds, "labels": labels, "judge": judge, "judge_weights": judge_weights or "default (COCO)",
             "device": device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
-            "limit": limit, "train_limit": train_limit,
+            "limit": limit, "train_limit": train_limit, "seg_masks": str(seg_masks) if seg_masks is not None else None,
+            "seg_judge": seg_judge,
             "methods_identity": {m: models[m]["identity"] for m in mlist},
         },
         "datasets": {},
@@ -154,10 +169,10 @@ def run_bench(
 
     for spec in specs:
         det_req = labels if any(p in protos for p in ("zero", "retrain")) else None
-        ds = open_dataset(spec, spec.split, "auto", limit)
+        ds = open_dataset(spec, spec.split, "auto", limit, seg_dir=seg_masks)
         has_labels = ds.det_labels is not None
         if has_labels and det_req:
-            ds = open_dataset(spec, spec.split, det_req, limit)
+            ds = open_dataset(spec, spec.split, det_req, limit, seg_dir=seg_masks)
         dkey = data_key(spec.name, spec.split, ds.root, ds.names, ds.ir_norm)
         entry: dict = {
             "dataset": spec.name, "split": spec.split, "root": str(ds.root), "n_pairs": len(ds), "names": ds.names,
@@ -174,14 +189,16 @@ def run_bench(
             entry["skipped"]["retrain"] = f"{spec.name}:{spec.split} has no separate training split to fine-tune on"
             todo.discard("retrain")
         if ds.seg_dir is None:
-            entry["skipped"]["seg"] = f"no segmentation masks (e.g. Segmentation_labels/) under {ds.root}"
+            entry["skipped"]["seg"] = (f"no segmentation masks (e.g. Segmentation_labels/) under {ds.root} "
+                                       "(pseudo-masks: ivfuse masks --kind seg, then --seg-masks)")  # fmt: skip
             todo.discard("seg")
         elif "seg" in todo and spec.train_split is None:
             entry["skipped"]["seg"] = f"{spec.name}:{spec.split} has no separate training split"
             todo.discard("seg")
         ds_train = tkey = None
         if todo & {"retrain", "seg"}:
-            ds_train = open_dataset(spec, spec.train_split, det_req if has_labels else None, train_limit or limit, recipe.train_pairs)
+            ds_train = open_dataset(spec, spec.train_split, det_req if has_labels else None, train_limit or limit,
+                                    recipe.train_pairs, seg_dir=seg_masks)  # fmt: skip
             tkey = data_key(spec.name, spec.train_split, ds_train.root, ds_train.names, ds_train.ir_norm)
             if set(ds_train.names) & set(ds.names):
                 raise InputError(f"{spec.tag}: training split {spec.train_split} overlaps the judged split")
@@ -228,10 +245,10 @@ def run_bench(
             if "seg" in todo:
                 runs = []
                 for seed in range(seeds):
-                    xk = f"espnetv2-{recipe_key}-{tkey}-s{seed}"
+                    xk = f"{seg_key}-{seg_recipe_key}-{tkey}{masks_key}-s{seed}"
                     r = cache.get("seg", dkey, mkey, xk)
                     if r is None:
-                        r = cache.put("seg", dkey, mkey, run_seg(ds_train, tpaths, ds, paths, recipe, seed, device, progress), xk)
+                        r = cache.put("seg", dkey, mkey, run_seg(ds_train, tpaths, ds, paths, recipe, seed, device, progress, seg_judge), xk)
                     runs.append(r)
                 entry["seg"][m] = _aggregate_seeds(runs, keys=("mIoU",))
             entry.setdefault("fused_dirs", {})[m] = str(fdir)
@@ -246,3 +263,15 @@ def run_bench(
     if report:
         write_report(results, out, grid_pairs=grid_pairs)
     return results
+
+
+def _folder_hash(folder: Path) -> str:
+    """Short SHA-256 over the names and bytes of the image files in ``folder`` (the ``--seg-masks`` cache key)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.suffix.lower() in (".png", ".bmp", ".tif"):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:10]

@@ -195,6 +195,8 @@ class FusionDataset(Dataset):
             on the 241 MSRS test pairs 465 of its 1833 boxes are such duplicates).
         transform: callable applied to each sample dict (joint transforms).
         ir_norm: normalisation of 16-bit/float infrared data (see :func:`~ivfuse.data.images.read_ir`).
+        seg_dir: folder of class-id masks named by pair (``<stem>.png``) that replaces the layout's own masks, e.g.
+            pseudo-masks written by ``ivfuse masks --kind seg`` for a dataset without segmentation labels.
     """
 
     def __init__(
@@ -206,6 +208,7 @@ class FusionDataset(Dataset):
         transform: Callable[[dict], dict] | None = None,
         ir_norm: str = "minmax",
         union_iou: float | None = UNION_IOU,
+        seg_dir: str | os.PathLike | None = None,
     ) -> None:
         self.spec, self.root, self.split = spec, Path(root), split
         if union_iou is not None and not 0 <= union_iou <= 1:
@@ -229,7 +232,10 @@ class FusionDataset(Dataset):
             raise InputError(f"{spec.name}: unknown label set '{det_labels}' (available: {opts})")
         self.det_labels = det_labels
         self._det_dirs = self._resolve_det_dirs()
-        self.seg_dir = _first_dir(self.root, spec.seg_dirs, split) if spec.seg_dirs else None
+        if seg_dir is not None and not Path(seg_dir).is_dir():
+            raise InputError(f"{seg_dir}: segmentation mask folder not found")
+        self.seg_dir = (Path(seg_dir) if seg_dir is not None
+                        else _first_dir(self.root, spec.seg_dirs, split) if spec.seg_dirs else None)  # fmt: skip
         self.class_names = spec.det_names
 
     def _find_pairs(self) -> list[tuple[str, Path, Path]]:
