@@ -13,7 +13,7 @@ import argparse
 import json
 from dataclasses import replace
 
-from ivfuse.bench.protocols import DataSpec, detection_set, open_dataset, run_retrain
+from ivfuse.bench.protocols import detection_set, held_out_dev_train, run_retrain
 from ivfuse.bench.recipes import PRESETS
 from ivfuse.tasks import create_detector
 
@@ -25,11 +25,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     a = ap.parse_args()
     base = PRESETS["cpu"]
-    spec = DataSpec("msrs", "dev-train")
-    train_ds = open_dataset(spec, "dev-train", "infrared", spaced=base.train_pairs)
-    held_ds = open_dataset(spec, "dev-train", "infrared")
-    picked = {n for n, _, _ in train_ds.pairs}
-    held_ds.pairs = [p for p in held_ds.pairs if p[0] not in picked]
+    train_ds, held_ds = held_out_dev_train(base.train_pairs, "infrared")
     ir = lambda ds: {n: ip for n, ip, _ in ds.pairs}  # noqa: E731 - the infrared image is the judged image
     train, held = detection_set(train_ds, ir(train_ds)), detection_set(held_ds, ir(held_ds))
     print(f"train {len(train)} dev-train pairs, select on the other {len(held)} dev-train pairs (dev-val unused)")

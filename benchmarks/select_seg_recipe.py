@@ -16,7 +16,7 @@ import argparse
 import json
 from dataclasses import replace
 
-from ivfuse.bench.protocols import DataSpec, open_dataset, run_seg
+from ivfuse.bench.protocols import held_out_dev_train, run_seg
 from ivfuse.bench.recipes import PRESETS
 
 CANDIDATES = {"head": [(3, 1e-3), (10, 1e-3), (10, 3e-3)], "merged": [(0, 0.0), (3, 1e-3), (3, 1e-4)]}
@@ -29,11 +29,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     a = ap.parse_args()
     base = PRESETS["cpu"]
-    spec = DataSpec("msrs", "dev-train")
-    train_ds = open_dataset(spec, "dev-train", None, spaced=base.train_pairs, seg_dir=a.masks)
-    held_ds = open_dataset(spec, "dev-train", None, seg_dir=a.masks)
-    picked = {n for n, _, _ in train_ds.pairs}
-    held_ds.pairs = [p for p in held_ds.pairs if p[0] not in picked]
+    train_ds, held_ds = held_out_dev_train(base.train_pairs, None, seg_dir=a.masks)
     vis = lambda ds: {n: vp for n, _, vp in ds.pairs}  # noqa: E731 - the visible image is the judged image
     print(f"train {len(train_ds)} dev-train pairs, select on the other {len(held_ds)} dev-train pairs (dev-val unused)")
     rows = []

@@ -27,6 +27,7 @@ from .recipes import LABEL_SETS, PRESETS, PROTOCOLS, SEG_JUDGES, Recipe  # noqa:
 __all__ = [
     "Recipe", "PRESETS", "DataSpec", "parse_data", "SourceImage", "REFERENCES", "build_method",
     "fuse_split", "detection_set", "run_fusion", "run_zero", "run_retrain", "run_seg", "run_speed", "SEG_JUDGES", "check_seg_judge",
+    "held_out_dev_train",
     "TRAIN_SPLIT_OF", "PROTOCOLS",
 ]  # fmt: skip
 
@@ -137,6 +138,18 @@ def open_dataset(spec: DataSpec, split: str, det_labels: str | None, limit: int 
         idx = sorted({round(i * (n - 1) / (spaced - 1)) for i in range(spaced)}) if spaced > 1 else [0]
         ds.pairs = [ds.pairs[i] for i in idx]
     return ds
+
+
+def held_out_dev_train(n_train: int, det_labels: str | None, seg_dir: str | Path | None = None,
+                       ) -> tuple[FusionDataset, FusionDataset]:  # fmt: skip
+    """MSRS dev-train split for choosing a bench recipe without dev-val: the ``n_train`` evenly spaced pairs a preset
+    fine-tunes on, and the *other* dev-train pairs to score on (``benchmarks/select_*_recipe.py``)."""
+    spec = DataSpec("msrs", "dev-train")
+    train_ds = open_dataset(spec, "dev-train", det_labels, spaced=n_train, seg_dir=seg_dir)
+    held_ds = open_dataset(spec, "dev-train", det_labels, seg_dir=seg_dir)
+    picked = {n for n, _, _ in train_ds.pairs}
+    held_ds.pairs = [p for p in held_ds.pairs if p[0] not in picked]
+    return train_ds, held_ds
 
 
 def detection_set(ds: FusionDataset, paths: dict[str, Path]):

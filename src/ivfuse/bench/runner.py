@@ -149,7 +149,7 @@ def run_bench(
     seg_recipe_key = short_hash({**recipe.as_dict(), "eval": "val.py at imgsz"}, 8)
     if seg_masks is not None and not Path(seg_masks).is_dir():
         raise InputError(f"--seg-masks {seg_masks}: folder not found")
-    masks_key = "" if seg_masks is None else "-m" + _folder_hash(Path(seg_masks))
+    masks_key = "" if seg_masks is None or "seg" not in protos else "-m" + _folder_hash(Path(seg_masks))  # read once
     seg_key = "espnetv2" if check_seg_judge(seg_judge) == "head" else f"espnetv2_{seg_judge}"
 
     results: dict = {
