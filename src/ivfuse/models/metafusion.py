@@ -17,13 +17,15 @@ Structure (as the paper and the official inference code define it):
 
 Deviations from the official code (bugs there, paper followed here): the official loader reads BGR with OpenCV and
 converts with ``COLOR_RGB2HSV`` (channels swapped), resizes every image to 512×384 and pairs files by sorted
-position; ivfuse converts RGB correctly, keeps the input size and pairs by name.
+position; ivfuse converts RGB correctly, keeps the input size and pairs by name. With the authors' checkpoint,
+``preset="official"`` reproduces that loader and the official output (:meth:`MetaFusionNet._forward_official`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,7 @@ from torch import nn
 
 from ..errors import InputError
 from .base import FusionModel, check_pair, load_checked, read_weights, register_model
+from .official import KeyTable, check_preset
 
 __all__ = ["MetaFusionNet", "MetaFeatureEmbedding", "FusionBlock", "guide_loss"]
 
@@ -66,6 +69,11 @@ class MetaFusionNet(FusionModel):
     """
 
     min_size = 1
+    #: ``"ivfuse"`` (default: input size, colour as configured) or ``"official"`` (the official test script's
+    #: 512×384 resizing, swapped HSV and truncation; see :meth:`_forward_official`)
+    preset: str = "ivfuse"
+    #: ``"ivfuse"`` or ``"official"`` (loaded from the authors' file)
+    checkpoint_format: str = "ivfuse"
 
     def __init__(self, width: float = 1.0, colour: str = "ycbcr", blocks: int = 3) -> None:
         super().__init__()
@@ -130,15 +138,65 @@ class MetaFusionNet(FusionModel):
         """Fused image; with ``with_features`` also the fused luminance and F_u1..F_uk (for training, and for
         ``torch.func.functional_call`` in the inner update)."""
         check_pair(ir, vis, self.min_size, self.name)
+        if self.preset == "official" and not with_features:
+            return self._forward_official(ir, vis)
         y, out, feats = self.fuse_with_features(ir, vis)
         return (y, out, feats) if with_features else out
+
+    # ------------------------------------------------------------------------------------------------ official preset
+    def official_inputs(self, ir: torch.Tensor, vis: torch.Tensor) -> dict:
+        """The official test loader's inputs for one pair (``ir`` ``1×H×W``, ``vis`` ``{1,3}×H×W`` in [0, 1]), as
+        ``utils/dataloader.py`` makes them: IR and RGB resized to 512×384 by PIL ``BILINEAR`` (anti-aliased), the
+        brightness V and colour H, S from OpenCV (``INTER_LINEAR`` resize, then ``COLOR_RGB2HSV`` applied to the
+        *BGR* array, so H is computed with R and B swapped). Returns ``ir`` (1×1×384×512), ``vis_rgb``
+        (1×3×384×512), ``v`` (1×1×384×512) on the model's device and ``hs`` (384×512×2 uint8)."""
+        import cv2
+        import numpy as np
+        from PIL import Image
+
+        from .official import to_u8
+
+        size = OFFICIAL_SIZE
+        dev = next(self.parameters()).device
+        rgb8 = to_u8(vis.expand(3, -1, -1) if vis.shape[0] == 1 else vis)
+        ir_r = np.asarray(Image.fromarray(to_u8(ir[0])).resize(size, Image.BILINEAR))
+        vis_r = np.asarray(Image.fromarray(rgb8).resize(size, Image.BILINEAR))
+        bgr_r = cv2.resize(np.ascontiguousarray(rgb8[..., ::-1]), size, interpolation=cv2.INTER_LINEAR)
+        hsv = cv2.cvtColor(bgr_r, cv2.COLOR_RGB2HSV)  # the official call, on BGR data
+
+        def t(a: Any) -> torch.Tensor:
+            x = torch.from_numpy(np.array(a)).float().div(255)
+            return (x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]).to(dev)
+
+        return {"ir": t(ir_r), "vis_rgb": t(vis_r), "v": t(hsv[..., 2]), "hs": np.ascontiguousarray(hsv[..., :2])}
+
+    def _forward_official(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        """``preset="official"``: the official ``test.py`` output, 3×384×512 RGB per pair (values k/255)."""
+        import cv2
+        import numpy as np
+
+        outs = []
+        for b in range(ir.shape[0]):
+            x = self.official_inputs(ir[b], vis[b])
+            _, w = self.features_and_weights(x["ir"], x["vis_rgb"])
+            fus = (w[:, :1] * x["ir"] + w[:, 1:2] * x["v"])[0, 0].detach().float().cpu().numpy()
+            bri = np.clip(fus * np.float32(255), 0, 255).astype(np.uint8)  # astype: truncation, as the official code
+            bgr = cv2.cvtColor(np.dstack([x["hs"], bri]), cv2.COLOR_HSV2RGB)  # BGR-ordered (H came from BGR)
+            outs.append(torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1))).float().div(255))
+        return torch.stack(outs).to(ir.device)
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> MetaFusionNet:
-        """Load an ivfuse MetaFusion checkpoint (``{"state_dict", "config"}``) or an official state dict
-        (4-channel input -> ``colour="hsv"``, width 1)."""
+        """Load an ivfuse MetaFusion checkpoint (safetensors export, engine checkpoint or ``{"state_dict",
+        "config"}``) or the authors' file (``weight/model_weight.pth``: a raw state dict of ``FusionNet`` whose
+        ``MetaConv2d`` weights are buffers; loaded as the conv weights they are through :data:`OFFICIAL_KEYS`,
+        4-channel input -> ``colour="hsv"``, width 1). Any other file is a one-line :class:`InputError`."""
+        from .official import is_state_dict, not_weights_error
+
         obj, meta = read_weights(path, "MetaFusion")
+        accepted = ("an ivfuse MetaFusion export (.safetensors), an ivfuse MetaFusion checkpoint, or the official "
+                    "MetaFusion state dict (weight/model_weight.pth)")  # fmt: skip
         if meta:  # safetensors export
             sd, cfg = obj, meta.get("config") or None
         elif isinstance(obj, dict) and "modules" in obj:  # an ivfuse training checkpoint (last.pt / final.pt / after_<stage>.pt)
@@ -147,14 +205,30 @@ class MetaFusionNet(FusionModel):
             sd, cfg = obj["state_dict"], obj.get("config")
         else:
             sd, cfg = obj, None
-        if not cfg:  # an official state dict: read the layout off the weights
-            w0 = sd.get("block1.0.conv1_1.weight") if isinstance(sd, dict) else None
-            if w0 is None:
-                raise InputError(f"{path}: not MetaFusion weights (no block1.0.conv1_1.weight)")
+        if not is_state_dict(sd) or "block1.0.conv1_1.weight" not in sd:
+            raise not_weights_error(path, "MetaFusion", accepted)
+        if not cfg:  # a bare state dict: read the layout off the weights
+            w0 = sd["block1.0.conv1_1.weight"]
+            if w0.ndim != 4:
+                raise not_weights_error(path, "MetaFusion", accepted)
             cfg = {"width": w0.shape[0] / 64, "colour": "hsv" if w0.shape[1] == 4 else "ycbcr",
                    "blocks": len({k.split(".")[1] for k in sd if k.startswith("block1.")})}  # fmt: skip
+            if cfg["colour"] == "hsv" and cfg["width"] == 1.0:  # the authors' FusionNet
+                model = cls(width=1.0, colour="hsv", blocks=int(cfg["blocks"]))
+                model.checkpoint_format = "official"
+                return OFFICIAL_KEYS.load(model, sd, path)
         model = cls(width=float(cfg.get("width", 1.0)), colour=cfg.get("colour", "ycbcr"), blocks=int(cfg.get("blocks", 3)))
         return load_checked(model, sd, path, "MetaFusion F")
+
+
+#: official ``FusionNet`` -> :class:`MetaFusionNet`: the module names are the same (``block1.{i}.conv1_1`` ...
+#: ``block2.10``), so the table has no rewrite; it still checks that every key is used and every tensor filled.
+#: The official ``MetaConv2d`` registers its weight and bias as *buffers* (they are still in the state dict); here
+#: they are ordinary ``nn.Conv2d`` parameters.
+OFFICIAL_KEYS = KeyTable("MetaFusion", rules=())
+
+#: the official loader resizes every image to this (width, height)
+OFFICIAL_SIZE = (512, 384)
 
 
 def _convs(cin: int, cout: int, n: int) -> nn.Sequential:
@@ -203,8 +277,12 @@ def guide_loss(fm: Sequence[torch.Tensor], ft: Sequence[torch.Tensor]) -> torch.
 
 
 @register_model("metafusion")
-def metafusion(weights: str | os.PathLike | None = "default", width: float | None = None, colour: str = "ycbcr") -> MetaFusionNet:
-    """MetaFusion fusion network F (Zhao et al., CVPR 2023); default: ivfuse's trained CPU-scale model."""
+def metafusion(weights: str | os.PathLike | None = "default", width: float | None = None, colour: str = "ycbcr",
+               preset: str = "ivfuse") -> MetaFusionNet:  # fmt: skip
+    """MetaFusion fusion network F (Zhao et al., CVPR 2023); default: ivfuse's trained CPU-scale model.
+    ``weights=FILE`` also loads the authors' ``model_weight.pth``; ``preset="official"`` (with that file) reproduces
+    the official ``test.py`` output (512×384, see docs/metafusion.md)."""
+    check_preset(preset, "metafusion")
     if weights == "default":
         from importlib import resources
 
@@ -212,7 +290,14 @@ def metafusion(weights: str | os.PathLike | None = "default", width: float | Non
         if not p.is_file():
             raise InputError("the shipped MetaFusion model is missing from the package; pass weights=FILE")
         with resources.as_file(p) as f:
-            return MetaFusionNet.from_checkpoint(f)
-    if weights is None:
-        return MetaFusionNet(width=width or 1.0, colour=colour).eval()
-    return MetaFusionNet.from_checkpoint(weights)
+            model = MetaFusionNet.from_checkpoint(f)
+    elif weights is None:
+        model = MetaFusionNet(width=width or 1.0, colour=colour).eval()
+    else:
+        model = MetaFusionNet.from_checkpoint(weights)
+    if preset == "official":
+        if model.colour != "hsv" or model.width != 1.0 or model.blocks != 3:
+            raise InputError("metafusion: preset='official' needs the official network (4-channel input, width 1, 3 blocks): "
+                             "pass the authors' weights (weights=model_weight.pth)")  # fmt: skip
+        model.preset = "official"
+    return model

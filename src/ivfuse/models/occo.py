@@ -28,7 +28,8 @@ restored by the base class. 3,621,161 parameters (paper: ≈3.6 M).
 Deviations from the official code (documented in ``docs/occo.md``):
 
 * the code computes the IR spatial weight with the *visible* branch's module (``space_weight1`` twice;
-  ``space_weight2`` is never used) — here each modality uses its own, as the paper describes;
+  ``space_weight2`` is never used) — here each modality uses its own, as the paper describes (a network loaded from
+  the authors' checkpoint keeps the code's behaviour, ``FIFB.shared_spatial``, since it was trained that way);
 * the code's decoder pads the upsampled map by reflection when sizes differ; here the input is reflect-padded to a
   multiple of 8 and the output cropped, so every level matches exactly and any ``H×W ≥ 8`` works;
 * the code's training loop min-max normalises every output batch; ivfuse does not: the 1×1 output is used as is
@@ -44,7 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from .base import FusionModel, load_checked, read_weights, register_model
+from .base import FusionModel, check_pair, load_checked, read_weights, register_model
+from .official import KeyTable, batch_stat_norms, check_preset, is_state_dict
 
 __all__ = ["FIFB", "ChannelEmbed", "CrossChannelWeights", "EfficientCrossAttention", "OCCONet", "SpatialWeight"]
 
@@ -151,6 +153,10 @@ class ChannelEmbed(nn.Module):
 class FIFB(nn.Module):
     """Feature-interaction fusion block: ``(x_vis, x_ir)`` ``B×C×H×W`` each → fused ``B×C×H×W``."""
 
+    #: compute the IR spatial weight with the visible branch's module too (the official forward calls
+    #: ``space_weight1`` twice); set for networks loaded from the authors' files, which were trained that way
+    shared_spatial: bool = False
+
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.channel_weight = CrossChannelWeights(dim)
@@ -166,7 +172,7 @@ class FIFB(nn.Module):
         b, c, h, w = x1.shape
         w1, w2 = self.channel_weight(x1, x2)
         s1 = (self.space_weight_vis(x1) * x1).flatten(2).transpose(1, 2)
-        s2 = (self.space_weight_ir(x2) * x2).flatten(2).transpose(1, 2)
+        s2 = ((self.space_weight_vis if self.shared_spatial else self.space_weight_ir)(x2) * x2).flatten(2).transpose(1, 2)
         c1 = F.relu(self.proj_vis((w1 * x1).flatten(2).transpose(1, 2)))
         c2 = F.relu(self.proj_ir((w2 * x2).flatten(2).transpose(1, 2)))
         o1, o2 = self.cross_attn(c1, c2)
@@ -223,11 +229,49 @@ class OCCONet(FusionModel):
         x = self.up1(fused[0], x)
         return self.final(x)[..., :h, :w]
 
+    # ------------------------------------------------------------------------------------------------ official preset
+    preset: str = "ivfuse"
+    checkpoint_format: str = "ivfuse"
+
+    def forward(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        if self.preset != "official":
+            return super().forward(ir, vis)
+        check_pair(ir, vis, self.min_size, self.name)
+        return torch.cat([self._official_one(ir[b : b + 1], vis[b : b + 1])[1] for b in range(ir.shape[0])])
+
+    def official_raw(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        """The official ``main.py`` network output for one pair (``1×1×H×W``, before its min-max stretch)."""
+        return self._official_one(ir, vis)[0]
+
+    def _official_one(self, ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``preset="official"`` for one pair (``1×1×H×W``, ``1×{1,3}×H×W``): ``Y = 0.299R + 0.587G + 0.114B``,
+        ``Cr = 0.713(R - Y) + 0.5``, ``Cb = 0.564(B - Y) + 0.5`` (clamped), the network on ``(Y, IR)`` with every
+        BatchNorm on batch statistics (the official script never calls ``model.eval()``), min-max over the whole
+        output, the official YCbCr -> RGB matrix, clamp, ``uint8`` truncation. Returns (raw, fused RGB k/255)."""
+        rgb = vis.expand(-1, 3, -1, -1) if vis.shape[1] == 1 else vis
+        r, g, b = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
+        y = 0.299 * r + 0.587 * g + 0.114 * b
+        cr = ((r - y) * 0.713 + 0.5).clamp(0, 1)
+        cb = ((b - y) * 0.564 + 0.5).clamp(0, 1)
+        y = y.clamp(0, 1)
+        with batch_stat_norms(self):
+            raw = self.fuse_luma(ir, y)
+        o = (raw - raw.min()) / (raw.max() - raw.min())
+        n, _, h, w = o.shape
+        ycrcb = torch.cat([o, cr, cb], 1).permute(0, 2, 3, 1).reshape(-1, 3)
+        mat = torch.tensor([[1.0, 1.0, 1.0], [1.403, -0.714, 0.0], [0.0, -0.344, 1.773]], device=o.device)
+        bias = torch.tensor([0.0, -0.5, -0.5], device=o.device)
+        out = ((ycrcb + bias) @ mat).reshape(n, h, w, 3).permute(0, 3, 1, 2).clamp(0, 1)
+        return raw, (out * 255).floor() / 255  # np.uint8(float32): truncation
+
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> OCCONet:
         """Load ``.safetensors`` (metadata ``config`` JSON optional), an ivfuse checkpoint (``{"state_dict",
-        "config"}`` or ``{"modules": {"F": ...}}``) or a bare state dict, strictly."""
+        "config"}`` or ``{"modules": {"F": ...}}``), a bare ivfuse state dict, or the authors' file
+        (``{"meta", "state_dict"}`` of ``occo(nb_filter=[32, 64, 112, 160])``, keys mapped by
+        :data:`OFFICIAL_KEYS`; the network then uses ``space_weight1`` for both modalities, as it was trained),
+        strictly. Any other file is a one-line :class:`InputError`."""
         obj, meta = read_weights(path, "OCCO")
         cfg: dict = {}
         if meta:  # safetensors export
@@ -235,17 +279,54 @@ class OCCONet(FusionModel):
         elif isinstance(obj, dict) and "modules" in obj:  # an engine checkpoint
             sd, cfg = obj["modules"]["F"], dict(obj.get("config", {}).get("model", {}))
         elif isinstance(obj, dict) and "state_dict" in obj:
-            sd, cfg = obj["state_dict"], dict(obj.get("config", {}))
+            sd, cfg = obj["state_dict"], dict(obj.get("config", {}) or {})
         else:
             sd = obj
+        if is_state_dict(sd) and "v1.Conv_BN_ReLU_2.0.weight" in sd:  # the authors' network
+            model = cls()
+            for blk in model.fifb:
+                blk.shared_spatial = True
+            model.checkpoint_format = "official"
+            return OFFICIAL_KEYS.load(model, sd, path)
+        if not is_state_dict(sd) or not any(k.startswith("enc_vis.") for k in sd):
+            raise InputError(f"{path}: keys do not match OCCO (not an OCCO checkpoint; accepted: an ivfuse OCCO export "
+                             "(.safetensors) or checkpoint, or the official OCCO checkpoint ({'meta', 'state_dict'} of "
+                             "main.py))")  # fmt: skip
         model = cls(channels=cfg.get("channels", CHANNELS), heads=cfg.get("heads", HEADS))
         return load_checked(model, sd, path, "OCCO's FIFN")
 
 
+#: official ``occo`` (``models/net.py``) -> :class:`OCCONet`. Encoders ``v1..v4`` (visible) / ``i1..i4`` (infrared)
+#: -> ``enc_vis`` / ``enc_ir`` levels 0-3; ``fusion1..4`` -> ``fifb.0..3`` (``cross.channel_proj3/4`` -> ``proj_vis/ir``,
+#: ``cross.end_proj1/2`` -> ``end_proj_vis/ir``, ``cross.norm1/2`` -> ``norm_vis/ir``, ``space_weight1/2`` ->
+#: ``space_weight_vis/ir``); ``up_concat3/2/1`` -> ``up3/2/1``. ``space_weight2`` is loaded but, as in the official
+#: forward, never used.
+OFFICIAL_KEYS = KeyTable(
+    "OCCO",
+    rules=(
+        (r"^v([1-4])\.Conv_BN_ReLU_2\.", lambda m: f"enc_vis.levels.{int(m.group(1)) - 1}."),
+        (r"^i([1-4])\.Conv_BN_ReLU_2\.", lambda m: f"enc_ir.levels.{int(m.group(1)) - 1}."),
+        (r"^fusion([1-4])\.", lambda m: f"fifb.{int(m.group(1)) - 1}."),
+        (r"\.cross\.channel_proj3\.", ".proj_vis."),
+        (r"\.cross\.channel_proj4\.", ".proj_ir."),
+        (r"\.cross\.end_proj1\.", ".end_proj_vis."),
+        (r"\.cross\.end_proj2\.", ".end_proj_ir."),
+        (r"\.cross\.norm1\.", ".norm_vis."),
+        (r"\.cross\.norm2\.", ".norm_ir."),
+        (r"\.cross\.cross_attn\.", ".cross_attn."),
+        (r"\.space_weight1\.", ".space_weight_vis."),
+        (r"\.space_weight2\.", ".space_weight_ir."),
+        (r"^up_concat([1-3])\.", r"up\1."),
+    ),
+)
+
+
 @register_model("occo")
-def occo(weights: str | os.PathLike | None = "default") -> OCCONet:
+def occo(weights: str | os.PathLike | None = "default", preset: str = "ivfuse") -> OCCONet:
     """OCCO's FIFN (Li et al., 2025); default: ivfuse's CPU-scale model trained with ``ivfuse train occo preset=cpu``
-    (``weights=FILE`` / ``--weights`` for another checkpoint)."""
+    (``weights=FILE`` / ``--weights`` for another checkpoint, including the authors' file); ``preset="official"``
+    (with the authors' file) reproduces the official ``main.py --test`` output (docs/occo.md)."""
+    check_preset(preset, "occo")
     if weights is None or weights == "default":
         from importlib import resources
 
@@ -253,5 +334,12 @@ def occo(weights: str | os.PathLike | None = "default") -> OCCONet:
         if not p.is_file():
             raise InputError("the shipped OCCO model is missing from the package; pass weights=FILE (an OCCO checkpoint)")
         with resources.as_file(p) as f:
-            return OCCONet.from_checkpoint(f)
-    return OCCONet.from_checkpoint(weights)
+            model = OCCONet.from_checkpoint(f)
+    else:
+        model = OCCONet.from_checkpoint(weights)
+    if preset == "official":
+        if model.checkpoint_format != "official":
+            raise InputError("occo: preset='official' reproduces the official script with the authors' network: "
+                             "pass their checkpoint (weights=FILE)")  # fmt: skip
+        model.preset = "official"
+    return model

@@ -36,10 +36,16 @@ swap the (IR, VIS) order between stage 1 and stage 2 and between scripts, leave 
 time and drop the colour): ivfuse fuses IR with the visible luminance Y (BT.601, kornia) in ``(ir, vis)`` order
 everywhere and restores Cb/Cr (:class:`~ivfuse.models.base.FusionModel`); :func:`create_model` returns the model in
 eval mode; weights load strictly. H and W are reflect-padded to multiples of 4 and cropped back.
+
+The authors' checkpoints (``weights_1_*.pt`` [+ ``weights_2_*.pt``]) load through :data:`OFFICIAL_KEYS` into the
+``layout="official"`` network (their spatial attention, selective-kernel fusion, dense-block scale and stage-2 mask,
+where ivfuse's own models use timm's modules); ``preset="official"`` reproduces their test scripts
+(:meth:`TIMNet._forward_official`; ``docs/tim.md``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -56,7 +62,8 @@ from timm.layers.selective_kernel import SelectiveKernelAttn
 from torch import nn
 
 from ..errors import InputError
-from .base import FusionModel, load_checked, read_weights, register_model
+from .base import FusionModel, check_pair, load_checked, read_weights, register_model
+from .official import KeyTable, batch_stat_norms, check_preset, is_state_dict, not_weights_error
 
 __all__ = [
     "OPS",
@@ -122,6 +129,9 @@ class _DenseBlock(nn.Module):
     """Residual dense block with grouped convolutions: x1 = σ(g1(x)), x2 = σ(g2([x, x1])), x3 = σ(g3([x, x1, x2]));
     out = x + x3 / 3 (``g_i`` are k×k convs of dilation d with C groups, σ a shared PReLU)."""
 
+    #: ``None``: ``x + x3 / 3``; a number s: ``x3 · s + x`` (the official block multiplies by 0.333)
+    scale: float | None = None
+
     def __init__(self, c: int, k: int, d: int) -> None:
         super().__init__()
         p = d * (k - 1) // 2
@@ -134,7 +144,49 @@ class _DenseBlock(nn.Module):
         feats = [x]
         for conv in self.convs:
             feats.append(self.act(conv(torch.cat(feats, 1))))
+        if self.scale is not None:
+            return feats[-1] * self.scale + x
         return x + feats[-1] / 3
+
+
+class _SpatialAttnOfficial(nn.Module):
+    """Official-layout spatial attention: ``x · σ(conv_k×k([max_c x, mean_c x]))``, no bias, no norm (timm's CBAM
+    module, used by the ivfuse layout, pools (mean, max) and normalises the map)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, k, padding=k // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.conv(torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)))
+
+
+class _SKOfficial(nn.Module):
+    """Official-layout selective-kernel attention over ``B×3×C×H×W`` branches: GAP of their sum → 1×1 C→d →
+    PReLU → three 1×1 d→C → softmax over the branches (timm's, used by the ivfuse layout, has a ReLU and one
+    fused 1×1 d→3C)."""
+
+    def __init__(self, c: int, paths: int = 3) -> None:
+        super().__init__()
+        d = max(c // 8, 4)
+        self.reduce = nn.Sequential(nn.Conv2d(c, d, 1, bias=False), nn.PReLU())
+        self.select = nn.ModuleList(nn.Conv2d(d, c, 1, bias=False) for _ in range(paths))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.reduce(x.sum(1).mean((2, 3), keepdim=True))
+        return torch.stack([fc(z) for fc in self.select], 1).softmax(1)
+
+
+class _MaskOfficial(nn.Module):
+    """Official stage-2 mask logits: ``conv_1×1([max_c, max_c, mean_c])`` (3 → 1, no bias)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mx = x.amax(1, keepdim=True)
+        return self.conv(torch.cat([mx, mx, x.mean(1, keepdim=True)], 1))
 
 
 def _dil_conv(c: int, k: int, d: int) -> nn.Module:
@@ -172,19 +224,30 @@ class _NonLocalOp(nn.Module):
         return self.act2(self.conv2(self.nl(self.act1(x1)) + x1))
 
 
-def make_op(name: str, c: int) -> nn.Module:
-    """Build the operation ``name`` (one of :data:`OPS`) for ``c`` channels; output size = input size."""
+#: network layouts: ``"ivfuse"`` (timm attention modules; ivfuse's own trained models) and ``"official"`` (the
+#: authors' modules, for their checkpoints: see :data:`OFFICIAL_KEYS`)
+LAYOUTS = ("ivfuse", "official")
+
+
+def make_op(name: str, c: int, layout: str = "ivfuse") -> nn.Module:
+    """Build the operation ``name`` (one of :data:`OPS`) for ``c`` channels; output size = input size.
+    ``layout="official"`` builds the authors' variants of ``dense_*`` (×0.333) and ``spa_*`` (no norm)."""
     m = _CONV_OP.match(name)
     if m:
         kind, k, d = m.group(1), int(m.group(2)), int(m.group(3))
         if kind == "res":
             return _res_block(c, k, d)
         if kind == "dense":
-            return _DenseBlock(c, k, d)
+            blk = _DenseBlock(c, k, d)
+            if layout == "official":
+                blk.scale = 0.333
+            return blk
         return _dil_conv(c, k, d) if kind == "dil" else _sep_conv(c, k, d)
     m = _ATT_OP.match(name)
     if m:
-        return _eca_op(c, int(m.group(2))) if m.group(1) == "eca" else SpatialAttn(kernel_size=int(m.group(2)))
+        if m.group(1) == "eca":
+            return _eca_op(c, int(m.group(2)))
+        return _SpatialAttnOfficial(int(m.group(2))) if layout == "official" else SpatialAttn(kernel_size=int(m.group(2)))
     if name == "nonlocal":
         return _NonLocalOp(c)
     raise InputError(f"unknown TIM operation '{name}' (known: {', '.join(OPS)})")
@@ -214,7 +277,8 @@ class _Cell(nn.Module):
 
     n_scales = 1
 
-    def __init__(self, c: int, ops: Sequence[str] | None, candidates: Sequence[str] | None, slots: int = 2) -> None:
+    def __init__(self, c: int, ops: Sequence[str] | None, candidates: Sequence[str] | None, slots: int = 2,
+                 layout: str = "ivfuse") -> None:  # fmt: skip
         super().__init__()
         if (ops is None) == (candidates is None):
             raise ValueError("give either the cell's operations (derived) or the candidates (supernet)")
@@ -226,7 +290,7 @@ class _Cell(nn.Module):
             self.alpha = nn.Parameter(1e-3 * torch.randn(n, len(self.candidates)))
         self.ops = nn.ModuleList(
             nn.ModuleList(
-                MixedOp(self.candidates, c * 2**s) if ops is None else make_op(name, c * 2**s)
+                MixedOp(self.candidates, c * 2**s) if ops is None else make_op(name, c * 2**s, layout)
                 for name in (ops if ops is not None else [None] * n)
             )
             for s in range(self.n_scales)
@@ -298,13 +362,16 @@ class FusionCell(_Cell):
     n_scales = 3
 
     def __init__(self, c: int, ops: Sequence[str] | None = None, candidates: Sequence[str] | None = None,
-                 slots: int = 2) -> None:  # fmt: skip
-        super().__init__(c, ops, candidates, slots)
+                 slots: int = 2, layout: str = "ivfuse") -> None:  # fmt: skip
+        super().__init__(c, ops, candidates, slots, layout)
         self.down2 = _ResidualDown(c)
         self.down4 = nn.Sequential(_ResidualDown(c), _ResidualDown(2 * c))
         self.up2 = _ResidualUp(2 * c)
         self.up4 = nn.Sequential(_ResidualUp(4 * c), _ResidualUp(2 * c))
-        self.sk = SelectiveKernelAttn(c, num_paths=3, attn_channels=max(c // 8, 4), norm_layer=nn.Identity)
+        if layout == "official":
+            self.sk = _SKOfficial(c)
+        else:
+            self.sk = SelectiveKernelAttn(c, num_paths=3, attn_channels=max(c // 8, 4), norm_layer=nn.Identity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(x)
@@ -390,11 +457,12 @@ def _stem(c: int, bn: bool) -> nn.Sequential:
 class _Stage2(nn.Module):
     """Two-branch refinement with a learned mask (see module docstring)."""
 
-    def __init__(self, c: int, ir_cells: nn.ModuleList, vis_cells: nn.ModuleList, aux: bool = True) -> None:
+    def __init__(self, c: int, ir_cells: nn.ModuleList, vis_cells: nn.ModuleList, aux: bool = True,
+                 layout: str = "ivfuse") -> None:  # fmt: skip
         super().__init__()
         self.stem_ir, self.stem_vis = _stem(c, True), _stem(c, True)
         self.cells_ir, self.cells_vis = ir_cells, vis_cells
-        self.mask = nn.Conv2d(2, 1, 1)
+        self.mask = _MaskOfficial() if layout == "official" else nn.Conv2d(2, 1, 1)
         self.head = _head(c, act=False)
         self.aux_ir = _head(c) if aux else None
         self.aux_vis = _head(c) if aux else None
@@ -406,7 +474,10 @@ class _Stage2(nn.Module):
             a = cell(a)
         for cell in self.cells_vis:
             b = cell(b)
-        m = torch.sigmoid(self.mask(torch.cat([b.amax(1, keepdim=True), b.mean(1, keepdim=True)], 1)))
+        if isinstance(self.mask, _MaskOfficial):
+            m = torch.sigmoid(self.mask(b))
+        else:
+            m = torch.sigmoid(self.mask(torch.cat([b.amax(1, keepdim=True), b.mean(1, keepdim=True)], 1)))
         out = {"fused": self.head(m * b + (1 - m) * a), "mask": m}
         if self.aux_ir is not None:
             out["aux_ir"] = torch.sigmoid(self.aux_ir(a))
@@ -425,22 +496,33 @@ class TIMNet(FusionModel):
 
     min_size = 4
     multiple = 4
+    #: ``"ivfuse"`` (default) or ``"official"`` (the official test script's inputs and outputs; see
+    #: :meth:`_forward_official`)
+    preset: str = "ivfuse"
+    #: ``"ivfuse"`` or ``"official"`` (loaded from the authors' files)
+    checkpoint_format: str = "ivfuse"
+    #: order of the stage-1 input channels: ``"ir_vis"`` (ivfuse, official full script) or ``"vis_ir"`` (the
+    #: official light script calls ``model_1(vis, ir)``; set for the authors' light checkpoint)
+    stage1_order: str = "ir_vis"
 
     def __init__(self, genotype: str | os.PathLike | dict = "ivif", width: int = 48, aux: bool = True,
-                 _candidates: Sequence[str] | None = None) -> None:  # fmt: skip
+                 _candidates: Sequence[str] | None = None, layout: str = "ivfuse") -> None:  # fmt: skip
         super().__init__()
         if width < 8 or width % 2:
             raise InputError(f"TIM width must be an even number >= 8, got {width}")
+        if layout not in LAYOUTS:
+            raise InputError(f"TIM layout must be one of {', '.join(LAYOUTS)}, got '{layout}'")
         g = load_genotype(genotype)
         self.genotype_in = g
         self.width = width
+        self.layout = layout
 
         def build(cells: list[dict]) -> nn.ModuleList:
             mods = []
             for cell in cells:
                 cls = _CELLS[cell["type"]]
                 if _candidates is None:
-                    mods.append(cls(width, cell["ops"], None))
+                    mods.append(cls(width, cell["ops"], None, layout=layout))
                 else:
                     mods.append(cls(width, None, _candidates, len(cell["ops"])))
             return nn.ModuleList(mods)
@@ -449,7 +531,7 @@ class TIMNet(FusionModel):
         self.cells = build(g["stage1"])
         self.head = _head(width)
         s2 = g.get("stage2")
-        self.stage2 = _Stage2(width, build(s2["ir"]), build(s2["vis"]), aux) if s2 else None
+        self.stage2 = _Stage2(width, build(s2["ir"]), build(s2["vis"]), aux, layout) if s2 else None
 
     # -------------------------------------------------------------------------------------------- forward
     def forward_train(self, ir: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -460,7 +542,7 @@ class TIMNet(FusionModel):
         if ph or pw:
             ir = F.pad(ir, (0, pw, 0, ph), mode="reflect")
             y = F.pad(y, (0, pw, 0, ph), mode="reflect")
-        x = self.stem(torch.cat([ir, y], 1))
+        x = self.stem(torch.cat([y, ir] if self.stage1_order == "vis_ir" else [ir, y], 1))
         for cell in self.cells:
             x = cell(x)
         f1 = self.head(x)
@@ -484,22 +566,100 @@ class TIMNet(FusionModel):
             }
         return g
 
+    # -------------------------------------------------------------------------------------------- official preset
+    def forward(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        if self.preset != "official":
+            return super().forward(ir, vis)
+        check_pair(ir, vis, self.min_size, self.name)
+        return torch.cat([self._forward_official(ir[b : b + 1], vis[b : b + 1]) for b in range(ir.shape[0])])
+
+    def official_inputs(self, ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gray images the official scripts read, from ``1×1×H×W`` IR and ``1×{1,3}×H×W`` visible (RGB):
+        full (``testFusion.py``): ``cv2.imread(p)[:, :, 0]``, the *blue* channel; light (``testFusion_light.py``):
+        ``cv2.imread(p, 0)``, which for PNG files is libpng's ``(9797 R + 19234 G + 3737 B) >> 15``."""
+
+        def gray(x: torch.Tensor) -> torch.Tensor:
+            if x.shape[1] == 1:
+                return x
+            if self.stage2 is not None:  # full script: blue channel
+                return x[:, 2:3]
+            u8 = (x.clamp(0, 1) * 255).round().to(torch.int64)
+            g = (9797 * u8[:, 0:1] + 19234 * u8[:, 1:2] + 3737 * u8[:, 2:3]) >> 15
+            return g.to(x.dtype) / 255
+
+        return gray(ir), gray(vis)
+
+    def _forward_official(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        """``preset="official"`` for one pair: the official gray inputs (:meth:`official_inputs`), stage 1 in eval
+        mode, stage 2 with its BatchNorms on batch statistics (``model_2.eval()`` is commented out in the official
+        script), no clamping inside, then ``save_image``'s ``floor(clamp(255 x + 0.5, 0, 255))``. ``1×1×H×W``."""
+        g_ir, g_vis = self.official_inputs(ir, vis)
+        stage2 = batch_stat_norms(self.stage2) if self.stage2 is not None else contextlib.nullcontext()
+        with stage2:
+            raw = self.forward_train(g_ir, g_vis)["fused"]
+        return (raw * 255 + 0.5).clamp(0, 255).floor() / 255
+
     # -------------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> TIMNet:
+    def from_checkpoint(cls, path: str | os.PathLike, stage2: str | os.PathLike | None = None) -> TIMNet:
         """Load ``{"state_dict", "genotype", "width"}`` (torch, weights_only) or a safetensors file whose metadata
-        holds ``genotype`` (JSON) and ``width``; keys must match exactly."""
+        holds ``genotype`` (JSON) and ``width``; keys must match exactly.
+
+        The authors' files (raw state dicts) load too, through :data:`OFFICIAL_KEYS` into the ``"official"``
+        layout: ``weights_1_*.pt`` alone is the light network (``IVIF/light/weights_1_1169.pt``, genotype
+        ``ivif_light``); a stage-1 file with the multi-scale fusion cell (``IVIF/weights_1_1059.pt``, genotype
+        ``ivif``) needs its stage-2 file ``weights_2_*.pt``: ``stage2=FILE``, or found next to it by replacing
+        ``weights_1`` with ``weights_2`` in the name."""
         obj, meta = read_weights(path, "TIM")
+        if is_state_dict(obj) and not meta and "stem.0.conv2d.weight" in obj:
+            return cls._from_official(path, obj, stage2)
+        if is_state_dict(obj) and not meta and "stem2.0.conv2d.weight" in obj:
+            raise InputError(f"{path}: this is the stage-2 file of the official TIM network; pass the stage-1 file "
+                             "(weights_1_*.pt) as the weights and this one as stage2=FILE (--opt stage2=FILE)")  # fmt: skip
+        if stage2 is not None:
+            raise InputError(f"{path}: stage2= applies to the authors' two-file TIM network only")
         if meta:  # safetensors export: genotype (JSON) and width in the metadata
             sd, geno, width = obj, meta.get("genotype"), int(meta.get("width", 48))
-        elif isinstance(obj, dict) and "state_dict" in obj:
+            layout, order = meta.get("layout", "ivfuse"), meta.get("stage1_order", "ir_vis")
+        elif isinstance(obj, dict) and "state_dict" in obj and "genotype" in obj:
             sd, geno, width = obj["state_dict"], obj.get("genotype"), int(obj.get("width", 48))
+            layout, order = obj.get("layout", "ivfuse"), obj.get("stage1_order", "ir_vis")
         else:
-            raise InputError(f"{path}: not a TIM checkpoint (expected a safetensors export or {{state_dict, genotype}})")
+            raise not_weights_error(path, "TIM", "an ivfuse TIM export (.safetensors) or checkpoint ({state_dict, "
+                                    "genotype}), or the official TIMFusion state dicts (weights_1_*.pt [+ weights_2_*.pt])")  # fmt: skip
         if geno is None:
             raise InputError(f"{path}: the checkpoint does not record its TIM genotype")
-        model = cls(validate_genotype(geno, str(path)), width=width, aux=any(k.startswith("stage2.aux_") for k in sd))
+        model = cls(validate_genotype(geno, str(path)), width=width, aux=any(k.startswith("stage2.aux_") for k in sd),
+                    layout=layout)  # fmt: skip
+        if order not in ("ir_vis", "vis_ir"):
+            raise InputError(f"{path}: stage1_order must be 'ir_vis' or 'vis_ir', got {order!r}")
+        model.stage1_order = order
         return load_checked(model, sd, path, "the TIM genotype")
+
+    @classmethod
+    def _from_official(cls, path: str | os.PathLike, sd: dict, stage2: str | os.PathLike | None) -> TIMNet:
+        full = any(".SKFF." in k for k in sd)  # the multi-scale fusion cell: the full IVIF network
+        width = int(sd["stem.2.conv2d.weight"].shape[0])
+        if full:
+            if stage2 is None:
+                p = Path(path)
+                guess = p.with_name(p.name.replace("weights_1", "weights_2"))
+                if guess == p or not guess.is_file():
+                    raise InputError(f"{path}: the official full TIM network has a second file (weights_2_*.pt): pass "
+                                     "it as stage2=FILE (--opt stage2=FILE)")  # fmt: skip
+                stage2 = guess
+            obj2, meta2 = read_weights(stage2, "TIM stage-2")
+            if not is_state_dict(obj2) or meta2 or "stem2.0.conv2d.weight" not in obj2:
+                raise InputError(f"{stage2}: not the stage-2 file of the official TIM network (weights_2_*.pt)")
+            sd = {**sd, **obj2}
+        elif stage2 is not None:
+            raise InputError(f"{path}: the official light TIM network has one file; stage2= does not apply")
+        model = cls("ivif" if full else "ivif_light", width=width, aux=True, layout="official")
+        model.checkpoint_format = "official"
+        if not full:
+            model.stage1_order = "vis_ir"  # testFusion_light.py: model_1(vis, ir)
+        where = f"{path} + {stage2}" if full else path
+        return OFFICIAL_KEYS.load(model, sd, where)
 
     def save(self, path: str | os.PathLike) -> None:
         """Save weights + derived genotype (torch file, loadable with ``weights_only=True``)."""
@@ -508,7 +668,12 @@ class TIMNet(FusionModel):
         from ..utils import atomic_write_bytes
 
         buf = io.BytesIO()
-        torch.save({"state_dict": self.state_dict(), "genotype": self.genotype(), "width": self.width}, buf)
+        obj = {"state_dict": self.state_dict(), "genotype": self.genotype(), "width": self.width}
+        if self.layout != "ivfuse":
+            obj["layout"] = self.layout
+        if self.stage1_order != "ir_vis":
+            obj["stage1_order"] = self.stage1_order
+        torch.save(obj, buf)
         atomic_write_bytes(Path(path), buf.getvalue())
 
 
@@ -556,22 +721,85 @@ class TIMSupernet(TIMNet):
         return total
 
 
+def _blur_kernel(shape: tuple[int, ...]) -> torch.Tensor:
+    """The fixed 3×3 binomial blur of the anti-aliased down-sampling (``filt`` buffers of the official files)."""
+    a = torch.tensor([1.0, 2.0, 1.0])
+    k = a[:, None] * a[None, :]
+    return (k / k.sum())[None, None].repeat(shape[0], 1, 1, 1)
+
+
+#: official ``Network_Fusion9_Meta`` (stage 1: ``stem``, ``cells``, ``stem_out``) + ``Network_Fusion9_3`` (stage 2:
+#: ``stem2``/``stem3``, ``cells2``/``cells3``, ``spa``, ``stem_out2/3/4``) -> :class:`TIMNet` (``layout="official"``).
+#: The official script calls ``model_2(vis, ir, fused)``, so ``stem2``/``cells3``/``stem_out2`` see the visible
+#: image (-> ``stage2.stem_vis``/``cells_vis``/``aux_vis``) and ``stem3``/``cells2``/``stem_out3`` the infrared one.
+#: Rewrites are applied in order. ``*.filt`` are the fixed blur kernels of the anti-aliased down-sampling: checked,
+#: not loaded (ivfuse builds them, timm ``BlurPool2d``).
+OFFICIAL_KEYS = KeyTable(
+    "TIM",
+    rules=(
+        (r"^stem_out\.3\.conv2d\.", "head.3."),
+        (r"^stem_out2\.3\.conv2d\.", "stage2.aux_vis.3."),
+        (r"^stem_out3\.3\.conv2d\.", "stage2.aux_ir.3."),
+        (r"^stem_out4\.2\.conv2d\.", "stage2.head.2."),
+        (r"^stem_out\.", "head."),
+        (r"^stem_out2\.", "stage2.aux_vis."),
+        (r"^stem_out3\.", "stage2.aux_ir."),
+        (r"^stem_out4\.", "stage2.head."),
+        (r"^stem2\.", "stage2.stem_vis."),
+        (r"^stem3\.", "stage2.stem_ir."),
+        (r"^cells2\.", "stage2.cells_ir."),
+        (r"^cells3\.", "stage2.cells_vis."),
+        (r"^spa\.spatial\.", "stage2.mask."),
+        (r"\.(\d)\.conv2d\.", r".\1.1."),  # ConvLayer = reflection pad + conv
+        (r"\.preprocess1\.op\.", ".preprocess."),
+        (r"\.down_2\.body\.0\.", ".down2."),
+        (r"\.down_4\.body\.", ".down4."),
+        (r"\.upsample_2\.body\.0\.", ".up2."),
+        (r"\.upsample_4\.body\.", ".up4."),
+        (r"\.SKFF\.conv_du\.", ".sk.reduce."),
+        (r"\.SKFF\.fcs\.", ".sk.select."),
+        (r"\._ops\.(\d+)\._op\.", r".ops.0.\1."),  # operation i at full scale
+        (r"\._ops_([12])\.(\d+)\._op\.", r".ops.\1.\2."),  # fusion cell: operation i at scale 1/2, 1/4
+        (r"\.op\.(\d)\.conv\.", r".body.\1."),  # residual / dilated conv: BasicConv
+        (r"\.op\.(\d)\.", r".body.\1."),
+        (r"\.conv([123])\.conv\.", lambda m: f".convs.{int(m.group(1)) - 1}."),  # residual dense block
+        (r"\.lrelu\.", ".act."),
+        (r"\.se\.spatial\.conv\.", ".conv."),  # spatial attention
+        (r"\.se\.conv\.", ".0.conv."),  # ECA block: eca -> conv3×3 -> PReLU
+        (r"\.conv1\.weight$", ".1.weight"),
+        (r"\.relu\.weight$", ".2.weight"),
+    ),
+    constants=((r".*\.filt", _blur_kernel),),
+)
+
+
 @register_model("tim")
-def tim(weights: str | os.PathLike | None = "default", genotype: str | None = None) -> TIMNet:
+def tim(weights: str | os.PathLike | None = "default", genotype: str | None = None, preset: str = "ivfuse",
+        stage2: str | os.PathLike | None = None) -> TIMNet:  # fmt: skip
     """TIM (Liu et al., TPAMI 2024); default: ivfuse's searched, meta-initialised, task-guided CPU-scale model
-    (``weights/tim_default.safetensors``, its genotype in the file's metadata); ``weights=FILE`` loads another."""
+    (``weights/tim_default.safetensors``, its genotype in the file's metadata); ``weights=FILE`` loads another,
+    including the authors' ``weights_1_*.pt`` (``stage2=weights_2_*.pt`` for the full network, found next to it by
+    default); ``preset="official"`` (with the authors' files) reproduces the official test scripts (docs/tim.md)."""
+    check_preset(preset, "tim")
     if weights is None:
         raise InputError("TIM needs trained weights: use the shipped default (no weights=) or pass weights=FILE")
     if weights == "default":
+        if stage2 is not None:
+            raise InputError("tim: stage2= applies to the authors' two-file network (weights=weights_1_*.pt)")
         p = resources.files("ivfuse") / "weights" / "tim_default.safetensors"
         if not p.is_file():
             raise InputError("the shipped TIM model is missing from the package; pass weights=FILE")
         with resources.as_file(p) as f:
             model = TIMNet.from_checkpoint(f)
     else:
-        model = TIMNet.from_checkpoint(weights)
+        model = TIMNet.from_checkpoint(weights, stage2=stage2)
     if genotype is not None:
         want, have = load_genotype(genotype), model.genotype()
         if (have["stage1"], have["stage2"]) != (want["stage1"], want.get("stage2")):
             raise InputError(f"{weights}: the checkpoint's TIM genotype differs from '{genotype}'")
+    if preset == "official":
+        if model.checkpoint_format != "official":
+            raise InputError("tim: preset='official' reproduces the official scripts with the authors' networks: pass "
+                             "their weights (weights=weights_1_*.pt)")  # fmt: skip
+        model.preset = "official"
     return model

@@ -36,6 +36,10 @@ width (64 in the paper), shapes are for one ``H×W`` image after padding (see be
   image are restored (:class:`~ivfuse.models.base.FusionModel`). The official training script feeds the *R channel*
   as gray (``data_VIS[:, 0]``) — not reproduced.
 
+The authors' checkpoint (``TSJNet.pth``: four state dicts) loads through :data:`OFFICIAL_KEYS` into the ``paper``
+configuration with ``merge="concat"`` in ``layout="official"`` (the code's own split-attention bottleneck);
+``docs/tsjnet.md`` lists the NATTEN layouts accepted.
+
 Configurations (:data:`VARIANTS`): ``"paper"`` (45.11 M parameters, 90 % in the two NATs; ≈347 GMAC per fusion
 at 224×224) and ``"cpu"`` (0.65 M parameters, ≈10 GMAC at 256×256; same topology, narrower and shallower: one
 bottleneck per ResNeSt block, feature width 16, 2 NAT levels of depth 2 with kernel 3, so padding to multiples of 8
@@ -59,6 +63,7 @@ from torch import nn
 
 from ..errors import InputError
 from .base import FusionModel, check_pair, load_checked, read_weights, register_model
+from .official import KeyTable
 
 __all__ = [
     "TSJNetConfig",
@@ -395,13 +400,55 @@ class DSM(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ ResNeSt / decoder
+class _SplitAttnOfficial(nn.Module):
+    """The official code's split attention (radix ``r``): grouped 3×3 conv ``c → r·c`` (bias) + BN + ReLU; the radix
+    splits are summed, pooled, and 1×1 ``c → max(32, r·c/4)`` + BN + ReLU, 1×1 ``→ r·c`` + BN + ReLU (both convs
+    without bias), softmax over the radix; output ``Σ split · attention``. (timm's, used by the ivfuse layout, has
+    conv biases on the two 1×1 convs instead of the last BN + ReLU.)"""
+
+    def __init__(self, c: int, radix: int) -> None:
+        super().__init__()
+        self.radix = radix
+        inter = max(32, c * radix // 4)
+        self.radix_conv = nn.Sequential(nn.Conv2d(c, c * radix, 3, 1, 1, groups=radix), nn.BatchNorm2d(c * radix),
+                                        nn.ReLU(inplace=True))  # fmt: skip
+        self.fc1 = nn.Sequential(nn.Conv2d(c, inter, 1, bias=False), nn.BatchNorm2d(inter), nn.ReLU(inplace=True))
+        self.fc2 = nn.Sequential(nn.Conv2d(inter, c * radix, 1, bias=False), nn.BatchNorm2d(c * radix),
+                                 nn.ReLU(inplace=True))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.radix_conv(x)
+        b, rc = x.shape[:2]
+        splits = torch.split(x, rc // self.radix, 1)
+        att = self.fc2(self.fc1(F.adaptive_avg_pool2d(sum(splits), 1)))
+        att = att.view(b, 1, self.radix, -1).transpose(1, 2).softmax(1).reshape(b, -1, 1, 1)
+        return sum(sp * a for sp, a in zip(splits, torch.split(att, rc // self.radix, 1)))
+
+
+class _BottleneckOfficial(nn.Module):
+    """The official code's split-attention bottleneck: 1×1 conv (bias) + BN + ReLU → :class:`_SplitAttnOfficial`
+    → 1×1 conv (bias) + BN, plus the shortcut, ReLU."""
+
+    def __init__(self, cin: int, planes: int, radix: int, downsample: nn.Module | None) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(cin, planes, 1), nn.BatchNorm2d(planes), nn.ReLU(inplace=True))
+        self.conv2 = _SplitAttnOfficial(planes, radix)
+        self.conv3 = nn.Sequential(nn.Conv2d(planes, 4 * planes, 1), nn.BatchNorm2d(4 * planes))
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv3(self.conv2(self.conv1(x)))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
 class ResNeStBlock(nn.Module):
     """ResNeSt block at full resolution: deep stem (three 3×3 conv-BN-ReLU, stride 1) and ``blocks``
     split-attention bottlenecks (timm :class:`~timm.models.resnest.ResNestBottleneck`, radix ``radix``, output
     ``4 * planes``). The projection shortcut of the first bottleneck is a 3×3 stride-1 max-pool + 1×1 conv + BN,
     as in the official code. ``B×cin×H×W`` -> ``B×4·planes×H×W``."""
 
-    def __init__(self, cin: int, stem: tuple[int, int, int], planes: int, blocks: int, radix: int) -> None:
+    def __init__(self, cin: int, stem: tuple[int, int, int], planes: int, blocks: int, radix: int,
+                 layout: str = "ivfuse") -> None:  # fmt: skip
         super().__init__()
         layers: list[nn.Module] = []
         c = cin
@@ -415,7 +462,10 @@ class ResNeStBlock(nn.Module):
             down = None
             if c != out:
                 down = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(c, out, 1, bias=False), nn.BatchNorm2d(out))
-            bl.append(ResNestBottleneck(c, planes, radix=radix, base_width=64, cardinality=1, downsample=down))
+            if layout == "official":
+                bl.append(_BottleneckOfficial(c, planes, radix, down))
+            else:
+                bl.append(ResNestBottleneck(c, planes, radix=radix, base_width=64, cardinality=1, downsample=down))
             c = out
         self.blocks = nn.Sequential(*bl)
         self.out_channels = out
@@ -443,10 +493,10 @@ class SpatialAttention(nn.Module):
 class TSJEncoder(nn.Module):
     """Shared encoder E: ``B×1×H×W`` -> ``(B, D)``, each ``B×C×H×W``."""
 
-    def __init__(self, cfg: TSJNetConfig) -> None:
+    def __init__(self, cfg: TSJNetConfig, layout: str = "ivfuse") -> None:
         super().__init__()
         self.embed = nn.Conv2d(1, cfg.embed, 3, 1, 1, bias=False)
-        self.resnest = ResNeStBlock(cfg.embed, cfg.stem, cfg.planes, cfg.blocks, cfg.radix)
+        self.resnest = ResNeStBlock(cfg.embed, cfg.stem, cfg.planes, cfg.blocks, cfg.radix, layout)
         convs: list[nn.Module] = []
         c = self.resnest.out_channels
         for o in cfg.enc_convs:
@@ -464,13 +514,13 @@ class TSJEncoder(nn.Module):
 class TSJDecoder(nn.Module):
     """Decoder G: ``(B, D)`` (``B×C×H×W`` each) -> ``(image B×1×H×W in (0, 1), attention A B×heads×H×W)``."""
 
-    def __init__(self, cfg: TSJNetConfig) -> None:
+    def __init__(self, cfg: TSJNetConfig, layout: str = "ivfuse") -> None:
         super().__init__()
         self.merge = cfg.merge
         c = cfg.channels * (2 if cfg.merge == "concat" else 1)
         self.attention = SpatialAttention(c, cfg.dec_heads)
         self.reduce = nn.Conv2d(c, cfg.dec_in, 1, bias=False)
-        self.resnest = ResNeStBlock(cfg.dec_in, cfg.dec_stem, cfg.dec_planes, cfg.blocks, cfg.radix)
+        self.resnest = ResNeStBlock(cfg.dec_in, cfg.dec_stem, cfg.dec_planes, cfg.blocks, cfg.radix, layout)
         self.out = nn.Sequential(
             nn.Conv2d(self.resnest.out_channels, cfg.dec_hidden, 3, 1, 1, bias=False), nn.LeakyReLU(),
             nn.Conv2d(cfg.dec_hidden, 1, 3, 1, 1, bias=False),
@@ -520,9 +570,15 @@ class TSJNet(FusionModel):
     """
 
     min_size = 1
+    #: ``"ivfuse"`` or ``"official"`` (loaded from the authors' file)
+    checkpoint_format: str = "ivfuse"
 
-    def __init__(self, variant: str | None = "cpu", config: TSJNetConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, variant: str | None = "cpu", config: TSJNetConfig | None = None, layout: str = "ivfuse",
+                 **overrides: Any) -> None:  # fmt: skip
         super().__init__()
+        if layout not in ("ivfuse", "official"):
+            raise InputError(f"TSJNet layout must be 'ivfuse' or 'official', got '{layout}'")
+        self.layout = layout
         if config is None:
             if variant not in VARIANTS:
                 raise InputError(f"TSJNet variant must be one of {', '.join(VARIANTS)}, got '{variant}'")
@@ -533,10 +589,10 @@ class TSJNet(FusionModel):
                 raise InputError(f"TSJNet: unknown option(s) {', '.join(bad)}")
             config = replace(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
         self.config = config.validate()
-        self.encoder = TSJEncoder(config)
+        self.encoder = TSJEncoder(config, layout)
         self.base_fuse = BaseHead(config.channels, config)  # f_B
         self.detail_fuse = DSM(config.channels, config.dsm_reduction, config.dsm_dropout)  # f_D
-        self.decoder = TSJDecoder(config)
+        self.decoder = TSJDecoder(config, layout)
 
     # ------------------------------------------------------------------------------------------------ sizes
     def padded_size(self, h: int, w: int) -> tuple[int, int]:
@@ -554,6 +610,40 @@ class TSJNet(FusionModel):
         return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
     # ---------------------------------------------------------------------------------------------- forward
+    #: ``"ivfuse"`` (default) or ``"official"`` (``inference.py``'s 512×512 resizing, min-max and truncation)
+    preset: str = "ivfuse"
+
+    def forward(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        if self.preset != "official":
+            return super().forward(ir, vis)
+        check_pair(ir, vis, self.min_size, self.name)
+        return torch.cat([self._forward_official(ir[b], vis[b]) for b in range(ir.shape[0])])
+
+    def _forward_official(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        """``preset="official"`` for one pair (``1×H×W``, ``{1,3}×H×W``), as ``inference.py`` + ``img_read_save.py``
+        do it: gray = ``np.round(cv2.cvtColor(BGR float32, COLOR_BGR2GRAY))``, ``cv2.resize`` to 512×512
+        (``INTER_LINEAR``, aspect not kept), /255; ``F = G(f_B(B_I + B_V), f_D(D_I + D_V))``; min-max over the
+        output, ×255, ``cv2.resize`` back to ``W×H`` on the float map, ``astype(uint8)`` (truncation). Gray
+        ``1×1×H×W`` (values k/255). Not checked against official outputs (NATTEN could not be built)."""
+        import cv2
+        import numpy as np
+
+        from .official import to_u8
+
+        dev = next(self.parameters()).device
+        h, w = ir.shape[-2:]
+
+        def gray(x: torch.Tensor) -> torch.Tensor:
+            u8 = to_u8(x if x.shape[0] == 3 else x[0]).astype(np.float32)
+            g = np.round(cv2.cvtColor(np.ascontiguousarray(u8[..., ::-1]), cv2.COLOR_BGR2GRAY)) if u8.ndim == 3 else u8
+            g = cv2.resize(g, OFFICIAL_SIZE) / np.float32(255.0)
+            return torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32))[None, None].to(dev)
+
+        f = self.fuse_luma(gray(ir), gray(vis))
+        f = (f - f.min()) / (f.max() - f.min())
+        fi = cv2.resize(np.ascontiguousarray((f * 255)[0, 0].detach().float().cpu().numpy()), (w, h)).astype(np.uint8)
+        return torch.from_numpy(fi).float().div(255)[None, None].to(ir.device)
+
     def fuse_luma(self, ir: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``B×1×H×W`` IR and visible luminance -> fused luminance ``F`` (``B×1×H×W``)."""
         h, w = ir.shape[-2:]
@@ -605,24 +695,118 @@ class TSJNet(FusionModel):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> TSJNet:
-        """Load ``.safetensors`` written by :meth:`save`, or a ``torch.save``-d ``{"state_dict", "config"}``."""
+        """Load ``.safetensors`` written by :meth:`save`, a ``torch.save``-d ``{"state_dict", "config"}``, or the
+        authors' file (``{"DIDF_Encoder", "DIDF_Decoder", "BaseFuseLayer", "DetailFuseLayer"}``, each a state
+        dict; see :func:`official_state_dict`). Any other file is a one-line :class:`InputError`."""
+        from .official import is_state_dict, not_weights_error
+
         obj, meta = read_weights(path, "TSJNet")
+        if not meta and isinstance(obj, dict) and set(obj) == set(OFFICIAL_PARTS) and all(map(is_state_dict, obj.values())):
+            return cls.from_official_state(obj, path)
         if meta:  # safetensors written by save()
             sd, cfg = obj, meta.get("config")
         else:
             sd, cfg = (obj["state_dict"], obj.get("config")) if isinstance(obj, dict) and "state_dict" in obj else (obj, None)
         if not isinstance(cfg, dict):
-            raise InputError(f"{path}: no TSJNet configuration stored with the weights (write them with TSJNet.save)")
+            raise not_weights_error(path, "TSJNet", "an ivfuse TSJNet export (.safetensors, TSJNet.save) or "
+                                    "{state_dict, config}, or the official TSJNet checkpoint ({DIDF_Encoder, DIDF_Decoder, "
+                                    "BaseFuseLayer, DetailFuseLayer})")  # fmt: skip
         return load_checked(cls(variant=None, config=TSJNetConfig.from_dict(cfg)), sd, path, "TSJNet")
+
+    @classmethod
+    def from_official_state(cls, parts: dict[str, dict[str, torch.Tensor]], path: str | os.PathLike = "<state>") -> TSJNet:
+        """The official container (four state dicts) -> TSJNet in the ``"official"`` layout of the paper
+        configuration with ``merge="concat"`` (what ``inference.py`` builds), strictly through :data:`OFFICIAL_KEYS`.
+
+        NATTEN layouts: 0.14 / 0.15 (``NeighborhoodAttention2D(bias=True)``: ``*.attn.rpb`` present, loaded into
+        ``rpb``) and 0.17 (``rel_pos_bias=False`` by default: no ``rpb`` keys; attention without a positional bias
+        is attention with ``rpb = 0``, so ivfuse's ``rpb`` is set to zeros). A file with only some ``rpb`` keys is
+        refused. (NATTEN >= 0.20 cannot build the official class at all.)"""
+        flat = {f"{part}.{k}": v for part in OFFICIAL_PARTS for k, v in parts[part].items()}
+        model = cls(variant="paper", merge="concat", layout="official")
+        n_rpb = sum(k.endswith(".attn.rpb") for k in flat)
+        want_rpb = [k for k in model.state_dict() if k.endswith(".attn.rpb")]
+        if n_rpb == 0:  # NATTEN 0.17 layout
+            flat.update({f"__zero__.{k}": torch.zeros_like(model.state_dict()[k]) for k in want_rpb})
+        elif n_rpb != len(want_rpb):
+            raise InputError(f"{path}: the official TSJNet file has {n_rpb} of the {len(want_rpb)} 'rpb' tensors "
+                             "(NATTEN 0.14/0.15 files have all, 0.17 files none)")  # fmt: skip
+        model.checkpoint_format = "official"
+        return OFFICIAL_KEYS.load(model, flat, path)
+
+
+#: ``inference.py`` resizes both inputs to this (width, height)
+OFFICIAL_SIZE = (512, 512)
+
+#: the four state dicts of the official checkpoint (``inference.py``: ``Encoder.load_state_dict(ckpt['DIDF_Encoder'])``
+#: etc.), flattened as ``<part>.<key>`` for :data:`OFFICIAL_KEYS`
+OFFICIAL_PARTS = ("DIDF_Encoder", "DIDF_Decoder", "BaseFuseLayer", "DetailFuseLayer")
+
+_UNUSED = "built by the official class but never used by its forward"
+
+#: official ``Restormer_Encoder`` / ``Restormer_Decoder(128, 512, 32)`` / ``BaseFeatureExtraction(64, 8)`` /
+#: ``DetailFeatureExtraction(64)`` -> :class:`TSJNet` (paper configuration, ``merge="concat"``, ``layout="official"``).
+#: Rewrites in order; ``name[i]`` stacks the decoder's eight per-head 1×1 convs into one grouped conv. Dropped (not
+#: used by the official forward): the NAT's ``norm``, ``avgpool`` (a 1×1 conv) and ``conv_head``, and the DSM's
+#: ``spa`` (its call is commented out).
+OFFICIAL_KEYS = KeyTable(
+    "TSJNet",
+    rules=(
+        (r"^__zero__\.", ""),  # NATTEN 0.17 files: zero relative position bias (see from_official_state)
+        (r"^DIDF_Decoder\.spa\.conv\.(\d+)\.(weight|bias)$", r"decoder.attention.conv.\2[\1]"),
+        (r"^DIDF_Decoder\.reduce_channel\.", "decoder.reduce."),
+        (r"^DIDF_Decoder\.output\.", "decoder.out."),
+        (r"^DIDF_Decoder\.ResNest\.", "decoder.resnest."),
+        (r"^DIDF_Encoder\.patch_embed\.proj\.", "encoder.embed."),
+        (r"^DIDF_Encoder\.ResNest\.", "encoder.resnest."),
+        (r"^DIDF_Encoder\.conv([123])\.0\.", lambda m: f"encoder.convs.{2 * (int(m.group(1)) - 1)}."),
+        (r"^DIDF_Encoder\.baseFeature\.", "encoder.base."),
+        (r"^DIDF_Encoder\.detailFeature\.", "encoder.detail."),
+        (r"^BaseFuseLayer\.", "base_fuse."),
+        (r"^DetailFuseLayer\.", "detail_fuse."),
+        # ResNeSt blocks
+        (r"\.resnest\.deep_stem\.", ".resnest.stem."),
+        (r"\.resnest\.layer1\.", ".resnest.blocks."),
+        (r"(\.resnest\.blocks\.\d+)\.shortcut\.", r"\1.downsample."),
+        # base head: LayerNorm + NAT
+        (r"\.norm1\.body\.", ".norm."),
+        (r"(base|base_fuse)\.attn\.", r"\1.nat."),
+        (r"\.nat\.patch_embed\.proj\.", ".nat.tokenizer."),
+        (r"\.nat\.patch_embed\.norm\.", ".nat.token_norm."),
+        (r"\.nat\.levels\.(\d+)\.blocks\.(\d+)\.", r".nat.levels.\1.\2."),
+        (r"\.nat\.levels\.(\d+)\.downsample\.", r".nat.downsamplers.\1."),
+        (r"\.nat\.conv([12])\.0\.", r".nat.conv\1."),
+        (r"\.nat\.transposed_conv([123])\.", lambda m: f".nat.up.{int(m.group(1)) - 1}."),
+        # detail salience module
+        (r"(detail|detail_fuse)\.convp1\.", r"\1.conv_in."),
+        (r"(detail|detail_fuse)\.coa\.conv\.0\.", r"\1.coa."),
+        (r"(detail|detail_fuse)\.convp2\.", r"\1.conv_mid."),
+        (r"(detail|detail_fuse)\.conv1\.", r"\1.conv_out."),
+        (r"(detail|detail_fuse)\.conv4\.", r"\1.conv_pool."),
+        (r"(detail|detail_fuse)\.conv_transpose\.", r"\1.up."),
+        (r"(detail|detail_fuse)\.fc1\.", r"\1.fc.0."),
+        (r"(detail|detail_fuse)\.fc2\.", r"\1.fc.2."),
+    ),
+    dropped=(
+        (r"(DIDF_Encoder\.baseFeature|BaseFuseLayer)\.attn\.(norm|avgpool|conv_head)\.(weight|bias)", _UNUSED),
+        (r"(DIDF_Encoder\.detailFeature|DetailFuseLayer)\.spa\.conv\.\d+\.(weight|bias)", _UNUSED),
+    ),
+)
 
 
 @register_model("tsjnet")
 def tsjnet(weights: str | os.PathLike | None = "default", variant: str = "cpu", random_init: bool = False,
-           **overrides: Any) -> TSJNet:  # fmt: skip
+           preset: str = "ivfuse", **overrides: Any) -> TSJNet:  # fmt: skip
     """TSJNet (Jie et al., arXiv 2402.01212). Default: ivfuse's trained CPU-scale model shipped in the package
     (``weights/tsjnet_default.safetensors``, trained by ``ivfuse train tsjnet preset=cpu``; see docs/tsjnet.md);
     ``weights=FILE`` loads another checkpoint; ``weights=None, random_init=True`` builds an untrained network
     (``variant="cpu"|"paper"``) for training code."""
+    from .official import check_preset
+
+    check_preset(preset, "tsjnet")
+    if preset == "official" and (weights is None or weights == "default"):
+        raise InputError("tsjnet: preset='official' reproduces inference.py with the authors' network: pass their "
+                         "checkpoint (weights=TSJNet.pth)")  # fmt: skip
     if weights is None and random_init:
         return TSJNet(variant=variant, **overrides)
     if weights == "default":
@@ -639,4 +823,10 @@ def tsjnet(weights: str | os.PathLike | None = "default", variant: str = "cpu", 
         )
     if overrides:
         raise InputError(f"TSJNet: options {', '.join(sorted(overrides))} cannot be combined with a weights file")
-    return TSJNet.from_checkpoint(weights)
+    model = TSJNet.from_checkpoint(weights)
+    if preset == "official":
+        if model.checkpoint_format != "official":
+            raise InputError("tsjnet: preset='official' reproduces inference.py with the authors' network: pass their "
+                             "checkpoint (weights=TSJNet.pth)")  # fmt: skip
+        model.preset = "official"
+    return model
