@@ -104,15 +104,16 @@ def _exportable():
 
 
 #: methods that load but cannot be exported, and why (docs/deployment.md); the test checks the one-line refusal
-NOT_EXPORTABLE = {
-    "tsjnet": "its forward uses nn.Unfold on inputs of dynamic size, which the TorchScript ONNX exporter refuses",
+NOT_EXPORTABLE = {  # method -> what its one-line refusal must say
+    "tsjnet": "Unfold",  # its forward uses nn.Unfold on inputs of dynamic size, which the TorchScript exporter refuses
+    "csf": "amplifies float round-off",  # a softmax of gradient differences / 0.00015: ORT differs by ~1e-3
 }
 
 
 @pytest.mark.parametrize("name,learned", _exportable())
 def test_onnx_export_matches_pytorch(tmp_path, name, learned):
     if name in NOT_EXPORTABLE:
-        with pytest.raises(IvfuseError, match="method '.*' cannot be exported to ONNX: .*Unfold"):
+        with pytest.raises(IvfuseError, match=f"method '{name}' cannot be exported to ONNX: .*{NOT_EXPORTABLE[name]}"):
             export_onnx(name, tmp_path / f"{name}.onnx")
         assert not (tmp_path / f"{name}.onnx").exists()
         return

@@ -115,6 +115,98 @@ def test_tardal_matches_official_outputs(stem, record_property):
     assert mean_r <= 1.0 and mx_r <= 4
 
 
+# The authors' own command for the default generator, from their README (v0, JinyuanLiu-CV/TarDAL @ 632b019):
+#   python fuse.py --src data --dst runs/tardal --weights weights/tardal.pt --color      (no --eval: BN on batch stats)
+# run on CPU, fp32, torch 2.14.1, scripts unchanged (same code as the collection's TarDAL.py apart from eval/half);
+# the same command with --eval and tardal++.pt reproduces ../shared/peers_reference/TarDAL byte for byte.
+# Kept here: statistics of the official 8-bit RGB outputs (4×4 block means, mean, std) and their sha256.
+AUTHORS_TARDAL = {
+    "00001D": {"mean": 79.276, "std": 32.028, "sha256": "12f69cdd10a61a46f3d2e755a36c3b39cfa8cdf0c9f89bf7670cdc35cde9f40d",
+               "grid_4x4": [[56.58, 62.48, 80.86, 71.03], [57.77, 90.15, 102.56, 82.26],
+                            [69.8, 87.56, 91.27, 90.25], [72.6, 91.33, 80.78, 81.13]]},
+    "00004N": {"mean": 76.498, "std": 27.332, "sha256": "049e8adcf43d7b06339eed13cdb7908b08ec41e5873b00094db08afa0b26454a",
+               "grid_4x4": [[63.88, 91.28, 71.2, 58.3], [60.26, 73.42, 60.53, 63.3],
+                            [75.14, 117.2, 91.45, 77.29], [80.8, 84.24, 81.22, 74.47]]},
+    "00633D": {"mean": 99.361, "std": 57.31, "sha256": "c59fd848b89506ce6135261a8d71dc20c042e3c89f8f20f3c544c03b2bd0d561",
+               "grid_4x4": [[172.96, 199.28, 138.23, 76.66], [54.05, 65.54, 63.01, 66.11],
+                            [101.68, 98.25, 78.64, 73.57], [102.5, 102.79, 100.24, 96.26]]},
+}  # fmt: skip
+
+
+def _tardal_official_save(model, ir, vis, vis_path, cv2) -> np.ndarray:
+    with torch.no_grad():
+        y = model.fuse_luma(ir, luma(vis))[0, 0].numpy()
+    y8 = (y * 255).astype(np.uint8)
+    cbcr = cv2.cvtColor(cv2.imread(str(vis_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2YCrCb)[:, :, 1:]
+    return cv2.cvtColor(cv2.cvtColor(np.dstack([y8, cbcr]), cv2.COLOR_YCrCb2BGR), cv2.COLOR_BGR2RGB).astype(np.float64)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", STEMS)
+def test_tardal_default_generator_runs_as_the_authors_run_it(stem, record_property):
+    """tardal.pt is run without --eval in the authors' README: BatchNorm on the fused image's own statistics.
+    ivfuse's variant=tardal does that (bn='image') and matches the authors' outputs; the checkpoint's running
+    statistics (bn='running', what the VIF-Benchmark script does) give a far darker image."""
+    cv2 = pytest.importorskip("cv2")
+    need("weights/peers/TarDAL_tardal.pt")
+    ir, vis, vis_path = msrs_pair(stem)
+    st = AUTHORS_TARDAL[stem]
+    model = ivfuse.create_model("tardal", variant="tardal")
+    assert model.bn == "image"
+    saved = _tardal_official_save(model, ir, vis, vis_path, cv2)
+    g = saved.reshape(4, 120, 4, 160, 3).mean(axis=(1, 3, 4))
+    d = np.abs(g - np.asarray(st["grid_4x4"]))
+    msg = f"4x4 block means: mean abs diff {d.mean():.3f} (max {d.max():.3f}); mean {saved.mean():.3f} vs {st['mean']}"
+    record_property(f"tardal {stem} (authors' command, official save)", msg)
+    print(f"tardal {stem} (authors' command): {msg}")
+    assert d.mean() <= 0.5 and d.max() <= 1.5  # measured on full images: 0.13-0.18 / max 3 grey levels
+    assert abs(saved.mean() - st["mean"]) <= 0.5 and abs(saved.std() - st["std"]) <= 0.5
+    running = _tardal_official_save(
+        ivfuse.create_model("tardal", variant="tardal", bn="running"), ir, vis, vis_path, cv2
+    )
+    assert st["mean"] - running.mean() > 30  # 38.9 / 23.5 / 36.8 against 79.3 / 76.5 / 99.4
+
+
+@pytest.mark.realdata
+def test_tardal_per_image_batchnorm():
+    """bn='image' equals BatchNorm in train mode on a batch of one image, image by image; the stored running
+    statistics are neither used nor changed; tardal+/tardal++ keep the running statistics (--eval)."""
+    import copy
+
+    need("weights/peers/TarDAL_tardal.pt")
+    m = ivfuse.create_model("tardal", variant="tardal")
+    assert (m.bn, ivfuse.create_model("tardal", variant="tardal+").bn, peer("tardal").bn) == (
+        "image",
+        "running",
+        "running",
+    )
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    g = torch.Generator().manual_seed(6)
+    ir, vis = torch.rand(2, 1, 30, 44, generator=g), torch.rand(2, 3, 30, 44, generator=g)
+    with torch.no_grad():
+        out = m(ir, vis)
+        y = m.fuse_luma(ir, luma(vis))
+        for i in range(2):
+            ref = copy.deepcopy(m)
+            for bn in ref.modules():
+                if isinstance(bn, torch.nn.BatchNorm2d):
+                    bn.per_image = False
+            torch.testing.assert_close(
+                y[i : i + 1], ref.train().fuse_luma(ir[i : i + 1], luma(vis)[i : i + 1]), atol=1e-5, rtol=0
+            )
+        torch.testing.assert_close(out[1:], m(ir[1:], vis[1:]), atol=1e-5, rtol=0)  # batch-independent
+        assert (
+            y - ivfuse.create_model("tardal", variant="tardal", bn="running").fuse_luma(ir, luma(vis))
+        ).abs().mean() > 0.01
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert not m.training
+    with pytest.raises(InputError, match="minimum of 'tardal'"):
+        m(torch.rand(1, 1, 1, 1), torch.rand(1, 1, 1, 1))
+    with pytest.raises(InputError, match="unknown bn 'eval'"):
+        ivfuse.create_model("tardal", variant="tardal", bn="eval")
+
+
 def _check_stats(record_property, key: str, u8: np.ndarray, st: dict) -> None:
     g = grid(u8)
     d = np.abs(g - np.asarray(st["grid_12x16"]))

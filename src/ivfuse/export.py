@@ -61,6 +61,8 @@ def export_onnx(method: str | FusionModel, path: str | os.PathLike, *, opset: in
     model = get_model(method, "cpu", **options)
     if isinstance(model, OnnxFusionModel):
         raise InputError(f"{model.name}: is already an ONNX model")
+    if getattr(model, "onnx_unsupported", None):
+        raise IvfuseError(f"method '{model.name}' cannot be exported to ONNX: {model.onnx_unsupported}")
     h, w = size
     if min(h, w) < model.min_size:
         h = w = max(model.min_size, 64)

@@ -21,6 +21,9 @@ from .utils import resolve_file, shared_root
 
 __all__ = ["WeightsInfo", "WEIGHTS", "weights_path"]
 
+#: the VIF-Benchmark collection copy the TF peers' checkpoints were read from (pinned commit)
+_TF_COLLECTION = "https://github.com/ycc568/my-seafusion/tree/cff58e5c005f5b189010b5de5f5869277852dfa8/Checkpoint/"
+
 
 @dataclass(frozen=True)
 class WeightsInfo:
@@ -98,6 +101,32 @@ WEIGHTS = {
             "https://github.com/ycc568/my-seafusion/raw/cff58e5c005f5b189010b5de5f5869277852dfa8/Checkpoint/DIDFuse/Decoder.pkl",
             "c6974e2a7c66ab579a77bacb086023237a229e769d459783bad8ff43e52e9986",
         ),
+        WeightsInfo(
+            "sage", "peers/SAGE_checkpoints.pt",
+            "SAGE sub-network (Wu et al. CVPR 2025), official state dict (RollingPlain/SAGE_IVIF, MIT)",
+            # the authors keep the file in their repository (not LFS): pinned to the commit that added it
+            "https://github.com/RollingPlain/SAGE_IVIF/raw/5960bb04bae7db3a975014e1827fd0696ab8e65a/checkpoints/checkpoints.pt",
+            "ecfde477ca4cd65401f207d5dc91ce6c475a49891d768dbdb7a66366255ee836",
+        ),
+        # TF peers: every variable of the collection's TF checkpoint as an .npz (no published download of these files)
+        *(WeightsInfo(key, f"peers/{fname}", f"{what}: every variable of the TF checkpoint {_TF_COLLECTION}{ckpt} as float32 "
+                      "arrays (np.load, no TensorFlow)", None, sha)
+          for key, fname, what, ckpt, sha in [
+              ("u2fusion", "U2Fusion.npz", "U2Fusion (Xu et al. TPAMI 2022)", "U2Fusion/model.ckpt",
+               "70554ff33dc1b5d06f76e4b83da194a9f1013cc1ccca6052c93a275b9c6ed4bd"),
+              ("stdfusionnet", "STDFusionNet.npz", "STDFusionNet (Ma et al. TIM 2021)", "STDFusionNet/Fusion.model-29",
+               "c210db29ae2cdcca1299ff54981a54ccfbe15b49182cb5fbd8fdd0b30e6aca76"),
+              ("sdnet", "SDNet.npz", "SDNet (Zhang & Ma, IJCV 2021)", "SDNet/SDNet.model",
+               "31236b2538d8587824126fb2387c102a254b26340cdf801ca8cdce276929869a"),
+              ("pmgi", "PMGI.npz", "PMGI (Zhang et al. AAAI 2020)", "PMGI/PMGI",
+               "d91866ad2136931c2643314723570f00a036593ece1b1a8fecd3626ed3b44acd"),
+              ("csf_ec", "CSF_EC.npz", "CSF encoder + classifier (Xu et al. TCI 2021)", "CSF/EC.ckpt",
+               "115c2047b7c432a33c903201918e1ba82014551ad682da1960f39becdf7bfa6a"),
+              ("csf_ed", "CSF_ED.npz", "CSF encoder + decoder (Xu et al. TCI 2021)", "CSF/ED.ckpt",
+               "9d85edf5dcdcd3af874e2cb2ee476f5aa14b2eb33532ae060996a2518edcefac"),
+              ("densefuse", "DenseFuse.npz", "DenseFuse (Li & Wu, TIP 2019)", "DenseFuse/DeseFuse.ckpt",
+               "3e7dd99dbb8b0225c20ae7cff4d5b0e0acfbc5d239353079e3bfeca0530fc8ec"),
+          ]),
     ]
 }  # fmt: skip
 
