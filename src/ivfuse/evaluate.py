@@ -27,6 +27,7 @@ from .data.images import IMAGE_EXTENSIONS, read_gray_u8
 from .data.pairing import list_images, pair_by_stem
 from .errors import InputError, PairingError, warn
 from .metrics import DEFAULT_METRICS, create_metric
+from .metrics.fast import compute_arrays
 from .utils import atomic_write_text
 
 __all__ = ["evaluate_folder", "score_triple", "write_results", "results_table", "RESULT_FORMATS"]
@@ -55,14 +56,11 @@ def score_triple(fused_path: str, ir_path: str, vis_path: str, metrics: Sequence
     for arr, p in ((a, ir_path), (b, vis_path)):
         if arr.shape != f.shape:
             raise PairingError(f"{fused_path}: fused image is {f.shape[1]}x{f.shape[0]} but {p} is {arr.shape[1]}x{arr.shape[0]}")
-    out = {}
-    for name in metrics:
-        m = create_metric(name)
-        try:
-            out[name] = m.compute(f, a if m.needs_sources else None, b if m.needs_sources else None)
-        except InputError as e:
-            raise InputError(f"{fused_path}: {e}") from None
-    return out
+    try:  # all metrics in one pass, sharing intermediates (ivfuse.metrics.compute_all)
+        res = compute_arrays(f, a, b, [create_metric(name) for name in metrics])
+    except InputError as e:
+        raise InputError(f"{fused_path}: {e}") from None
+    return {name: res[create_metric(name).name] for name in metrics}
 
 
 def _score_job(args):

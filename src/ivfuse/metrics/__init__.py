@@ -19,11 +19,13 @@ from .base import (
     register_metric,
     to_gray255,
 )
+from .fast import compute_all
 
 __all__ = [
     "DEFAULT_METRICS",
     "METRICS",
     "Metric",
+    "compute_all",
     "compute_metrics",
     "create_metric",
     "list_metrics",

@@ -80,7 +80,17 @@ class Metric:
         return float(vals[0]) if len(vals) == 1 else np.asarray(vals, dtype=np.float64)
 
     def compute(self, f: np.ndarray, a: np.ndarray | None, b: np.ndarray | None) -> float:
-        """Score one triple of already-converted float64 H×W arrays on 0–255."""
+        """Score one triple of already-converted float64 H×W arrays on 0–255.
+
+        Metrics with a faster implementation in :mod:`ivfuse.metrics.fast` use it (same values to rounding);
+        ``self.fn(f, a, b)`` is the plain reference transcription.
+        """
+        from .fast import compute_arrays
+
+        return compute_arrays(f, a, b, [self])[self.name]
+
+    def check(self, f: np.ndarray, a: np.ndarray | None, b: np.ndarray | None) -> None:
+        """Raise :class:`InputError` unless the arrays have equal shapes of at least ``min_size`` per side."""
         for arr, role in ((f, "fused"), (a, "ir"), (b, "vis")):
             if arr is None:
                 continue
@@ -91,7 +101,6 @@ class Metric:
                     f"metric '{self.name}' needs images of at least {self.min_size}x{self.min_size} pixels, "
                     f"got {arr.shape[1]}x{arr.shape[0]}"
                 )
-        return float(self.fn(f, a, b))
 
 
 def register_metric(
@@ -187,10 +196,14 @@ def _batch(x: Any, role: str) -> list[np.ndarray]:
 def compute_metrics(
     fused: Any, ir: Any, vis: Any, metrics: Sequence[str] | None = None
 ) -> dict[str, float]:
-    """Score one triple with several metrics; returns ``{name: value}`` in the order asked."""
+    """Score one triple with several metrics; returns ``{name: value}`` in the order asked.
+
+    Intermediates are shared between the metrics (:func:`ivfuse.metrics.fast.compute_all`).
+    """
+    from .fast import compute_arrays
+
     names = list(metrics or DEFAULT_METRICS)
-    objs = [create_metric(n) for n in names]
     f = to_gray255(fused, "fused")
     a = to_gray255(ir, "ir")
     b = to_gray255(vis, "vis")
-    return {m.name: m.compute(f, a if m.needs_sources else None, b if m.needs_sources else None) for m in objs}
+    return compute_arrays(f, a, b, names)
