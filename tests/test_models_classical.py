@@ -10,7 +10,7 @@ import ivfuse
 from ivfuse.errors import InputError, UnknownNameError
 from ivfuse.models.classical import box_mean, laplacian_pyramid, reconstruct_laplacian
 
-BASELINES = ["average", "max", "laplacian", "gff"]
+BASELINES = ["average", "max", "laplacian", "gff", "thermal_chroma"]
 
 
 def _pair(b=2, c=3, h=64, w=80):
@@ -42,6 +42,17 @@ def test_colour_is_kept(name):
 def test_same_inputs_give_that_input(name):
     x = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(ivfuse.create_model(name)(x, x), x, atol=1e-4)
+
+
+def test_thermal_chroma_is_the_infrared_image_in_the_visible_colours():
+    ir, vis = _pair()
+    out = ivfuse.create_model("thermal_chroma")(ir, vis)
+    y = rgb_to_ycbcr(out)[:, :1]
+    inside = (out > 0.02).all(1, keepdim=True) & (out < 0.98).all(1, keepdim=True)  # away from clipping
+    assert inside.float().mean() > 0.3
+    assert torch.allclose(y * inside, ir * inside, atol=2e-3)  # the luminance is the infrared image
+    gray = ivfuse.create_model("thermal_chroma")(ir, vis[:, :1])
+    assert torch.equal(gray, ir)  # a gray visible image adds nothing
 
 
 def test_laplacian_pyramid_is_invertible():

@@ -162,7 +162,8 @@ def _cmd_list(a: argparse.Namespace) -> int:
         t.add_column("description")
         for n in MODELS.names():
             doc = (MODELS.get(n).__doc__ or "").strip().splitlines()
-            t.add_row(n + (" (default)" if n == DEFAULT_METHOD else ""), doc[0] if doc else "")
+            plugin = f" (plugin: {MODELS.plugins[n]})" if n in MODELS.plugins else ""
+            t.add_row(n + (" (default)" if n == DEFAULT_METHOD else ""), (doc[0] if doc else "") + plugin)
     elif a.what == "detectors":
         from .tasks.detectors import DETECTORS
 

@@ -30,7 +30,7 @@ import torch
 
 from ..utils import atomic_write_text
 
-__all__ = ["state_hash", "method_key", "data_key", "BenchCache", "short_hash"]
+__all__ = ["state_hash", "method_key", "data_key", "folder_hash", "BenchCache", "short_hash"]
 
 
 def short_hash(obj: Any, n: int = 12) -> str:
@@ -65,6 +65,18 @@ def method_key(name: str, options: dict | None, module: torch.nn.Module | None) 
     ident = {"method": name, "options": options or {}, "weights_sha256": state_hash(module) if module is not None else None,
              "code_sha256": code_hash(module) if module is not None else None}  # fmt: skip
     return f"{name}-{short_hash(ident)}", ident
+
+
+def folder_hash(folder: str | Path, exts: tuple[str, ...], recursive: bool = True) -> str:
+    """SHA-256 over the relative paths and the SHA-256 of the bytes of every file under ``folder`` whose suffix is in
+    ``exts`` (case-insensitive), in sorted order: the cache key of a ``dir:`` method and of ``--seg-masks``."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    files = folder.rglob("*") if recursive else folder.iterdir()
+    for f in sorted(p for p in files if p.is_file() and p.suffix.lower() in exts):
+        h.update(str(f.relative_to(folder)).encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def data_key(dataset: str, split: str, root: str | Path, names: list[str], ir_norm: str) -> str:

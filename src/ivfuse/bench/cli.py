@@ -18,6 +18,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         train_limit=a.train_limit, references=not a.no_references, speed=not a.no_speed, workers=a.workers,
         progress=not a.quiet, grid_pairs=a.grid_pairs, epochs=a.epochs, imgsz=a.imgsz, batch_size=a.batch, lr=a.lr,
         train_pairs=a.train_pairs, seg_masks=a.seg_masks, seg_judge=a.seg_judge, seg_epochs=a.seg_epochs, seg_lr=a.seg_lr,
+        baseline=None if a.baseline.lower() == "none" else a.baseline,
     )  # fmt: skip
     c = res["meta"]["cache"]
     print(f"wrote {a.out}/results.json, results.csv, results.md, report.html "
@@ -29,7 +30,12 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register ``ivfuse bench`` on the CLI's sub-parsers."""
     b = sub.add_parser("bench", help="rank methods: fusion metrics, detection (zero-shot and retrained judge), speed; HTML report")
-    b.add_argument("--methods", required=True, help="comma-separated methods (name or name@WEIGHTS); ir and vis rows are added")
+    b.add_argument("--methods", required=True,
+                   help="comma-separated methods: NAME, NAME@WEIGHTS, LABEL=dir:FOLDER (your fused images: FOLDER/<split>/<pair>.png), "
+                   "LABEL=py:module:attr (your model or function); ir and vis rows are added")  # fmt: skip
+    b.add_argument("--baseline", default="average",
+                   help="row every method is compared with: paired bootstrap 95%% CIs in every table (default average; "
+                   "any method, ir, vis; none: no CIs)")  # fmt: skip
     b.add_argument("--data", required=True, help="comma-separated datasets name[:split][@ROOT], e.g. msrs:dev-val,tno (msrs:val = msrs:dev-val)")
     b.add_argument("--protocols", default="fusion,zero,retrain", help=f"subset of {','.join(PROTOCOLS)} (default fusion,zero,retrain)")
     b.add_argument("--out", default="bench", help="output folder (results, report, cache); rerunning reuses its cache")

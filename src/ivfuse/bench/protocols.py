@@ -204,15 +204,23 @@ def run_fusion(ds: FusionDataset, paths: dict[str, Path], metrics: Sequence[str]
 
 
 def _det_summary(r: dict) -> dict:
-    return {"mAP50": r["mAP50"], "mAP50_95": r["mAP50_95"], "per_class": r["per_class"], "n_images": r["n_images"]}
+    from ..tasks.evaluation import encode_matches
+
+    return {"mAP50": r["mAP50"], "mAP50_95": r["mAP50_95"], "per_class": r["per_class"], "n_images": r["n_images"],
+            "matches": encode_matches(r["matches"])}  # fmt: skip
+
+
+#: version of the zero/retrain result format in the cache key (2: with the per-image matches of the bootstrap)
+DET_RESULT_VERSION = "v2"
 
 
 def run_zero(judge, data, progress: bool = True) -> dict:
-    """mAP of the frozen judge on the fused test images (val.py settings)."""
+    """mAP of the frozen judge on the fused test images (val.py settings), with the per-image matches
+    (``"matches"``, :func:`~ivfuse.tasks.evaluation.encode_matches`) for the paired bootstrap."""
     from ..tasks.downstream import evaluate_detector
 
     t = time.perf_counter()
-    out = _det_summary(evaluate_detector(judge, data, progress=progress))
+    out = _det_summary(evaluate_detector(judge, data, progress=progress, matches=True))
     out["seconds"] = time.perf_counter() - t
     return out
 
@@ -239,12 +247,13 @@ def run_retrain(make_judge, train, test, recipe: Recipe, seed: int, progress: bo
     torch.manual_seed(seed)
     det = make_judge()
     t = time.perf_counter()
-    hist = finetune_detector(det, train, None, recipe.epochs, recipe.batch_size, recipe.lr, recipe.imgsz, seed, progress)
+    hist = finetune_detector(det, train, None, recipe.epochs, recipe.batch_size, recipe.lr, recipe.imgsz, seed, progress,
+                             lr_final=recipe.lr_final, ema=recipe.ema)  # fmt: skip
     train_s = time.perf_counter() - t
     from ..tasks.detectors import YOLOv5Detector
 
     judge = _ValAtSize(det, recipe.imgsz) if isinstance(det, YOLOv5Detector) and recipe.imgsz != 640 else det
-    out = _det_summary(evaluate_detector(judge, test, progress=progress))
+    out = _det_summary(evaluate_detector(judge, test, progress=progress, matches=True))
     out.update(seed=seed, loss_per_epoch=hist, train_seconds=train_s, n_train=len(train),
                eval_imgsz=recipe.imgsz if judge is not det else 640)  # fmt: skip
     return out

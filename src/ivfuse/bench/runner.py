@@ -15,10 +15,12 @@ import torch
 
 from ..errors import InputError
 from ..metrics import DEFAULT_METRICS, create_metric
-from .cache import BenchCache, data_key, method_key, short_hash, state_hash
+from .cache import BenchCache, data_key, folder_hash, short_hash, state_hash
+from .methods import BenchMethod, parse_method
+from .stats import compare_to_baseline
 from .recipes import LABEL_SETS, PRESETS, PROTOCOLS
 from .protocols import (
-    REFERENCES, build_method, check_seg_judge, detection_set, fuse_split, open_dataset, parse_data,
+    DET_RESULT_VERSION, REFERENCES, check_seg_judge, detection_set, fuse_split, open_dataset, parse_data,
     run_fusion, run_retrain, run_seg, run_speed, run_zero,
 )  # fmt: skip
 
@@ -72,13 +74,18 @@ def run_bench(
     grid_pairs: int = 2,
     seg_masks: str | Path | None = None,
     seg_judge: str = "head",
+    baseline: str | None = "average",
     **recipe_overrides,
 ) -> dict:
     """Run the bench and write ``out/results.{json,csv,md}`` and ``out/report.html`` (+ ``out/assets``).
 
     Args:
-        methods: method names (``ivfuse list methods``), ``name@WEIGHTS`` for a checkpoint; the reference rows
-            ``ir`` and ``vis`` (the source images themselves) are added unless ``references=False``.
+        methods: method names (``ivfuse list methods``), ``name@WEIGHTS`` for a checkpoint, ``LABEL=dir:PATH`` for a
+            folder of pre-fused images, ``LABEL=py:module:attr`` for a user's model (:mod:`ivfuse.bench.methods`);
+            the reference rows ``ir`` and ``vis`` (the source images themselves) are added unless
+            ``references=False``.
+        baseline: the row every other row is compared with (paired 95 % bootstrap CIs, :mod:`ivfuse.bench.stats`);
+            added to the methods when missing; ``None`` computes no CIs.
         data: ``name[:split]`` per dataset (``msrs:dev-val``, ``msrs:val`` = ``msrs:dev-val``, ``tno``).
         protocols: subset of ``fusion, zero, retrain, seg``.
         preset: ``cpu`` or ``gpu`` fine-tuning recipe (:data:`ivfuse.bench.PRESETS`); ``recipe_overrides``
@@ -118,6 +125,7 @@ def run_bench(
     mlist = _split_list(methods)
     if not mlist:
         raise InputError("no method given (--methods average,gff,...)")
+    baseline = (baseline or "").strip() or None
     if references:
         mlist = [r for r in REFERENCES if r not in mlist] + mlist
     mlist = list(dict.fromkeys(mlist))
@@ -127,12 +135,17 @@ def run_bench(
     cache = BenchCache(out / "cache")
     fused_written = 0
 
-    models = {}
+    models: dict[str, BenchMethod] = {}
     for m in mlist:
-        name, model, opts, is_ref = build_method(m, device)
-        key, ident = method_key(name if not is_ref else f"ref_{name}", opts, model if not is_ref else None)
-        models[m] = {"name": m, "model": model, "key": key, "identity": ident, "reference": is_ref,
-                     "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
+        bm = parse_method(m, device)
+        if bm.label in models:
+            raise InputError(f"--methods: the row '{bm.label}' is given twice")
+        models[bm.label] = bm
+    if baseline is not None and baseline not in models:
+        bm = parse_method(baseline, device)
+        models = {bm.label: bm, **models}
+        baseline = bm.label
+    mlist = list(models)
 
     needs_judge = any(p in protos for p in ("zero", "retrain"))
     from ..tasks import create_detector
@@ -149,20 +162,20 @@ def run_bench(
     seg_recipe_key = short_hash({**recipe.as_dict(), "eval": "val.py at imgsz"}, 8)
     if seg_masks is not None and not Path(seg_masks).is_dir():
         raise InputError(f"--seg-masks {seg_masks}: folder not found")
-    masks_key = "" if seg_masks is None or "seg" not in protos else "-m" + _folder_hash(Path(seg_masks))  # read once
+    masks_key = "" if seg_masks is None or "seg" not in protos else "-m" + folder_hash(seg_masks, (".png", ".bmp", ".tif"), False)[:10]
     seg_key = "espnetv2" if check_seg_judge(seg_judge) == "head" else f"espnetv2_{seg_judge}"
 
     results: dict = {
         "meta": {
             "command": " ".join(sys.argv) if Path(sys.argv[0]).name in ("ivfuse", "__main__.py") else None,
-            "methods": mlist, "references": [m for m in mlist if models[m]["reference"]],
+            "methods": mlist, "references": [m for m in mlist if models[m].reference],
             "protocols": protos, "metrics": metric_names, "preset": preset, "recipe": recipe.as_dict(),
             "seeds": seeds, "labels": labels, "judge": judge, "judge_weights": judge_weights or "default (COCO)",
             "device": device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
             "limit": limit, "train_limit": train_limit, "seg_masks": str(seg_masks) if seg_masks is not None else None,
             "seg_judge": seg_judge,
-            "methods_identity": {m: models[m]["identity"] for m in mlist},
+            "methods_identity": {m: models[m].identity for m in mlist}, "baseline": baseline,
         },
         "datasets": {},
     }  # fmt: skip
@@ -204,42 +217,48 @@ def run_bench(
                 raise InputError(f"{spec.tag}: training split {spec.train_split} overlaps the judged split")
             entry.update(train_split=spec.train_split, n_train=len(ds_train), train_key=tkey)
 
+        for m in mlist:  # a dir: method missing a pair fails here, before anything is computed
+            if models[m].kind == "dir":
+                models[m].folder_images(ds, spec.split, judged=True)
+                if ds_train is not None:
+                    models[m].folder_images(ds_train, spec.train_split, judged=False)
+        matches: dict[str, dict[str, list]] = {"zero": {}, "retrain": {}}
         for m in mlist:
             info = models[m]
-            model, mkey, tag = info["model"], info["key"], f"{m} {spec.tag}"
-            fdir = cache.fused_dir(dkey, mkey)
-            before = sum(1 for _ in fdir.glob("*.png")) if fdir.is_dir() else 0
-            paths = fuse_split(model, ds, fdir, device, progress, desc=f"fuse[{tag}]")
-            fused_written += len(paths) - before
+            mkey, tag = info.key, f"{m} {spec.tag}"
+            paths, n = _fused(info, cache, ds, spec.split, dkey, True, device, progress, f"fuse[{tag}]")
+            fused_written += n
             if "fusion" in todo:
                 xk = short_hash(metric_names, 8)
                 r = cache.get("fusion", dkey, mkey, xk)
                 if r is None:
                     r = cache.put("fusion", dkey, mkey, run_fusion(ds, paths, metric_names, workers, progress, f"metrics[{tag}]"), xk)
                 entry["fusion"][m] = r
-            if speed and not info["reference"]:
+            if speed and info.kind == "model":
                 xk = f"{torch.device(device).type}-t{torch.get_num_threads()}"
-                r = cache.get("speed", dkey, mkey, xk) or cache.put("speed", dkey, mkey, run_speed(model, ds, device), xk)
+                r = cache.get("speed", dkey, mkey, xk) or cache.put("speed", dkey, mkey, run_speed(info.model, ds, device), xk)
                 entry["speed"][m] = r
             if "zero" in todo:
-                xk = f"{judge_key}-{ds.det_labels}"
+                xk = f"{judge_key}-{ds.det_labels}-{DET_RESULT_VERSION}"
                 r = cache.get("zero", dkey, mkey, xk)
                 if r is None:
                     r = cache.put("zero", dkey, mkey, run_zero(frozen, detection_set(ds, paths), progress), xk)
+                matches["zero"][m] = [r.pop("matches")]
                 entry["zero"][m] = r
+            tpaths = None
             if todo & {"retrain", "seg"}:
-                tdir = cache.fused_dir(tkey, mkey)
-                before = sum(1 for _ in tdir.glob("*.png")) if tdir.is_dir() else 0
-                tpaths = fuse_split(model, ds_train, tdir, device, progress, desc=f"fuse[{m} {spec.name}:{spec.train_split}]")
-                fused_written += len(tpaths) - before
+                tpaths, n = _fused(info, cache, ds_train, spec.train_split, tkey, False, device, progress,
+                                   f"fuse[{m} {spec.name}:{spec.train_split}]")  # fmt: skip
+                fused_written += n
             if "retrain" in todo:
                 runs = []
                 for seed in range(seeds):
-                    xk = f"{judge_key}-{ds.det_labels}-{recipe_key}-{tkey}-s{seed}"
+                    xk = f"{judge_key}-{ds.det_labels}-{recipe_key}-{tkey}-s{seed}-{DET_RESULT_VERSION}"
                     r = cache.get("retrain", dkey, mkey, xk)
                     if r is None:
                         r = run_retrain(make_judge, detection_set(ds_train, tpaths), detection_set(ds, paths), recipe, seed, progress)
                         cache.put("retrain", dkey, mkey, r, xk)
+                    matches["retrain"].setdefault(m, []).append(r.pop("matches"))
                     runs.append(r)
                 entry["retrain"][m] = _aggregate_seeds(runs)
             if "seg" in todo:
@@ -251,7 +270,9 @@ def run_bench(
                         r = cache.put("seg", dkey, mkey, run_seg(ds_train, tpaths, ds, paths, recipe, seed, device, progress, seg_judge), xk)
                     runs.append(r)
                 entry["seg"][m] = _aggregate_seeds(runs, keys=("mIoU",))
-            entry.setdefault("fused_dirs", {})[m] = str(fdir)
+            entry.setdefault("fused_dirs", {})[m] = str(Path(next(iter(paths.values()))).parent) if paths else None
+        if baseline is not None:
+            entry["significance"] = compare_to_baseline(entry, matches, baseline, metric_names, progress)
         results["datasets"][spec.tag] = entry
 
     results["meta"]["cache"] = {"result_hits": cache.hits, "result_misses": cache.misses, "fused_written": fused_written}
@@ -265,13 +286,13 @@ def run_bench(
     return results
 
 
-def _folder_hash(folder: Path) -> str:
-    """Short SHA-256 over the names and bytes of the image files in ``folder`` (the ``--seg-masks`` cache key)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(folder.iterdir()):
-        if f.suffix.lower() in (".png", ".bmp", ".tif"):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:10]
+def _fused(info: BenchMethod, cache: BenchCache, ds, split: str, dkey: str, judged: bool, device: str, progress: bool,
+           desc: str) -> tuple[dict[str, Path], int]:  # fmt: skip
+    """``({pair: fused image}, images fused now)`` of one split: the user's files for a ``dir:`` method, else the
+    cached fusion of the method's model (fused where missing)."""
+    if info.kind == "dir":
+        return info.folder_images(ds, split, judged), 0
+    d = cache.fused_dir(dkey, info.key)
+    before = sum(1 for _ in d.glob("*.png")) if d.is_dir() else 0
+    paths = fuse_split(info.model, ds, d, device, progress, desc=desc)
+    return paths, len(paths) - before

@@ -25,7 +25,17 @@ from ..registry import Registry
 __all__ = ["FusionModel", "MODELS", "register_model", "create_model", "list_models", "check_pair", "check_options",
            "method_options", "read_weights", "load_checked"]
 
-MODELS: Registry[Callable[..., FusionModel]] = Registry("method")
+def _plugin(name: str, obj: Any) -> Any:
+    """An ``ivfuse.methods`` entry point: a :class:`FusionModel` subclass (named ``name``) or a factory."""
+    if isinstance(obj, type) and issubclass(obj, FusionModel):
+        obj.name = name
+    elif not callable(obj):
+        raise TypeError(f"{obj!r} is neither a FusionModel class nor a factory")
+    return obj
+
+
+#: every fusion method; third-party packages add theirs through the entry-point group ``ivfuse.methods``
+MODELS: Registry[Callable[..., FusionModel]] = Registry("method", entry_points="ivfuse.methods", on_plugin=_plugin)
 
 
 def check_pair(ir: torch.Tensor, vis: torch.Tensor, min_size: int = 1, name: str = "method") -> None:
@@ -56,6 +66,8 @@ class FusionModel(nn.Module):
 
     name: str = "fusion"
     min_size: int = 1
+    #: why ``ivfuse export`` refuses the method (``None``: it exports and is checked against PyTorch)
+    onnx_unsupported: str | None = None
 
     def fuse_luma(self, ir: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """Fuse ``B×1×H×W`` infrared with ``B×1×H×W`` visible luminance -> ``B×1×H×W`` in [0, 1]."""
@@ -170,6 +182,8 @@ def create_model(name: str, **kwargs: Any) -> FusionModel:
         if isinstance(e, InputError):
             raise
         raise InputError(f"method '{str(name).lower()}': {e}") from None
+    if isinstance(model, FusionModel) and model.name == FusionModel.name:  # a factory's model: name it for messages
+        model.name = str(name).lower()
     return model.eval()
 
 

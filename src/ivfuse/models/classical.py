@@ -2,6 +2,8 @@
 
 * ``average``: (IR + Y) / 2.
 * ``max``: pixel-wise maximum (the max-abs rule on non-negative intensities).
+* ``thermal_chroma``: the infrared image as luminance with the visible image's chroma — *keep the thermal image,
+  add colour*; a trivial baseline, not a fusion rule (a gray visible image gives the infrared image back).
 * ``laplacian``: Laplacian-pyramid fusion (Burt & Adelson 1983; Toet): detail levels by max-abs
   selection, the coarsest Gaussian level averaged.
 * ``gff``: guided-filtering fusion (Li, Kang & Hu, IEEE TIP 2013) with the paper's parameters
@@ -33,6 +35,14 @@ class MaxFusion(FusionModel):
 
     def fuse_luma(self, ir, y):
         return torch.maximum(ir, y)
+
+
+@register_model("thermal_chroma")
+class ThermalChroma(FusionModel):
+    """Trivial baseline: the infrared image as luminance, the visible image's chroma (Cb, Cr) kept."""
+
+    def fuse_luma(self, ir, y):
+        return ir
 
 
 def _gauss5(x: torch.Tensor) -> torch.Tensor:

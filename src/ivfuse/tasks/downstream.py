@@ -158,8 +158,10 @@ def class_mapping(dataset_names: Sequence[str], detector_names: Sequence[str]) -
     return out
 
 
-def evaluate_detector(detector, data: DetectionSet, mapping: dict[int, int] | None = None, progress: bool = True) -> dict:
-    """mAP of ``detector`` on ``data`` (val.py settings), in the dataset's class space."""
+def evaluate_detector(detector, data: DetectionSet, mapping: dict[int, int] | None = None, progress: bool = True,
+                      matches: bool = False) -> dict:  # fmt: skip
+    """mAP of ``detector`` on ``data`` (val.py settings), in the dataset's class space (``matches``: also the
+    per-image matches, :func:`~ivfuse.tasks.evaluation.detection_map`)."""
     from tqdm.auto import tqdm
 
     mapping = mapping if mapping is not None else class_mapping(data.class_names, detector.class_names)
@@ -169,7 +171,7 @@ def evaluate_detector(detector, data: DetectionSet, mapping: dict[int, int] | No
         d = detector.predict([read_vis(p)], mode="val", classes=sorted(inverse))[0]
         lab = torch.tensor([inverse[int(c)] for c in d.labels.tolist()], dtype=torch.int64)
         preds.append(type(d)(d.xyxy, d.scores, lab))
-    return detection_map(preds, data.boxes, data.class_names)
+    return detection_map(preds, data.boxes, data.class_names, matches=matches)
 
 
 def letterbox_batch(images: list[torch.Tensor], boxes: list[Boxes], imgsz: int = 640, stride: int = 32):
@@ -202,10 +204,17 @@ def finetune_detector(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[dict], None] | None = None,
+    lr_final: float = 1.0,
+    ema: float = 0.0,
 ) -> list[float]:
     """Fine-tune ``detector`` on ``data`` (:func:`~ivfuse.tasks.detectors.detector_optimizer`: SGD, momentum 0.937,
     Nesterov, weight decay 5e-4 on weights; gradient norm clipped at 10; horizontal flips; linear warm-up over the
     first epoch) on the engine's :class:`~ivfuse.engine.Trainer`. Returns the mean loss of each epoch.
+
+    ``lr_final``: after the warm-up the learning rate falls linearly over all steps from ``lr`` to ``lr * lr_final``
+    (YOLOv5's linear schedule, its ``lrf``; ``1.0``: constant). ``ema``: decay of an exponential moving average of
+    the weights and buffers (:class:`torch.optim.swa_utils.AveragedModel`, updated after every step), copied into
+    ``detector`` at the end (``0``: off; YOLOv5's ModelEMA averages the same way, with a ramped decay).
 
     Bitwise reproducible on CPU from ``seed`` and the detector's initial weights: data order and flips come from
     generators seeded with ``(seed, epoch)``, and the global torch generator (used by Faster R-CNN's proposal
@@ -224,25 +233,42 @@ def finetune_detector(
         return {"vis": batch, "boxes": boxes, "name": [s["name"] for s in items]}
 
     source = BatchSource(samples, batch_size, [RandomFlip(0.5)], seed=seed, drop_last=False, collate_fn=collate)
+    if not 0.0 <= ema < 1.0:
+        raise InputError(f"ema must be in [0, 1), got {ema}")
+    if lr_final < 0:
+        raise InputError(f"lr_final must be >= 0, got {lr_final}")
     opt = detector_optimizer(detector, lr)
     step = OptimStep(opt, clip=DETECTOR_CLIP)
     n_batches = len(source)
+    total = max(1, epochs * n_batches)
     dev = next(detector.parameters()).device
+    averaged = None
+    if ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        averaged = AveragedModel(detector, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True)
 
     def train_step(batch: dict, ctx: dict) -> dict:
-        warm = min(1.0, (ctx["epoch"] * n_batches + ctx["batch"] + 1) / max(1, n_batches))
+        t = ctx["epoch"] * n_batches + ctx["batch"]
+        warm = min(1.0, (t + 1) / max(1, n_batches))
         for g in opt.param_groups:
-            g["lr"] = lr * warm
+            g["lr"] = lr * warm * (1.0 - (1.0 - lr_final) * t / total)
         loss, _ = detector.loss(batch["vis"].to(dev), batch["boxes"])
         step(loss)
+        if averaged is not None:
+            averaged.update_parameters(detector)
         return {"loss": float(loss.detach())}
 
     def epoch_end(epoch: int, ctx: dict) -> None:
         log({"epoch": epoch, "loss": ctx["epoch_metrics"]["loss"]})
 
-    cfg = {"task": "detection", "epochs": epochs, "batch_size": batch_size, "lr": lr, "imgsz": imgsz, "seed": seed}
+    cfg = {"task": "detection", "epochs": epochs, "batch_size": batch_size, "lr": lr, "imgsz": imgsz, "seed": seed,
+           "lr_final": lr_final, "ema": ema}  # fmt: skip
     stage = Stage("finetune", epochs, source, train_step, on_epoch_end=epoch_end if log else None)
-    return _run_finetune(detector, "detector", opt, cfg, stage, seed, progress)
+    hist = _run_finetune(detector, "detector", opt, cfg, stage, seed, progress)
+    if averaged is not None and epochs > 0:
+        detector.load_state_dict(averaged.module.state_dict())
+    return hist
 
 
 def _run_finetune(module, name: str, opt, cfg: dict, stage, seed: int, progress: bool) -> list[float]:
