@@ -19,7 +19,7 @@ from ivfuse.bench.methods import parse_method
 from ivfuse.bench.protocols import DataSpec, open_dataset
 from ivfuse.bench.runner import run_bench
 from ivfuse.cli import main
-from ivfuse.errors import InputError
+from ivfuse.errors import InputError, UnknownNameError
 
 from conftest import need
 
@@ -127,6 +127,19 @@ def test_py_methods_factory_and_function(tmp_path, monkeypatch):
         parse_method("x=py:not_a_module_anywhere:f")
     with pytest.raises(InputError, match="given twice"):
         run_bench("fn=py:my_fusion:average,fn=py:my_fusion:build", protocols="fusion", out=tmp_path / "c", **SMALL)
+
+
+def test_method_options_after_a_question_mark():
+    plain, five = parse_method("laplacian"), parse_method("l5=laplacian?levels=5")
+    assert five.model.levels == 5 and plain.model.levels != 5
+    assert five.key != plain.key and five.identity["options"] == {"levels": 5}
+    assert parse_method("laplacian?levels=5").key == five.key  # the label does not enter the key
+    with pytest.raises(UnknownNameError, match="unknown option 'levle' for method 'laplacian'; did you mean 'levels'"):
+        parse_method("laplacian?levle=5")
+    with pytest.raises(InputError, match="is not of the form key=value"):
+        parse_method("laplacian?levels")
+    with pytest.raises(InputError, match="reference row 'ir' takes no options"):
+        parse_method("ir?x=1")
 
 
 @pytest.mark.slow

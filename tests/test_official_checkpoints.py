@@ -365,3 +365,13 @@ def test_tim_official_light_saved_by_ivfuse_keeps_layout_and_input_order(tmp_pat
         model.stage1_order = "ir_vis"
         assert not torch.allclose(model(ir, vis), again(ir, vis), atol=1e-3)  # the order matters to these weights
         model.stage1_order = swapped
+
+
+@pytest.mark.parametrize("method", ["metafusion", "tim", "occo", "tsjnet"])
+def test_official_preset_needs_the_authors_network(method):
+    """The shipped (ivfuse-format) models cannot run the official pre/post-processing: one line, naming the file kind."""
+    with pytest.raises(InputError, match=rf"^{method}: preset='official' .*(authors'|official) (network|weights)") as ei:
+        ivfuse.create_model(method, preset="official")
+    assert "\n" not in str(ei.value) and "weights=" in str(ei.value)
+    with pytest.raises(InputError, match=rf"{method}: unknown preset 'offical' \(choose from ivfuse, official\)"):
+        ivfuse.create_model(method, preset="offical")

@@ -2,8 +2,9 @@
 
 Forms (comma-separated in ``--methods``; ``LABEL=`` names the row, and is required for ``dir:`` and ``py:``):
 
-* ``gff``, ``tim@FILE`` — a registered method (``ivfuse list methods``, entry-point plugins included) or one with a
-  checkpoint (``weights=FILE``); ``ir`` / ``vis`` are the reference rows.
+* ``gff``, ``tim@FILE``, ``laplacian?levels=5``, ``tim@FILE?preset=official`` — a registered method (``ivfuse list
+  methods``, entry-point plugins included), with a checkpoint (``weights=FILE``) and method options after ``?``
+  (``key=value`` joined by ``&``; quote them in a shell); ``ir`` / ``vis`` are the reference rows.
 * ``LABEL=dir:PATH`` — pre-fused images: ``PATH/<split>/<pair>.<ext>`` (e.g. ``PATH/dev-val/00004N.png`` and, for
   ``retrain``/``seg``, ``PATH/dev-train/00001D.png``), or ``PATH/<pair>.<ext>`` directly for the judged split
   (ext: png, jpg, jpeg, bmp, tif, tiff). Gray or RGB, 8-bit (or 16-bit) at each pair's size. Every pair the bench
@@ -143,8 +144,8 @@ def parse_method(text: str, device: str = "cpu") -> BenchMethod:
 
     text = text.strip()
     label, eq, spec = text.partition("=")
-    if not eq:
-        label, spec = text, text
+    if not eq or any(c in label for c in "?@:/\\&"):  # no LABEL= (the '=' belongs to an option or a path)
+        label, eq, spec = text, "", text
     label, spec = label.strip(), spec.strip()
     if eq and not label:
         raise InputError(f"--methods {text}: empty label before '='")
@@ -158,7 +159,7 @@ def parse_method(text: str, device: str = "cpu") -> BenchMethod:
         model = _user_model(label, spec[3:]).to(device).eval()
         key, ident = method_key(f"py_{label}", {"target": spec[3:]}, model)
         return BenchMethod(label, "model", key, ident, model=model, params=sum(p.numel() for p in model.parameters()))
-    if eq and (":" in spec.partition("@")[0]):
+    if eq and (":" in spec.partition("?")[0].partition("@")[0]):
         raise InputError(f"--methods {text}: unknown method form (LABEL=dir:PATH, LABEL=py:module:attr or a method name)")
     name, model, opts, is_ref = build_method(spec, device)
     key, ident = method_key(name if not is_ref else f"ref_{name}", opts, model if not is_ref else None)

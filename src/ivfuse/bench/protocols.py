@@ -95,12 +95,21 @@ REFERENCES = ("ir", "vis")
 
 
 def build_method(text: str, device: str = "cpu") -> tuple[str, FusionModel, dict, bool]:
-    """``name``, ``name@WEIGHTS`` or a reference (``ir``/``vis``) -> (name, eval model, options, is_reference)."""
-    name, _, weights = text.strip().partition("@")
+    """``name``, ``name@WEIGHTS``, either with method options ``?key=value&key=value`` (``laplacian?levels=5``,
+    ``tim@FILE?preset=official&stage2=F2``; the same options as ``ivfuse fuse --opt``), or a reference (``ir``/``vis``)
+    -> (name, eval model, options, is_reference). The options are part of the method's cache key."""
+    from ..config import parse_items
+
+    spec, _, query = text.strip().partition("?")
+    name, _, weights = spec.partition("@")
     name = name.strip()
     if name in REFERENCES and name not in list_models():
+        if query:
+            raise InputError(f"--methods {text}: the reference row '{name}' takes no options")
         return name, SourceImage(name).to(device).eval(), {}, True
-    opts = {"weights": weights} if weights else {}
+    opts = parse_items([q for q in query.split("&") if q.strip()], f"method option of '{name}'") if query else {}
+    if weights:
+        opts["weights"] = weights.strip()
     return name, create_model(name, **opts).to(device).eval(), opts, False
 
 

@@ -46,7 +46,7 @@ from torch import nn
 
 from ..errors import InputError
 from .base import FusionModel, check_pair, load_checked, read_weights, register_model
-from .official import KeyTable, batch_stat_norms, check_preset, is_state_dict
+from .official import KeyTable, apply_official_preset, batch_stat_norms, check_preset, is_state_dict
 
 __all__ = ["FIFB", "ChannelEmbed", "CrossChannelWeights", "EfficientCrossAttention", "OCCONet", "SpatialWeight"]
 
@@ -337,9 +337,4 @@ def occo(weights: str | os.PathLike | None = "default", preset: str = "ivfuse") 
             model = OCCONet.from_checkpoint(f)
     else:
         model = OCCONet.from_checkpoint(weights)
-    if preset == "official":
-        if model.checkpoint_format != "official":
-            raise InputError("occo: preset='official' reproduces the official script with the authors' network: "
-                             "pass their checkpoint (weights=FILE)")  # fmt: skip
-        model.preset = "official"
-    return model
+    return apply_official_preset(model, preset, "occo", "the official script", "FILE")

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["PRESETS", "KeyTable", "batch_stat_norms", "check_preset", "is_state_dict", "not_weights_error", "to_u8"]
+__all__ = ["PRESETS", "KeyTable", "apply_official_preset", "batch_stat_norms", "check_preset", "is_state_dict", "not_weights_error", "to_u8"]
 
 #: the pre/post-processing presets of the authors' models
 PRESETS = ("ivfuse", "official")
@@ -40,6 +40,18 @@ def check_preset(preset: str, method: str) -> str:
     if p not in PRESETS:
         raise InputError(f"{method}: unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
     return p
+
+
+def apply_official_preset(model: nn.Module, preset: str, method: str, script: str, example: str) -> nn.Module:
+    """Switch ``model`` to ``preset="official"`` (its ``preset`` attribute), which only the authors' network can run:
+    a model not loaded from an official checkpoint (``model.checkpoint_format``) is a one-line :class:`InputError`
+    naming ``script`` (what the preset reproduces) and an ``example`` file name. ``"ivfuse"`` leaves it as it is."""
+    if check_preset(preset, method) == "official":
+        if getattr(model, "checkpoint_format", None) != "official":
+            raise InputError(f"{method}: preset='official' reproduces {script} with the authors' network: pass their "
+                             f"checkpoint (weights={example})")  # fmt: skip
+        model.preset = "official"
+    return model
 
 
 def is_state_dict(obj: Any) -> bool:

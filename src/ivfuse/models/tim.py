@@ -63,7 +63,7 @@ from torch import nn
 
 from ..errors import InputError
 from .base import FusionModel, check_pair, load_checked, read_weights, register_model
-from .official import KeyTable, batch_stat_norms, check_preset, is_state_dict, not_weights_error
+from .official import KeyTable, apply_official_preset, batch_stat_norms, check_preset, is_state_dict, not_weights_error
 
 __all__ = [
     "OPS",
@@ -797,9 +797,4 @@ def tim(weights: str | os.PathLike | None = "default", genotype: str | None = No
         want, have = load_genotype(genotype), model.genotype()
         if (have["stage1"], have["stage2"]) != (want["stage1"], want.get("stage2")):
             raise InputError(f"{weights}: the checkpoint's TIM genotype differs from '{genotype}'")
-    if preset == "official":
-        if model.checkpoint_format != "official":
-            raise InputError("tim: preset='official' reproduces the official scripts with the authors' networks: pass "
-                             "their weights (weights=weights_1_*.pt)")  # fmt: skip
-        model.preset = "official"
-    return model
+    return apply_official_preset(model, preset, "tim", "the official scripts", "weights_1_*.pt")

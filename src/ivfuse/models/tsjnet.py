@@ -801,7 +801,7 @@ def tsjnet(weights: str | os.PathLike | None = "default", variant: str = "cpu", 
     (``weights/tsjnet_default.safetensors``, trained by ``ivfuse train tsjnet preset=cpu``; see docs/tsjnet.md);
     ``weights=FILE`` loads another checkpoint; ``weights=None, random_init=True`` builds an untrained network
     (``variant="cpu"|"paper"``) for training code."""
-    from .official import check_preset
+    from .official import apply_official_preset, check_preset
 
     check_preset(preset, "tsjnet")
     if preset == "official" and (weights is None or weights == "default"):
@@ -824,9 +824,4 @@ def tsjnet(weights: str | os.PathLike | None = "default", variant: str = "cpu", 
     if overrides:
         raise InputError(f"TSJNet: options {', '.join(sorted(overrides))} cannot be combined with a weights file")
     model = TSJNet.from_checkpoint(weights)
-    if preset == "official":
-        if model.checkpoint_format != "official":
-            raise InputError("tsjnet: preset='official' reproduces inference.py with the authors' network: pass their "
-                             "checkpoint (weights=TSJNet.pth)")  # fmt: skip
-        model.preset = "official"
-    return model
+    return apply_official_preset(model, preset, "tsjnet", "inference.py", "TSJNet.pth")
