@@ -464,3 +464,33 @@ def test_sobel_branch_and_didfuse_min_size():
     e = s(x)
     assert e[0, :, 2, 2].tolist() == [4.0, 4.0] and e[0, :, 2, 0].tolist() == [0.0, 0.0]
     assert DIDFuse.min_size == 2
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PEERS)
+def test_llvip_1280x1024_and_toy_21x17(name):
+    """Like the newer peers (tests/test_peers_tf.py, test_sage.py): a full LLVIP frame fuses at its size with the hot
+    targets kept bright, and a 21×17 toy pair fuses or is refused with a one-line error naming the minimum."""
+    from ivfuse.data.images import read_ir, read_vis
+
+    root = need("data/LLVIP_sample")
+    ir, vis = read_ir(root / "ir" / "010001.jpg")[None], read_vis(root / "vi" / "010001.jpg")[None]
+    assert ir.shape == (1, 1, 1024, 1280)
+    model = peer(name)
+    with torch.inference_mode():
+        out = model(ir, vis)
+    assert out.shape == (1, 3, 1024, 1280) and torch.isfinite(out).all()
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    lum = luma(out)
+    hot = ir >= torch.quantile(ir.flatten()[::97], 0.99)
+    assert float(lum[hot].mean()) > float(lum[~hot].mean()) + 0.1, name
+    g = torch.Generator().manual_seed(1)
+    ti, tv = torch.rand(1, 1, 17, 21, generator=g), torch.rand(1, 3, 17, 21, generator=g)
+    if model.min_size <= 17:
+        with torch.inference_mode():
+            toy = model(ti, tv)
+        assert toy.shape == (1, 3, 17, 21) and torch.isfinite(toy).all() and float(toy.std()) > 0.005
+    else:
+        with pytest.raises(InputError, match=rf"smaller than the {model.min_size}x{model.min_size} minimum of '{name}'"):
+            model(ti, tv)
