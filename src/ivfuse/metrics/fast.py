@@ -277,12 +277,16 @@ def _vif_kernels():
 
 
 def _vif(t: _Triple) -> float:
-    """``structural._vifp_many([A, B], F)`` summed, with ``np.where`` for the masked assignments."""
-    sigma_nsq = 2.0
+    """``structural._vifp_many([A, B], F)`` summed: the per-pixel stage in one compiled pass per scale and source
+    (without numba, the reference function itself)."""
+    from .structural import _vifp_many
+
+    K = kernels()
+    if K is None:
+        return sum(_vifp_many([t.img["A"], t.img["B"]], t.img["F"]))
     refs = [t.img["A"], t.img["B"]]
     dist = t.img["F"]
     num, den = [0.0, 0.0], [0.0, 0.0]
-    K = kernels()
     for scale, g in enumerate(_vif_kernels(), start=1):
         if scale > 1:
             refs = [filter2_valid_sep(r, g)[::2, ::2] for r in refs]
@@ -290,35 +294,13 @@ def _vif(t: _Triple) -> float:
         mu2 = filter2_valid_sep(dist, g)
         s2 = filter2_valid_sep(dist * dist, g) - mu2 * mu2
         s2[s2 < 0] = 0
-        low2 = s2 < 1e-10
         for i, ref in enumerate(refs):
-            if K is not None:
-                w = mu2.shape[1]
-                buf, lbuf, ibuf = np.empty(2 * w), np.empty(2 * w), np.empty(2 * w, np.int64)
-                nu, de = K["vif_sums"](filter2_valid_sep(ref, g), filter2_valid_sep(ref * ref, g), mu2, s2,
-                                       filter2_valid_sep(ref * dist, g), buf, lbuf, ibuf)  # fmt: skip
-                num[i] += nu / _LN10  # the reference sums log10
-                den[i] += de / _LN10
-                continue
-            mu1 = filter2_valid_sep(ref, g)
-            s1 = filter2_valid_sep(ref * ref, g) - mu1 * mu1
-            s12 = filter2_valid_sep(ref * dist, g) - mu1 * mu2
-            s1[s1 < 0] = 0
-            gain = s12 / (s1 + 1e-10)
-            sv = s2 - gain * s12
-            low1 = s1 < 1e-10
-            # the reference's sequence of masked assignments, in order
-            gain[low1] = 0
-            sv[low1] = s2[low1]
-            s1[low1] = 0
-            gain[low2] = 0
-            sv[low2] = 0
-            neg = gain < 0
-            sv[neg] = s2[neg]
-            gain[neg] = 0
-            sv[sv <= 1e-10] = 1e-10
-            num[i] += np.log10(1 + gain * gain * s1 / (sv + sigma_nsq)).sum()
-            den[i] += np.log10(1 + s1 / sigma_nsq).sum()
+            w = mu2.shape[1]
+            buf, lbuf, ibuf = np.empty(2 * w), np.empty(2 * w), np.empty(2 * w, np.int64)
+            nu, de = K["vif_sums"](filter2_valid_sep(ref, g), filter2_valid_sep(ref * ref, g), mu2, s2,
+                                   filter2_valid_sep(ref * dist, g), buf, lbuf, ibuf)  # fmt: skip
+            num[i] += nu / _LN10  # the reference sums log10
+            den[i] += de / _LN10
     return sum(float(nu / de) if de != 0 else 1.0 for nu, de in zip(num, den))
 
 
