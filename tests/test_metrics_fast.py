@@ -114,7 +114,9 @@ def test_compute_all_interface():
     # torch tensors in [0, 1] are scored like the 8-bit arrays, as everywhere
     import torch
 
-    t = lambda x: torch.from_numpy(x / 255.0).float()[None, None]
+    def t(x):
+        return torch.from_numpy(x / 255.0).float()[None, None]
+
     assert compute_all(t(F), t(A), t(B), ["qabf", "vif"])["vif"] == pytest.approx(res["vif"], rel=1e-12)
     # no-reference metrics need no sources; the others do
     assert set(compute_all(F, names=["en", "sf"])) == {"en", "sf"}

@@ -507,7 +507,9 @@ def test_shipped_model_fuses_real_pair():
         # a fusion: correlated with both sources, and sharper than a blur (gradient energy near the sources')
         cc = [float(torch.corrcoef(torch.stack([y.flatten(), x.flatten()]))[0, 1]) for x in (ir, vy)]
         assert min(cc) > 0.15, cc  # measured: 0.27 (IR) and 0.93 (visible) on the day pair
-        g = lambda x: float(kornia.filters.sobel(x).mean())
+        def g(x):
+            return float(kornia.filters.sobel(x).mean())
+
         assert g(y) > 0.5 * min(g(ir), g(vy))
 
 

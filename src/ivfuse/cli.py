@@ -1,6 +1,7 @@
 """``ivfuse`` command line: ``ivfuse MODE [options]``.
 
-Modes: ``fuse``, ``eval``, ``list`` (more are added by the task and training modules). Every user error
+Modes: ``fuse``, ``export``, ``eval``, ``list``, ``downstream``, ``detect``, ``train``, ``segment``, ``masks``, ``bench``
+(``ivfuse --help``). Every user error
 prints one line ``ivfuse: error: ...`` naming the file or name at fault, and exits with status 2 without
 leaving partial output behind.
 """
@@ -530,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     dt.set_defaults(run=_cmd_detect)
 
     tr = sub.add_parser("train", help="train a method: ivfuse train metafusion [preset=cpu] [config=FILE] [out=DIR] [export=FILE] key=value ...")
-    tr.add_argument("method", help="method to train (metafusion)")
+    tr.add_argument("method", help="method to train (metafusion, tsjnet, tim, occo, lite; ivfuse list methods)")
     tr.add_argument("items", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
                     help="preset=, config=, out=, export=, resume=auto|force|new and config overrides such as epochs.pretrain=5")
     tr.add_argument("-q", "--quiet", action="store_true")
