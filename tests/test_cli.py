@@ -54,6 +54,15 @@ def test_method_options(capsys, pair_dirs, tmp_path):
     rc, _, _ = run(capsys, "fuse", "--ir", ir / "p1.png", "--vis", vis / "p1.png", "-o", tmp_path / "f.png",
                    "--method", "laplacian", "--opt", "levels=2")  # fmt: skip
     assert rc == 0
+    from ivfuse.fusion import fuse_files
+
+    # the option reaches the model: the CLI image is the API's with levels=2, and not the default's
+    fuse_files(ir / "p1.png", vis / "p1.png", tmp_path / "api2.png", "laplacian", levels=2)
+    fuse_files(ir / "p1.png", vis / "p1.png", tmp_path / "api_default.png", "laplacian")
+    cli, api2, default = (np.asarray(Image.open(tmp_path / n), np.int16) for n in ("f.png", "api2.png",
+                                                                                    "api_default.png"))
+    assert np.array_equal(cli, api2)
+    assert np.abs(cli - default).max() > 0
 
 
 def test_list(capsys):
