@@ -28,6 +28,13 @@ def test_fuse_pair_keeps_colour_and_size(capsys, pair_dirs, tmp_path):
     assert rc == 0 and "wrote" in out
     im = Image.open(tmp_path / "f.png")
     assert im.mode == "RGB" and im.size == (80, 64)
+    # the pixels are the API's, and the visible colour survives (the three channels differ)
+    from ivfuse.fusion import fuse_files
+
+    fuse_files(ir / "p0.png", vis / "p0.png", tmp_path / "api.png", "laplacian")
+    cli, api = np.asarray(im, np.int16), np.asarray(Image.open(tmp_path / "api.png"), np.int16)
+    assert np.array_equal(cli, api)
+    assert np.abs(cli[..., 0] - cli[..., 2]).max() > 0
 
 
 def test_fuse_folder_then_eval(capsys, pair_dirs, tmp_path):
