@@ -110,3 +110,63 @@ def test_lite_distillation_reads_the_teacher_once_and_learns_towards_it(tmp_path
         d_trained = (trained.fuse_luma(s["ir"][None], y) - avg_y).abs().mean()
         d_untrained = (untrained.fuse_luma(s["ir"][None], y) - avg_y).abs().mean()
     assert d_trained < 0.5 * d_untrained
+
+
+def test_box_mask_and_target_loss():
+    """The target term's mask covers exactly the boxes of the named classes (softened edges stay in [0, 1]), and the
+    loss is 0 on the oracle mix (IR in the boxes, the average elsewhere), weighted towards the box pixels."""
+    from ivfuse.data.labels import Boxes
+    from ivfuse.engine.lite import box_mask, target_loss
+
+    b = Boxes(torch.tensor([[10.0, 5.0, 20.0, 25.0], [30.0, 0.0, 40.0, 10.0]]), torch.tensor([0, 2]),
+              ("person", "bicycle", "car"))  # fmt: skip
+    m = box_mask(b, (32, 48), ["person"])
+    assert m.shape == (1, 32, 48) and float(m.sum()) == 10 * 20
+    assert float(m[0, 5:25, 10:20].min()) == 1 and float(m[0, :, 30:40].max()) == 0  # the car box is not a target
+    assert float(box_mask(b, (32, 48), ["person", "car"]).sum()) == 10 * 20 + 10 * 10
+    assert float(box_mask(None, (32, 48), ["person"]).sum()) == 0
+    soft = box_mask(b, (32, 48), ["person"], soften=2.0)
+    assert 0 <= float(soft.min()) and float(soft.max()) <= 1 and 0 < float(soft[0, 15, 9]) < 1  # ramp at the edge
+    assert float(soft[0, 15, 15]) > 0.95 and float(soft[0, 15, 2]) < 1e-3
+
+    g = torch.Generator().manual_seed(0)
+    ir, y = torch.rand(1, 1, 32, 48, generator=g), torch.rand(1, 1, 32, 48, generator=g)
+    mk = m[None]
+    oracle = mk * ir + (1 - mk) * (ir + y) / 2
+    assert float(target_loss(oracle, ir, y, mk)) == 0
+    avg = (ir + y) / 2  # wrong only inside the box
+    # box pixels weigh 11: the weighted mean is 11·1536 / (1336 + 11·200) = 4.78 times the plain mean
+    ratio = float(target_loss(avg, ir, y, mk, boost=10)) / float(target_loss(avg, ir, y, mk, boost=0))
+    assert ratio == pytest.approx(11 * 1536 / (1336 + 11 * 200), rel=1e-5)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_lite_target_preset_learns_to_keep_the_infrared_image_on_people(tmp_path):
+    """preset=target (issue 20): after a short training on MSRS dev-train with the person boxes, the net's output is
+    closer to the infrared image inside the person boxes of a training pair than the pixel average is, and close to
+    the average outside them; data without labels and a bad label set are refused before anything is written."""
+    need("data/MSRS")
+    with pytest.raises(InputError, match="needs detection labels"):
+        train("lite", load_config("lite", "target", overrides=["data=[{name: tno}]"]), tmp_path / "bad")
+    with pytest.raises(UnknownNameError, match="did you mean .union."):
+        train("lite", load_config("lite", "target", overrides=["target.labels=unoin"]), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    over = ["epochs=4", "max_batches=8", "crop=[128, 128]", "val.max=0", "lr=0.01", "width=8"]
+    train("lite", load_config("lite", "target", overrides=over), tmp_path / "run", progress=False)
+    hist = json.loads((tmp_path / "run" / "summary.json").read_text())["history"]["train"]
+    assert all("target" in h for h in hist) and hist[-1]["target"] < hist[0]["target"]
+    from kornia.color import rgb_to_ycbcr
+
+    from ivfuse.engine.lite import box_mask
+
+    ds = ivfuse.load_dataset("msrs", split="dev-train", det_labels="infrared")
+    s = next(ds[i] for i in range(len(ds)) if ds.names[i].endswith("N") and (ds[i]["boxes"].labels == 0).sum() >= 2)
+    net = LiteFusionNet.from_checkpoint(tmp_path / "run" / "final.pt")
+    ir, y = s["ir"][None], rgb_to_ycbcr(s["vis"][None])[:, :1]
+    m = box_mask(s["boxes"], tuple(ir.shape[-2:]), ["person"])[None] > 0.5
+    with torch.no_grad():
+        out = net.fuse_luma(ir, y)
+    avg = (ir + y) / 2
+    assert (out - ir).abs()[m].mean() < 0.8 * (avg - ir).abs()[m].mean()
+    assert (out - avg).abs()[~m].mean() < 0.05

@@ -126,3 +126,29 @@ def test_method_options_are_checked_against_the_signature():
         ivfuse.create_model("max", levels=2)
     assert ivfuse.create_model("gff", eps1=1).eps1 == 1  # an int where a float is expected is fine
     assert ivfuse.create_model("laplacian", levels=3).min_size == 16
+
+
+def test_warm_average_keeps_warm_targets_and_averages_the_rest():
+    """warm_average (issue 20): a flat infrared image gives exactly the pixel average; a blob 0.4 warmer than its
+    surroundings is the infrared image at its centre and the average far from it; colour stays the visible image's."""
+    from ivfuse.models.warm import warm_weight
+
+    m, avg = ivfuse.create_model("warm_average"), ivfuse.create_model("average")
+    g = torch.Generator().manual_seed(1)
+    vis = torch.rand(1, 3, 96, 128, generator=g)
+    flat = torch.full((1, 1, 96, 128), 0.3)
+    assert torch.allclose(m(flat, vis), avg(flat, vis), atol=1e-6)
+    ir = flat.clone()
+    ir[..., 40:60, 60:70] = 0.7  # a warm person-sized blob
+    w = warm_weight(ir)
+    assert float(w[0, 0, 50, 65]) > 0.95 and float(w[0, 0, 50, 10]) < 1e-4
+    y = rgb_to_ycbcr(vis)[:, :1]
+    fy = rgb_to_ycbcr(m(ir, vis))[:, :1]
+    assert abs(float(fy[0, 0, 50, 65] - ir[0, 0, 50, 65])) < 0.02
+    assert abs(float(fy[0, 0, 50, 10] - (ir[0, 0, 50, 10] + y[0, 0, 50, 10]) / 2)) < 0.02
+    far = (slice(None), slice(None), slice(0, 20), slice(0, 30))  # no warm pixel: the average's colour image itself
+    assert torch.allclose(m(ir, vis)[far], avg(ir, vis)[far], atol=1e-5)
+    with pytest.raises(InputError, match="tau"):
+        ivfuse.create_model("warm_average", tau=0)
+    with pytest.raises(InputError, match="minimum"):
+        m(ir[..., :20, :20], vis[..., :20, :20])

@@ -3,7 +3,9 @@
 ``ivfuse train lite preset=cpu out=runs/lite export=lite.safetensors`` trains :class:`LiteFusionNet` with
 MetaFusion's fusion loss (:class:`ivfuse.losses.FusionLoss`: SSIM to both sources + ``|F − max(IR, Y)|`` +
 ``| |∇F| − max(|∇IR|, |∇Y|) |``) on random crops of MSRS dev-train (no labels used), Adam with a cosine learning
-rate, optionally plus **distillation** from a bigger fusion method (``teacher.method=tim``): an L1 term
+rate, optionally plus a **target-preserving term** (``target.weight > 0``, issue 20: the fused luminance is pulled to
+the infrared image inside the labelled boxes of ``target.classes`` — persons by default — and to the pixel average
+elsewhere; see :func:`box_mask` and :func:`target_loss`), optionally plus **distillation** from a bigger fusion method (``teacher.method=tim``): an L1 term
 ``λ_t·|F − T|`` to the teacher's fused luminance T, computed once per training pair at full resolution (cached as
 safetensors) and cropped/flipped with the pair. The shipped model is distilled from the task-guided TIM (see
 ``docs/deployment.md``: the fusion loss alone did not reach the pixel average's zero-shot mAP50). The export
@@ -29,7 +31,35 @@ from .recipe import Recipe, refuse_held_out, register_recipe, strict_json, valid
 from .step import OptimStep
 from .trainer import Stage
 
-__all__ = ["LiteRecipe", "teacher_cache_dir"]
+__all__ = ["LiteRecipe", "teacher_cache_dir", "box_mask", "target_loss"]
+
+
+def box_mask(boxes, hw: tuple[int, int], classes, soften: float = 0.0) -> torch.Tensor:
+    """``1×H×W`` float mask in [0, 1]: 1 inside the boxes whose class name is in ``classes`` (``boxes``: a
+    :class:`ivfuse.data.labels.Boxes` or ``None``), edges blurred by a Gaussian of sigma ``soften`` pixels."""
+    h, w = hw
+    m = torch.zeros(1, h, w)
+    if boxes is not None and len(boxes.labels):
+        want = {i for i, n in enumerate(boxes.names) if n in set(classes)}
+        for (x1, y1, x2, y2), c in zip(boxes.xyxy.tolist(), boxes.labels.tolist()):
+            if c in want:
+                m[:, max(0, int(y1)) : min(h, int(round(y2))), max(0, int(x1)) : min(w, int(round(x2)))] = 1.0
+    if soften > 0 and m.any():
+        from kornia.filters import gaussian_blur2d
+
+        k = 2 * int(3 * soften) + 1
+        m = gaussian_blur2d(m[None], (k, k), (soften, soften), border_type="replicate")[0].clamp(0, 1)
+    return m
+
+
+def target_loss(fused: torch.Tensor, ir: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                boost: float = 10.0) -> torch.Tensor:  # fmt: skip
+    """Weighted L1 to the "oracle mix" ``T = m·IR + (1 − m)·(IR + Y)/2`` (all ``B×1×H×W``, ``mask`` in [0, 1]),
+    pixel weights ``1 + boost·m`` normalised to a weighted mean: the infrared image inside the target boxes (where it
+    keeps the warm targets' contrast), the pixel average elsewhere (which keeps cars and bicycles, issue 20's table)."""
+    t = mask * ir + (1 - mask) * (ir + y) / 2
+    wgt = 1 + boost * mask
+    return (wgt * (fused - t).abs()).sum() / wgt.sum()
 
 
 def teacher_cache_dir(t: dict) -> Path:
@@ -61,9 +91,17 @@ class LiteRecipe(Recipe):
         if cfg["epochs"] < 1:
             raise InputError(f"config key 'epochs' must be >= 1, got {cfg['epochs']}")
         refuse_held_out(cfg["data"], "data")
-        t = cfg["teacher"]
-        if not t["method"] and not any(float(v) for v in cfg["loss"].values()):
-            raise InputError("lite has nothing to learn: every 'loss' weight is 0 and no 'teacher.method' is set")
+        t, tg = cfg["teacher"], cfg["target"]
+        if float(tg["weight"]) < 0 or float(tg["boost"]) < 0 or float(tg["soften"]) < 0:
+            raise InputError("config keys 'target.weight', 'target.boost' and 'target.soften' must be >= 0")
+        if float(tg["weight"]) > 0:
+            if not tg["classes"]:
+                raise InputError("config key 'target.classes' is empty: name the box classes that keep the IR image")
+            if tg["labels"] not in ("infrared", "visible", "union"):
+                raise suggest(tg["labels"], ["infrared", "visible", "union"], "target label set")
+        if not t["method"] and not float(tg["weight"]) and not any(float(v) for v in cfg["loss"].values()):
+            raise InputError("lite has nothing to learn: every 'loss' weight is 0, 'target.weight' is 0 and no "
+                             "'teacher.method' is set")  # fmt: skip
         if t["method"]:
             from ..models import list_models
 
@@ -81,7 +119,20 @@ class LiteRecipe(Recipe):
         self.opt = torch.optim.Adam(self.net.parameters(), lr=c["lr"])
         self.step_net = OptimStep(self.opt, clip=c["clip"])
         self.modules, self.optimizers = {"net": self.net}, {"net": self.opt}
-        samples = load_samples(c["data"])
+        tg = c["target"]
+        use_target = float(tg["weight"]) > 0
+        specs = [{**d, "labels": d.get("labels", tg["labels"])} for d in c["data"]] if use_target else c["data"]
+        try:
+            samples = load_samples(specs, with_boxes=use_target)
+        except InputError as e:
+            if not use_target:
+                raise
+            raise InputError(f"target.weight > 0 needs detection labels ({tg['labels']}) for every training set: {e}") from None
+        if use_target:
+            if not any(s["boxes"] is not None for s in samples):
+                raise InputError(f"target.weight > 0 needs detection labels, and no training pair of {c['data']} has any")
+            for s in samples:
+                s["target_mask"] = box_mask(s.pop("boxes"), tuple(s["ir"].shape[-2:]), tg["classes"], tg["soften"])
         self.data = BatchSource(samples, c["batch"], [RandomCrop(c["crop"]), RandomFlip()], c.get("max_batches"),
                                 seed=c["seed"])  # fmt: skip
         if c["teacher"]["method"]:
@@ -118,7 +169,14 @@ class LiteRecipe(Recipe):
         ir, vis = batch["ir"].to(self.device), batch["vis"].to(self.device)
         y = rgb_to_ycbcr(vis)[:, :1]
         out = self.net.fuse_luma(ir, y)
-        loss, parts = self.loss(out, ir, y)
+        if self.loss.weights:
+            loss, parts = self.loss(out, ir, y)
+        else:
+            loss, parts = out.new_zeros(()), {}
+        if "target_mask" in batch:
+            lt = target_loss(out, ir, y, batch["target_mask"].to(self.device), float(self.cfg["target"]["boost"]))
+            loss = loss + float(self.cfg["target"]["weight"]) * lt
+            parts["target"] = float(lt.detach())
         if "teacher" in batch:
             lt = (out - batch["teacher"].to(self.device)).abs().mean()
             loss = loss + self.cfg["teacher"]["weight"] * lt
@@ -137,7 +195,7 @@ class LiteRecipe(Recipe):
         meta = {"config": json.dumps({"width": c["width"]}),
                 "training": json.dumps({"recipe": "lite", "data": c["data"], "epochs": c["epochs"], "batch": c["batch"],
                                         "crop": c["crop"], "lr": c["lr"], "loss": c["loss"], "seed": c["seed"],
-                                        "teacher": c["teacher"],
+                                        "teacher": c["teacher"], "target": c["target"],
                                         "device": str(self.device), "threads": torch.get_num_threads(),
                                         "wall_s": round(time.time() - self.t0, 1)}),
                 "metrics": json.dumps(strict_json(self.trainer.metrics.get("val", {}) if self.trainer else {}))}  # fmt: skip
