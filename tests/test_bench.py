@@ -110,7 +110,7 @@ def test_ranking_marks_best_fusion_method_not_references():
 
 
 # ------------------------------------------------------------------------------------------------ real bench
-ARGS = dict(data="msrs:dev-val", protocols="fusion,zero,retrain", limit=3, train_limit=4, epochs=1, imgsz=160, batch_size=4,
+ARGS = dict(data="msrs:dev-val", protocols="fusion,zero,retrain", limit=4, train_limit=4, epochs=1, imgsz=160, batch_size=4,
             progress=False, grid_pairs=2)  # fmt: skip
 
 
@@ -136,7 +136,7 @@ def test_bench_results_files(bench_run):
     strict = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     e = strict["datasets"]["msrs:dev-val"]
     assert res["meta"]["methods"] == ["ir", "vis", "average", "gff"] and res["meta"]["references"] == ["ir", "vis"]
-    assert e["n_pairs"] == 3 and e["n_train"] == 4 and e["labels"] == "infrared"
+    assert e["n_pairs"] == 4 and e["n_train"] == 4 and e["labels"] == "infrared"
     assert "seg" in e["skipped"]  # the shared MSRS copy has no segmentation masks
     for m in ("ir", "vis", "average", "gff"):
         assert set(e["fusion"][m]["per_image"]) == set(e["names"])
@@ -151,6 +151,12 @@ def test_bench_results_files(bench_run):
         assert any(r.startswith(f"msrs:dev-val,{proto},gff,") for r in csv_rows), proto
     md = (out / "results.md").read_text()
     assert "zero: frozen yolov5n" in md and "retrain: yolov5n fine-tuned" in md and "| *ir* (reference) |" in md
+    # day / night rows (issue 20): the 4 judged pairs are 3 night + 1 day (MSRS names end in N / D)
+    assert e["scenes"] is True and "by scene" in md and "mAP50 night (3)" in md and "mAP50 day (1)" in md
+    for proto in ("zero", "retrain"):
+        b = e[proto]["ir"]["by_scene"]
+        assert (b["night"]["n_images"], b["day"]["n_images"]) == (3, 1)
+        assert all(0 <= b[s]["mAP50_95"] <= b[s]["mAP50"] <= 1 for s in b)
 
 
 @pytest.mark.realdata
@@ -214,7 +220,7 @@ def test_bench_adds_a_method_computing_only_it(bench_run, tmp_path):
     res = run_bench("average,gff,max", out=copy_, **ARGS)
     c = res["meta"]["cache"]
     assert c["result_misses"] == 4  # max: fusion, speed, zero, retrain (seed 0)
-    assert c["fused_written"] == 3 + 4  # its judged and training pairs
+    assert c["fused_written"] == 4 + 4  # its judged and training pairs
     assert "max" in res["datasets"]["msrs:dev-val"]["retrain"]
 
 

@@ -126,3 +126,38 @@ def test_retrain_ci_widens_when_seeds_disagree():
     one = seeded_map_ci([mid], [base])["mAP50"]
     assert one["delta"] == pytest.approx(agree["delta"])  # the same judge three times is one judge
     assert seeded_map_ci([good, poor, mid], [base, base, base])["mAP50"] == disagree  # reproducible
+
+
+def test_scene_maps_equal_cocoeval_on_each_scene_alone():
+    """The day / night breakdown of the bench: each scene's mAP (and per-class AP50) from the cached matches equals
+    COCOeval run on that scene's images alone; the mean over seeds is the mean of the seeds' values; names that do
+    not carry a scene give no breakdown."""
+    from ivfuse.bench.stats import add_scene_maps, scene_maps, scene_masks
+    from ivfuse.tasks.evaluation import encode_matches
+
+    dets, gts = _random_set(5, n=16)
+    names = [f"{i:05d}{'D' if i % 3 else 'N'}" for i in range(16)]
+    masks = scene_masks(names)
+    assert set(masks) == {"day", "night"} and int(masks["night"].sum()) == 6
+    assert scene_masks(names[:-1] + ["FLIR_0001"]) == {} and scene_masks([n for n in names if n.endswith("D")]) == {}
+    p = PreparedMatches(detection_map(dets, gts, NAMES, matches=True)["matches"])
+    got = scene_maps([p], NAMES, masks)
+    for sc, m in masks.items():
+        idx = np.flatnonzero(m)
+        ref = detection_map([dets[i] for i in idx], [gts[i] for i in idx], NAMES)
+        assert got[sc]["n_images"] == len(idx)
+        assert got[sc]["mAP50"] == pytest.approx(ref["mAP50"], abs=1e-12)
+        assert got[sc]["mAP50_95"] == pytest.approx(ref["mAP50_95"], abs=1e-12)
+        for c in NAMES:
+            assert got[sc]["per_class_AP50"][c] == pytest.approx(ref["per_class"][c]["AP50"], abs=1e-12)
+    assert got["day"]["mAP50"] != got["night"]["mAP50"]
+    dets2, _ = _random_set(6, n=16, quality=0.6)  # a second "seed": other detections of the same ground truth
+    dets2 = [d if i % 2 else dets[i] for i, d in enumerate(dets2)]
+    r1, r2 = (detection_map(d, gts, NAMES, matches=True)["matches"] for d in (dets, dets2))
+    two = scene_maps([PreparedMatches(r1), PreparedMatches(r2)], NAMES, masks)
+    one2 = scene_maps([PreparedMatches(r2)], NAMES, masks)
+    assert two["night"]["mAP50"] == pytest.approx((got["night"]["mAP50"] + one2["night"]["mAP50"]) / 2, abs=1e-12)
+    entry = {"names": names, "class_names": list(NAMES), "zero": {"a": {}}, "retrain": {"a": {}}}
+    assert add_scene_maps(entry, {"zero": {"a": [encode_matches(r1)]}, "retrain": {"a": [encode_matches(r1), encode_matches(r2)]}})
+    assert entry["zero"]["a"]["by_scene"]["day"]["mAP50"] == pytest.approx(got["day"]["mAP50"], abs=1e-12)
+    assert entry["retrain"]["a"]["by_scene"]["night"]["mAP50"] == pytest.approx(two["night"]["mAP50"], abs=1e-12)

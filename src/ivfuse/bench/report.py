@@ -247,6 +247,8 @@ def tables(results: dict) -> list[tuple[str, list[dict]]]:
                 note = (f"preset {meta['preset']}: {rc['epochs']} epochs, batch {rc['batch_size']}, lr {rc['lr']}, "
                         f"imgsz {rc['imgsz']}, horizontal flips; mean ± std over seeds; ranked by mAP50:95")  # fmt: skip
             tabs.append(_table(title, head, rows, higher, refs, note, proto, _sig_note(e, proto)))
+            if e.get("scenes") and all("by_scene" in e[proto][m] for m in order):
+                tabs.append(_scene_table(e, proto, order, refs, title))
         if e["seg"]:
             order = _order([m for m in methods if m in e["seg"]], refs, lambda m: e["seg"][m]["mIoU"])
             pc = [c for c in e["seg"][order[0]].get("per_class_IoU", {})
@@ -273,6 +275,25 @@ def tables(results: dict) -> list[tuple[str, list[dict]]]:
                                rows, [False, None, None, None, None], refs, "median of ≥3 calls after one warm-up call", "speed"))  # fmt: skip
         out.append((tag, tabs))
     return out
+
+
+def _scene_table(e: dict, proto: str, order: list[str], refs: set, title: str) -> dict:
+    """Day / night breakdown of a zero or retrain table: mAP50 and per-class AP50 per scene (``by_scene``)."""
+    scenes = list(e[proto][order[0]]["by_scene"])
+    cls = e.get("class_names", [])
+    head, rows = ["method"], []
+    for sc in scenes:
+        n = e[proto][order[0]]["by_scene"][sc]["n_images"]
+        head += [f"mAP50 {sc} ({n}) ↑"] + [f"AP50 {c} {sc} ↑" for c in cls]
+    for m in order:
+        vals = []
+        for sc in scenes:
+            b = e[proto][m]["by_scene"][sc]
+            vals += [_num(b["mAP50"])] + [_num(b["per_class_AP50"].get(c)) for c in cls]
+        rows.append((m, vals, [_fmt(v) for v in vals]))
+    note = ("each scene's images judged alone (COCOeval on that subset; MSRS names ending in D / N)"
+            + ("; mean over seeds" if proto == "retrain" else ""))  # fmt: skip
+    return _table(f"{title} · by scene", head, rows, [True] * (len(head) - 1), refs, note, f"{proto}_scene")
 
 
 def _best_note(t: dict) -> str:

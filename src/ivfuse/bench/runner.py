@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..metrics import DEFAULT_METRICS, create_metric
 from .cache import BenchCache, data_key, folder_hash, short_hash, state_hash
 from .methods import BenchMethod, parse_method
-from .stats import compare_to_baseline
+from .stats import add_scene_maps, compare_to_baseline
 from .recipes import LABEL_SETS, PRESETS, PROTOCOLS
 from .protocols import (
     DET_RESULT_VERSION, REFERENCES, check_seg_judge, detection_set, fuse_split, open_dataset, parse_data,
@@ -273,6 +273,7 @@ def run_bench(
             entry.setdefault("fused_dirs", {})[m] = str(Path(next(iter(paths.values()))).parent) if paths else None
         if baseline is not None:
             entry["significance"] = compare_to_baseline(entry, matches, baseline, metric_names, progress)
+        entry["scenes"] = add_scene_maps(entry, matches)  # day / night rows of zero and retrain (MSRS names)
         results["datasets"][spec.tag] = entry
 
     results["meta"]["cache"] = {"result_hits": cache.hits, "result_misses": cache.misses, "fused_written": fused_written}

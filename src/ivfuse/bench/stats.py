@@ -32,7 +32,7 @@ from scipy import stats as _st
 from ..tasks.evaluation import PreparedMatches
 
 __all__ = ["BOOTSTRAP_SEED", "CONFIDENCE", "N_RESAMPLES", "compare_to_baseline", "paired_mean_ci", "paired_map_ci", "seeded_map_ci",
-           "per_image_ap50"]  # fmt: skip
+           "per_image_ap50", "scene_masks", "scene_maps", "add_scene_maps"]  # fmt: skip
 
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
@@ -226,3 +226,47 @@ def compare_to_baseline(entry: dict, matches: dict[str, dict[str, list]], baseli
             else:
                 entry[proto][m]["vs_baseline"] = seeded_map_ci(sets[m], sets[baseline], ("mAP50", "mAP50_95"))
     return info
+
+
+def scene_masks(names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{"day": bool mask, "night": bool mask}`` over ``names`` for MSRS-style pair names, whose last character
+    is ``D`` (day) or ``N`` (night) (``00004N``, ``00633D``); ``{}`` when any name does not follow that rule or one
+    scene is absent (no per-scene breakdown then)."""
+    last = [str(n)[-1:].upper() for n in names]
+    if not names or any(c not in ("D", "N") for c in last):
+        return {}
+    day = np.array([c == "D" for c in last])
+    return {"day": day, "night": ~day} if day.any() and (~day).any() else {}
+
+
+def scene_maps(ps: Sequence[PreparedMatches], class_names: Sequence[str], masks: dict[str, np.ndarray]) -> dict:
+    """Per scene: ``{"n_images", "mAP50", "mAP50_95", "per_class_AP50": {class: AP50}}``, each the mean over the
+    seeds' matches ``ps`` (one for zero-shot), computed exactly as COCOeval on the scene's images alone (the other
+    images weighted 0, :meth:`PreparedMatches.ap_batch`)."""
+    out = {}
+    for scene, m in masks.items():
+        w = m.astype(np.float64)[None]
+        aps = [p.ap_batch(w)[0] for p in ps]  # T×K each
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from the scene: NaN
+            pc = np.nanmean([a[0] for a in aps], axis=0)
+        out[scene] = {"n_images": int(m.sum()),
+                      "mAP50": float(np.mean([_measure(a, "mAP50") for a in aps])),
+                      "mAP50_95": float(np.mean([_measure(a, "mAP50_95") for a in aps])),
+                      "per_class_AP50": {c: (float(v) if math.isfinite(v) else None) for c, v in zip(class_names, pc)}}  # fmt: skip
+    return out
+
+
+def add_scene_maps(entry: dict, matches: dict[str, dict[str, list]]) -> bool:
+    """Write ``entry[protocol][method]["by_scene"]`` (day / night, :func:`scene_maps`) for the zero and retrain rows
+    of one dataset of the bench when its pair names carry the scene (:func:`scene_masks`); returns whether they did."""
+    from ..tasks.evaluation import decode_matches
+
+    masks = scene_masks(entry.get("names", []))
+    if not masks:
+        return False
+    for proto in ("zero", "retrain"):
+        for m, xs in matches.get(proto, {}).items():
+            ps = [PreparedMatches(decode_matches(x)) for x in xs]
+            entry[proto][m]["by_scene"] = scene_maps(ps, entry.get("class_names", []), masks)
+    return True
