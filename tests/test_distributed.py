@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from torch import nn
 from ivfuse.cli import main
 from ivfuse.engine import BatchSource, OptimStep, RandomCrop, RandomFlip, train
 from ivfuse.engine.config import load_config
-from ivfuse.engine.step import autocast, set_precision
+from ivfuse.engine.step import autocast, precision, reset_precision, set_precision
 from ivfuse.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -425,8 +426,8 @@ def test_recipes_that_cannot_train_data_parallel_refuse_torchrun(tmp_path, monke
     monkeypatch.setenv("WORLD_SIZE", "2")
     msg = "occo cannot train under torchrun \\(WORLD_SIZE=2\\): its contrastive loss takes each sample's negatives"
     with pytest.raises(InputError, match=msg):
-        train("occo", cfg, tmp_path / "run", progress=False)
-    assert not (tmp_path / "run").exists()
+        train("occo", load_config("occo", "cpu", overrides=["amp=bf16"]), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists() and precision() == ("none", "cpu")  # nothing written, no precision left set
     assert main(["train", "occo", "preset=cpu", f"out={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ivfuse: error: occo cannot train under torchrun") and "\n" not in err
@@ -447,19 +448,25 @@ def test_amp_fp16_on_cpu_refused_bf16_autocasts(tmp_path, capsys, pair_dirs):
     assert "channels_last" in capsys.readouterr().err
     # bf16 on CPU: the steps run under autocast (a conv returns bfloat16) and training still lowers the loss
     seen = []
-    set_precision("bf16", "cpu")
+    token = set_precision("bf16", "cpu")
     try:
         with autocast():
             seen.append(nn.Conv2d(1, 1, 3)(torch.rand(1, 1, 8, 8)).dtype)
+        # the precision is a context variable: a thread started now sees the default (fp32), not this bf16
+        other = []
+        t = threading.Thread(target=lambda: other.append(precision()))
+        t.start()
+        t.join()
+        assert other == [("none", "cpu")] and precision() == ("bf16", "cpu")
     finally:
-        set_precision("none", "cpu")
-    assert seen == [torch.bfloat16]
+        reset_precision(token)
+    assert seen == [torch.bfloat16] and precision() == ("none", "cpu")
     runs = {}
     for amp in ("none", "bf16"):
         cfg = load_config("metafusion", "cpu", overrides=[*_mf_items(root), f"amp={amp}", "channels_last=true",
                                                            "epochs.mfe=0", "epochs.pretrain=2", "data.batch=2"])  # fmt: skip
         s = train("metafusion", cfg, tmp_path / amp, progress=False)
-        assert s["amp"] == amp
+        assert s["amp"] == amp and precision() == ("none", "cpu")  # train() restored the precision it set
         runs[amp] = (s, torch.load(tmp_path / amp / "final.pt", weights_only=True)["modules"]["F"])
     # bf16 really ran (the weights differ from fp32's) and stayed close (the losses agree to bf16 precision)
     assert _max_diff({"F": runs["none"][1]}, {"F": runs["bf16"][1]}) > 0
