@@ -380,6 +380,29 @@ def test_ddp_tim_search_and_training_equal_ranks_and_single_process(tmp_path):
     assert len(alpha0) == 2 and all(diff[k] < 1e-3 * moved[k] for k in alpha0), (moved, diff)
 
 
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_ddp_tim_task_guided_equal_ranks(tmp_path):
+    """TIM with its detector (YOLOv5n, COCO weights) in the search's upper loss and the constrained train stage, on
+    labelled MSRS dev-train: both ranks end bitwise equal, including the multiplier μ (updated with the violation
+    L_det − τ averaged over the ranks; each rank's own violation would differ), which moved from μ0."""
+    from conftest import need
+
+    need("data/MSRS")
+    need("data/TNO")
+    need("weights/yolov5n_coco_v6.1_state_dict.pt")
+    items = ["net.width=8", "search.cg_iters=1", "search.max_batches=1", "data.max_batches=2", "data.batch=2",
+             "data.crop=[32, 32]", "data.det_crop=[64, 64]", "meta.steps=1", "meta.inner_steps=1", "val.max=0",
+             "epochs.search=1", "epochs.meta_init=1", "epochs.train=2", "search.candidates=[res_k3_d1, eca_k3]",
+             "data.meta=[{name: tno, split: all, task: tno}]"]  # fmt: skip
+    cfg = load_config("tim", "cpu", overrides=items)
+    _ok(_run_worker(tmp_path, "ddp_probe_tim", cfg, tmp_path / "ddp"))
+    r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert _bitwise_equal(r0["modules"], r1["modules"])
+    assert float(r0["modules"]["dual"]["mu"]) != pytest.approx(cfg["task"]["mu0"], abs=1e-6)
+    assert all(h["L_det"] > 0 for h in r0["history"]["train"])
+
+
 @pytest.mark.slow
 def test_torchrun_module_cli_trains_metafusion_with_gloo(tmp_path):
     root = _folder(tmp_path)
