@@ -257,12 +257,23 @@ def test_report_renders_in_chromium_without_broken_images(bench_run, tmp_path):
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_bench_seg_protocol_on_a_masked_layout(tmp_path):
+def test_bench_seg_protocol_on_a_masked_layout(tmp_path, monkeypatch):
     """``seg`` where masks exist: an official-layout MSRS copy (train/test folders with Segmentation_labels) of four
     real pairs whose masks mark the hot IR pixels as class 2 ("person"); ESPNetv2 is fine-tuned on the fused train
-    pairs and scored on the fused test pairs."""
+    pairs and scored on the fused test pairs. The reported numbers are recomputed here, independently: the fine-tuned
+    segmenter's predictions on each method's fused test images against the masks written above (numpy counts), so
+    they are the IoUs of *these* masks and images, not merely numbers in [0, 1]."""
     from ivfuse.bench import run_bench
-    from ivfuse.data.images import read_gray_u8
+    from ivfuse.data.images import read_gray_u8, read_vis
+    from ivfuse.tasks import downstream
+
+    judged = []  # (fine-tuned segmenter, its test set, the scores it got) per method
+    evaluate = downstream.evaluate_segmenter
+
+    def spy(segmenter, data, *a, **kw):
+        out = evaluate(segmenter, data, *a, **kw)
+        judged.append((copy.deepcopy(segmenter).eval(), data, out))
+        return out
 
     src = need("data/MSRS")
     need("weights")
@@ -276,14 +287,38 @@ def test_bench_seg_protocol_on_a_masked_layout(tmp_path):
             shutil.copy(src / "vi" / f"{n}.png", root / split / "vi" / f"{n}.png")
             ir = read_gray_u8(src / "ir" / f"{n}.png")
             Image.fromarray(np.where(ir > np.percentile(ir, 90), 2, 0).astype(np.uint8)).save(root / split / "Segmentation_labels" / f"{n}.png")
+    monkeypatch.setattr(downstream, "evaluate_segmenter", spy)
     res = run_bench("average", f"msrs:test@{root}", protocols="fusion,seg", out=tmp_path / "out", progress=False,
                     speed=False, seg_epochs=1, seg_crop=128)  # fmt: skip
     e = res["datasets"]["msrs:test"]
     assert "seg" not in e["skipped"] and e["train_split"] == "train" and e["n_train"] == 2
-    for m in ("ir", "vis", "average"):
-        run = e["seg"][m]["seeds"][0]
-        assert 0.0 <= e["seg"][m]["mIoU"] <= 1.0 and run["n_images"] == 2 and len(run["loss_per_epoch"]) == 1
-        assert "person" in run["per_class"] and 0.0 <= run["pixel_acc"] <= 1.0
+    assert len(judged) == 3  # one fine-tuned judge per method (ir, vis, average)
+    gt = {n: np.where(read_gray_u8(src / "ir" / f"{n}.png") > np.percentile(read_gray_u8(src / "ir" / f"{n}.png"), 90),
+                      2, 0) for n in names[2:]}  # fmt: skip
+    for seg, data, out in judged:
+        assert sorted(data.names) == names[2:]  # scored on the test split's pairs only
+        tp, pred_n, gt_n, correct = np.zeros(9), np.zeros(9), np.zeros(9), 0
+        for n, ip in zip(data.names, data.images):
+            with torch.no_grad():
+                pred = seg(read_vis(ip)[None]).argmax(1)[0].numpy()
+            g = gt[n]
+            assert pred.shape == g.shape
+            for c in range(9):
+                tp[c] += ((pred == c) & (g == c)).sum()
+                pred_n[c] += (pred == c).sum()
+                gt_n[c] += (g == c).sum()
+            correct += (pred == g).sum()
+        union = pred_n + gt_n - tp
+        iou = {c: tp[c] / union[c] for c in range(9) if union[c] > 0}
+        assert out["mIoU"] == pytest.approx(float(np.mean(list(iou.values()))), abs=1e-12)
+        assert out["pixel_acc"] == pytest.approx(correct / gt_n.sum(), abs=1e-12)
+        assert out["per_class"]["person"] == pytest.approx(iou[2], abs=1e-12)  # class 2 is in the masks: scored
+        assert gt_n[2] > 0.05 * gt_n.sum()
+    by_method = {m: e["seg"][m] for m in ("ir", "vis", "average")}
+    assert sorted(round(r["mIoU"], 12) for r in by_method.values()) == sorted(round(o["mIoU"], 12) for *_, o in judged)
+    for m, r in by_method.items():
+        run = r["seeds"][0]
+        assert run["n_images"] == 2 and len(run["loss_per_epoch"]) == 1 and math.isfinite(run["loss_per_epoch"][0])
     assert "seg: ESPNetv2 fine-tuned" in (tmp_path / "out" / "results.md").read_text()
 
 

@@ -1,26 +1,54 @@
 """The fusion-method contract, checked for every registered method (``ivfuse.list_models()``, not a fixed list):
 it builds with its defaults, takes ``(ir, vis)`` float tensors in [0, 1] (B×C×H×W, gray or RGB visible), and
 returns the visible input's shape, finite, in [0, 1], the same for a pair alone and inside a batch.
-Methods whose default weights are not available here skip with the reason the factory gives."""
+A method skips only when a default weights file it loads is *absent* (:func:`absent_weights`); a file that is there
+but cannot be loaded (corrupted, wrong kind) fails the test (``test_a_corrupted_shipped_file_fails_not_skips``)."""
 
 from __future__ import annotations
+
+import importlib.resources
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 import ivfuse
 from ivfuse.errors import IvfuseError
+from ivfuse.utils import shared_root
+from ivfuse.weights import WEIGHTS
 
 METHODS = ivfuse.list_models()
+SHIPPED = sorted(p.name.removesuffix("_default.safetensors")
+                 for p in (Path(ivfuse.__file__).parent / "weights").glob("*_default.safetensors"))  # fmt: skip
 
 
-def _build(name):
+def _shipped(name: str) -> Path:
+    """Where the factories find the package's default file (``importlib.resources``)."""
+    return Path(str(importlib.resources.files("ivfuse") / "weights" / f"{name}_default.safetensors"))
+
+
+def absent_weights(name: str) -> list[Path]:
+    """The default weights files of method ``name`` that are not there: the package's
+    ``weights/<name>_default.safetensors`` when the method ships one, and the ``../shared`` files registered in
+    :data:`ivfuse.weights.WEIGHTS` under the method's name (``name`` or ``name_*``)."""
+    files = [_shipped(name)] if name in SHIPPED else []
+    files += [shared_root() / "weights" / w.filename for k, w in WEIGHTS.items() if k == name or k.startswith(f"{name}_")]
+    return [f for f in files if not f.is_file()]
+
+
+def build_or_skip(name: str):
+    """``create_model(name)``; skip only if it failed *and* a default weights file of the method is absent (the
+    error must name it); every other failure — a corrupted or wrong file that is there — is raised."""
     try:
         return ivfuse.create_model(name)
-    except IvfuseError as e:  # only a missing weights file is a reason to skip; anything else fails the test
-        if "weights" in str(e).lower() or "not found" in str(e).lower():
-            pytest.skip(f"{name}: {e}")
+    except IvfuseError as e:
+        msg = str(e)
+        missing = [f for f in absent_weights(name) if f.name in msg or (f == _shipped(name) and "shipped" in msg)]
+        if missing:
+            pytest.skip(f"{name}: weights file absent: {missing[0]}")
         raise
+
 
 
 def _pair(h, w, channels):
@@ -38,10 +66,44 @@ def test_registry_is_not_empty_and_has_the_default():
     assert DEFAULT_METHOD in METHODS and len(METHODS) >= 5
 
 
+def test_the_shipped_weights_are_found():
+    assert {"metafusion", "lite", "tim", "occo", "tsjnet"} <= set(SHIPPED)
+    assert all(absent_weights(n) == [] for n in SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("damage", ["truncated", "header", "empty"])
+def test_a_corrupted_shipped_file_fails_not_skips(tmp_path, monkeypatch, name, damage):
+    """The package's default file replaced by a damaged copy (through ``importlib.resources``, as the factories find
+    it): building the default model raises a one-line error naming the file — it does not skip, and it does not
+    load."""
+    real = _shipped(name)
+    pkg = tmp_path / "ivfuse"
+    (pkg / "weights").mkdir(parents=True)
+    bad = pkg / "weights" / real.name
+    shutil.copyfile(real, bad)
+    data = bad.read_bytes()
+    bad.write_bytes({"truncated": data[: len(data) // 2], "header": data[:8] + b"#" * 16 + data[24:], "empty": b""}[damage])
+    files = importlib.resources.files
+    monkeypatch.setattr(importlib.resources, "files", lambda p: pkg if p == "ivfuse" else files(p))
+    assert absent_weights(name) == []  # the file is there: no reason to skip
+    try:
+        with pytest.raises(IvfuseError) as e:
+            build_or_skip(name)
+    except pytest.skip.Exception as s:
+        pytest.fail(f"{name}: a corrupted shipped file made the contract test skip: {s}")
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+    # the absent file, by contrast, is a skip
+    bad.unlink()
+    assert absent_weights(name) == [bad]
+    with pytest.raises(pytest.skip.Exception, match="weights file absent"):
+        build_or_skip(name)
+
+
 @pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("channels", [3, 1])
 def test_method_contract(name, channels):
-    model = _build(name)
+    model = build_or_skip(name)
     assert not model.training, f"{name}: create_model must return the model in eval mode"
     h, w = max(72, getattr(model, "min_size", 1)), max(88, getattr(model, "min_size", 1))
     ir, vis = _pair(h, w, channels)

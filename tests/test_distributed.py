@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from torch import nn
 from ivfuse.cli import main
 from ivfuse.engine import BatchSource, OptimStep, RandomCrop, RandomFlip, train
 from ivfuse.engine.config import load_config
-from ivfuse.engine.step import autocast, set_precision
+from ivfuse.engine.step import autocast, precision, reset_precision, set_precision
 from ivfuse.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +44,33 @@ WORKER = textwrap.dedent('''
     from torch import nn
     from ivfuse.engine import BatchSource, OptimStep, Recipe, Stage, register_recipe, train
     from ivfuse.engine.metafusion import MetaFusionRecipe
+    from ivfuse.engine.tim import TIMRecipe
 
     LAST = {}
+
+    @register_recipe("ddp_probe_tim")
+    class ProbeTIM(TIMRecipe):
+        """TIM. SMOOTH=1: its BatchNorms use their running statistics (fixed at their initial values), so a forward
+        is per sample and a shard's averaged gradient is the global batch's up to float summation order; and Adam
+        has eps=1e-3 (see run())."""
+        def build(self):
+            super().build()
+            LAST["rec"], LAST["cg_iters"] = self, []
+            step = self.architect.step
+
+            def logged(upper, lower):  # CG iterations of every architecture step
+                info = step(upper, lower)
+                LAST["cg_iters"].append(-1 if info.get("negative_curvature") else info.get("iters", 0))
+                return info
+
+            self.architect.step = logged
+
+        def _fusion(self, net, ir, y):
+            if os.environ.get("SMOOTH") == "1":
+                for m in net.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+            return super()._fusion(net, ir, y)
 
     @register_recipe("ddp_probe_metafusion")
     class Probe(MetaFusionRecipe):
@@ -88,11 +114,25 @@ WORKER = textwrap.dedent('''
             return [Stage("search", e, self.data, self._fn("search"), on_stage_end=self.derive),
                     Stage("retrain", e, self.data, self._fn("retrain"))]
 
+    class SmoothAdam(torch.optim.Adam):
+        """Adam with eps=1e-3. With eps=1e-8 a gradient component that is float noise (~1e-9: summation order) gets
+        a step of up to lr, so runs that differ only in summation order end far apart; with eps=1e-3 a step is a
+        smooth function of the gradient and float noise stays float noise."""
+        def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, **kw):
+            super().__init__(params, lr=lr, betas=betas, eps=1e-3, **kw)
+
     def run(name, cfg, out):
-        s = train(name, cfg, out, progress=False)
+        adam = torch.optim.Adam
+        if os.environ.get("SMOOTH") == "1":
+            torch.optim.Adam = SmoothAdam
+        try:
+            s = train(name, cfg, out, progress=False)
+        finally:
+            torch.optim.Adam = adam
         states = {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
-                  for k, m in LAST["rec"].modules.items()}
-        return {"modules": states, "world_size": s["world_size"], "history": s["history"]}
+                  for k, m in LAST["rec"].trainer.modules.items()}  # also the modules added between stages
+        return {"modules": states, "world_size": s["world_size"], "history": s["history"],
+                "cg_iters": LAST.get("cg_iters")}
 
     if __name__ == "__main__":
         name, cfg_file, out = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -159,7 +199,7 @@ def _single(tmp: Path, name: str, cfg: dict, out: Path) -> dict:
         ns = runpy.run_path(str(tmp / "worker.py"), run_name="ddp_worker")
         return ns["run"](name, cfg, out)
     finally:
-        for k in ("ddp_probe_toy", "ddp_probe_metafusion"):
+        for k in ("ddp_probe_toy", "ddp_probe_metafusion", "ddp_probe_tim"):
             RECIPES._items.pop(k, None)
 
 
@@ -224,6 +264,7 @@ def test_ddp_toy_recipe_equal_ranks_equal_single_process_and_resumes(tmp_path):
     _ok(p)
     r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
+    assert set(r0["modules"]) == {"search", "retrain"}  # the module added between stages is compared too
     assert _bitwise_equal(r0["modules"], r1["modules"])
     single = _single(tmp_path, "ddp_probe_toy", cfg, tmp_path / "single")
     assert single["world_size"] == 1
@@ -283,6 +324,85 @@ def test_ddp_metafusion_inner_update_equal_ranks_and_single_process(tmp_path):
     assert _max_diff({"MFE": noinner["modules"]["MFE"]}, {"MFE": r0["modules"]["MFE"]}) > 1e-4
 
 
+def _tim_items(root: Path) -> list[str]:
+    """TIM's whole chain (search -> derive -> meta_init -> train) at toy size on the synthetic folder, without the
+    detector (guidance=false, lambda_search=0), so it needs nothing from ../shared. Damping 50: at the random
+    initial weights the lower Hessian has negative curvature along ∇_ω F (pᵀHp ≈ -150), where truncated CG stops
+    before its first step and the implicit term would be 0; damped, CG takes its 2 steps."""
+    return [
+        "net.width=8", "search.candidates=[res_k3_d1, dil_k3_d2, eca_k3]", "guidance=false", "task.lambda_search=0", "search.cg_iters=2", "search.max_batches=2",
+        "search.lr_a=0.05", "search.damping=50.0",
+        "data.max_batches=2", "data.batch=2", "data.crop=[24, 24]", "data.det_crop=[32, 32]", "meta.steps=2",
+        "meta.inner_steps=2", "val.max=0", "epochs.search=2", "epochs.meta_init=1", "epochs.train=2",
+        f"data.task=[{{name: folder, root: {root}}}]",
+        f"data.meta=[{{name: folder, root: {root}, task: a}}, {{name: folder, root: {root}, task: b}}]",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ddp_tim_search_and_training_equal_ranks_and_single_process(tmp_path):
+    """TIM under DDP (#21): ω, α (implicit CG hyper-gradient from averaged pieces), the Reptile inner steps and the
+    training steps all go through OptimStep. Both ranks end bitwise equal — weights, α, BatchNorm running statistics
+    (averaged every epoch) — and, with per-sample forwards (BatchNorm on running statistics), equal to one process on
+    the same global batch within float tolerance."""
+    cfg = load_config("tim", "cpu", overrides=_tim_items(_folder(tmp_path, n=8)))
+    _ok(_run_worker(tmp_path, "ddp_probe_tim", cfg, tmp_path / "ddp"))
+    r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2 and set(r0["modules"]) == {"supernet", "dual", "net"}
+    assert _bitwise_equal(r0["modules"], r1["modules"])
+    assert r0["cg_iters"] == r1["cg_iters"] and len(r0["cg_iters"]) == 4  # 2 epochs x 2 architecture steps
+    # BatchNorm running statistics are part of the comparison (each rank updates them from its own shard: they are
+    # equal only because they are averaged every epoch)
+    assert any(k.endswith("running_mean") for k in r0["modules"]["net"])
+    _ok(_run_worker(tmp_path, "ddp_probe_tim", cfg, tmp_path / "smooth", SMOOTH="1"))
+    e0, e1 = (torch.load(tmp_path / "smooth" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert _bitwise_equal(e0["modules"], e1["modules"])
+    os.environ["SMOOTH"] = "1"
+    try:
+        single = _single(tmp_path, "ddp_probe_tim", cfg, tmp_path / "single")
+    finally:
+        del os.environ["SMOOTH"]
+    # every architecture step had the implicit term (CG's 2 steps on the averaged Hessian, the same on both ranks)
+    assert e0["cg_iters"] == e1["cg_iters"] == single["cg_iters"] == [2] * 4
+    assert _max_diff(single["modules"], e0["modules"]) < TOL
+    for st in ("search", "meta_init", "train"):  # the logged losses are the global batch's
+        for a, b in zip(single["history"][st], e0["history"][st], strict=True):
+            for k in a:
+                assert abs(a[k] - b[k]) < 1e-5 * max(1.0, abs(a[k])), (st, k, a[k], b[k])
+    # the comparison is not vacuous: α moved from its initial value by far more than the two runs differ
+    init = load_config("tim", "cpu", overrides=_tim_items(tmp_path / "pairs") + ["epochs.search=0", "stage=search"])
+    alpha0 = {k: v for k, v in _single(tmp_path, "ddp_probe_tim", init, tmp_path / "init")["modules"]["supernet"].items()
+              if k.endswith("alpha")}  # fmt: skip
+    sa, da = single["modules"]["supernet"], e0["modules"]["supernet"]
+    moved = {k: float((sa[k] - a).abs().max()) for k, a in alpha0.items()}
+    diff = {k: float((sa[k] - da[k]).abs().max()) for k in alpha0}
+    print("alpha moved", moved, "single vs DDP", diff)
+    assert len(alpha0) == 2 and all(diff[k] < 1e-3 * moved[k] for k in alpha0), (moved, diff)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_ddp_tim_task_guided_equal_ranks(tmp_path):
+    """TIM with its detector (YOLOv5n, COCO weights) in the search's upper loss and the constrained train stage, on
+    labelled MSRS dev-train: both ranks end bitwise equal, including the multiplier μ (updated with the violation
+    L_det − τ averaged over the ranks; each rank's own violation would differ), which moved from μ0."""
+    from conftest import need
+
+    need("data/MSRS")
+    need("data/TNO")
+    need("weights/yolov5n_coco_v6.1_state_dict.pt")
+    items = ["net.width=8", "search.cg_iters=1", "search.max_batches=1", "data.max_batches=2", "data.batch=2",
+             "data.crop=[32, 32]", "data.det_crop=[64, 64]", "meta.steps=1", "meta.inner_steps=1", "val.max=0",
+             "epochs.search=1", "epochs.meta_init=1", "epochs.train=2", "search.candidates=[res_k3_d1, eca_k3]",
+             "data.meta=[{name: tno, split: all, task: tno}]"]  # fmt: skip
+    cfg = load_config("tim", "cpu", overrides=items)
+    _ok(_run_worker(tmp_path, "ddp_probe_tim", cfg, tmp_path / "ddp"))
+    r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert _bitwise_equal(r0["modules"], r1["modules"])
+    assert float(r0["modules"]["dual"]["mu"]) != pytest.approx(cfg["task"]["mu0"], abs=1e-6)
+    assert all(h["L_det"] > 0 for h in r0["history"]["train"])
+
+
 @pytest.mark.slow
 def test_torchrun_module_cli_trains_metafusion_with_gloo(tmp_path):
     root = _folder(tmp_path)
@@ -320,6 +440,25 @@ def test_ddp_misuse_is_one_line_error(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_recipes_that_cannot_train_data_parallel_refuse_torchrun(tmp_path, monkeypatch, capsys):
+    """OCCO's contrastive loss is not a per-sample mean (negatives from the other samples of the batch): under
+    torchrun it is refused in check(), before the process group or the run folder exist; one process trains."""
+    from ivfuse.engine.occo import OCCORecipe
+
+    cfg = load_config("occo", "cpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    msg = "occo cannot train under torchrun \\(WORLD_SIZE=2\\): its contrastive loss takes each sample's negatives"
+    with pytest.raises(InputError, match=msg):
+        train("occo", load_config("occo", "cpu", overrides=["amp=bf16"]), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists() and precision() == ("none", "cpu")  # nothing written, no precision left set
+    assert main(["train", "occo", "preset=cpu", f"out={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ivfuse: error: occo cannot train under torchrun") and "\n" not in err
+    assert OCCORecipe.check(load_config("occo", "cpu", overrides=["loss.contrastive=false"])) == []
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert OCCORecipe.check(cfg) == []
+
+
 # ------------------------------------------------------------------------------------------------ AMP
 def test_amp_fp16_on_cpu_refused_bf16_autocasts(tmp_path, capsys, pair_dirs):
     root = str(pair_dirs[0].parent)
@@ -332,19 +471,25 @@ def test_amp_fp16_on_cpu_refused_bf16_autocasts(tmp_path, capsys, pair_dirs):
     assert "channels_last" in capsys.readouterr().err
     # bf16 on CPU: the steps run under autocast (a conv returns bfloat16) and training still lowers the loss
     seen = []
-    set_precision("bf16", "cpu")
+    token = set_precision("bf16", "cpu")
     try:
         with autocast():
             seen.append(nn.Conv2d(1, 1, 3)(torch.rand(1, 1, 8, 8)).dtype)
+        # the precision is a context variable: a thread started now sees the default (fp32), not this bf16
+        other = []
+        t = threading.Thread(target=lambda: other.append(precision()))
+        t.start()
+        t.join()
+        assert other == [("none", "cpu")] and precision() == ("bf16", "cpu")
     finally:
-        set_precision("none", "cpu")
-    assert seen == [torch.bfloat16]
+        reset_precision(token)
+    assert seen == [torch.bfloat16] and precision() == ("none", "cpu")
     runs = {}
     for amp in ("none", "bf16"):
         cfg = load_config("metafusion", "cpu", overrides=[*_mf_items(root), f"amp={amp}", "channels_last=true",
                                                            "epochs.mfe=0", "epochs.pretrain=2", "data.batch=2"])  # fmt: skip
         s = train("metafusion", cfg, tmp_path / amp, progress=False)
-        assert s["amp"] == amp
+        assert s["amp"] == amp and precision() == ("none", "cpu")  # train() restored the precision it set
         runs[amp] = (s, torch.load(tmp_path / amp / "final.pt", weights_only=True)["modules"]["F"])
     # bf16 really ran (the weights differ from fp32's) and stayed close (the losses agree to bf16 precision)
     assert _max_diff({"F": runs["none"][1]}, {"F": runs["bf16"][1]}) > 0

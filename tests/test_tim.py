@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,6 +135,85 @@ def test_gauss_newton_error_on_ridge_is_large_and_reported():
     for pert, (e_gn, e_cg) in errs.items():
         assert e_cg < 5 * max(pert, 1e-12)
         assert e_gn > 1.0
+
+
+SHARDED_WORKER = textwrap.dedent('''
+    """One rank of a 2-process gloo group: hyper-gradients of a ridge problem on this rank's half of the rows."""
+    import os, sys, torch
+    import torch.distributed as dist
+    from ivfuse.engine.distributed import all_reduce_tensors
+    from ivfuse.models.tim_search import hypergradient
+
+    def problem(rows):
+        g = torch.Generator().manual_seed(0)
+        dt = torch.float64
+        X, Xv = torch.randn(40, 5, generator=g, dtype=dt), torch.randn(30, 5, generator=g, dtype=dt)
+        y = X @ torch.randn(5, generator=g, dtype=dt) + 0.3 * torch.randn(40, generator=g, dtype=dt)
+        yv = Xv @ torch.randn(5, generator=g, dtype=dt)
+        w = (0.3 * torch.randn(5, generator=g, dtype=dt)).requires_grad_()  # away from w*: every term is non-zero
+        alpha = torch.tensor([0.1, -0.5, 1.0, 0.3, 2.0], dtype=dt, requires_grad=True)
+        X, y, Xv, yv = X[rows], y[rows], Xv[rows], yv[rows]
+        def upper():  # batch means (as the fusion losses): the mean over equal shards is the global value
+            return 0.5 * ((Xv @ w - yv) ** 2).mean() + 0.01 * (alpha ** 2).sum()
+        def lower():
+            return 0.5 * ((X @ w - y) ** 2).mean() + 0.05 * (alpha.exp() * w ** 2).sum()
+        return upper, lower, w, alpha
+
+    def all_methods(rows, reduce):
+        out = {}
+        for m, kw in (("cg", {"iters": 5}), ("neumann", {"iters": 50}), ("gn", {}), ("first_order", {})):
+            up, lo, w, alpha = problem(rows)
+            torch.manual_seed(1)  # Neumann's power iteration starts from a random vector
+            out[m] = hypergradient(m, up, lo, [w], [alpha], reduce=reduce, **kw)[0][0]
+        return out
+
+    if __name__ == "__main__":
+        if os.environ.get("RANK") is None:  # one process, the whole batch
+            torch.save(all_methods(slice(None), None), sys.argv[1])
+            sys.exit()
+        dist.init_process_group("gloo")
+        r = dist.get_rank()
+        rows = slice(r, None, 2)
+        sharded = all_methods(rows, all_reduce_tensors)
+        naive = {k: all_reduce_tensors([v])[0] for k, v in all_methods(rows, None).items()}  # mean of per-rank results
+        torch.save({"sharded": sharded, "naive": naive}, sys.argv[1] + f".{r}")
+        dist.destroy_process_group()
+''')
+
+
+@pytest.mark.slow
+def test_hypergradient_on_shards_is_the_global_batchs(tmp_path):
+    """Data-parallel hyper-gradients (2 gloo processes, each with half of the rows of a ridge problem, float64):
+    with the pieces averaged (``reduce``: ∇F, every Hessian-vector product, the mixed term, ∇f for Gauss–Newton) the
+    result equals one process on all rows to 1e-12 and is the same on both ranks; the mean of the per-rank
+    hyper-gradients is not (relative error > 1e-3 for the implicit methods) — which is why the pieces are averaged."""
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "w.py").write_text(SHARDED_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = str(sk.getsockname()[1])
+    out = tmp_path / "h.pt"
+    single = subprocess.run([sys.executable, str(tmp_path / "w.py"), str(out)], env=env, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-3000:]
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "w.py"), str(out)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+             for r in range(2)]  # fmt: skip
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "".join(errs)[-3000:]
+    ref = torch.load(out, weights_only=True)
+    r0, r1 = (torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1))
+    for m, g in ref.items():
+        assert torch.equal(r0["sharded"][m], r1["sharded"][m]), m  # bitwise the same on both ranks
+        rel = float((r0["sharded"][m] - g).norm() / g.norm())
+        assert rel < 1e-12, (m, rel)
+        naive = float((r0["naive"][m] - g).norm() / g.norm())
+        if m == "first_order":  # linear in the data: the mean of the ranks' gradients is the global one
+            assert naive < 1e-12, naive
+        else:
+            assert naive > 1e-3, (m, naive)
 
 
 def test_truncated_cg_stops_at_negative_curvature():

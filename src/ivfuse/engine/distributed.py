@@ -35,7 +35,8 @@ from ..errors import InputError
 
 __all__ = [
     "setup", "teardown", "is_distributed", "rank", "world_size", "is_main", "barrier", "all_reduce_grads",
-    "all_reduce_mean", "broadcast_modules", "broadcast_object", "env_world_size",
+    "all_reduce_mean", "all_reduce_tensors", "all_reduce_buffers", "broadcast_modules", "broadcast_object",
+    "env_world_size", "refuse_distributed",
 ]  # fmt: skip
 
 
@@ -114,26 +115,66 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _mean_(tensors: list[torch.Tensor]) -> None:
+    """Average ``tensors`` over the ranks in place: flattened into one buffer per dtype and device (one collective
+    each). Every rank must pass tensors of the same shapes in the same order."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    w = dist.get_world_size()
+    for ts in groups.values():
+        flat = torch.cat([t.reshape(-1) for t in ts])
+        dist.all_reduce(flat)
+        flat.div_(w)
+        i = 0
+        for t in ts:
+            n = t.numel()
+            t.copy_(flat[i : i + n].view_as(t))
+            i += n
+
+
 def all_reduce_grads(params: Iterable[torch.Tensor]) -> None:
     """Average ``p.grad`` over the ranks. Parameters without a gradient are skipped (so an optimiser still skips
     them); which parameters have one must be the same on every rank — it is, since every rank runs the same code
     on the same graph. Gradients are flattened into one buffer per dtype and device (one collective each)."""
     if not is_distributed():
         return
-    groups: dict[tuple, list[torch.Tensor]] = {}
-    for p in params:
-        if p.grad is not None:
-            groups.setdefault((p.grad.dtype, p.grad.device), []).append(p)
-    w = dist.get_world_size()
-    for ps in groups.values():
-        flat = torch.cat([p.grad.reshape(-1) for p in ps])
-        dist.all_reduce(flat)
-        flat.div_(w)
-        i = 0
-        for p in ps:
-            n = p.grad.numel()
-            p.grad.copy_(flat[i : i + n].view_as(p.grad))
-            i += n
+    _mean_([p.grad for p in params if p.grad is not None])
+
+
+def all_reduce_tensors(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """The mean over the ranks of each of ``tensors`` (detached copies; one collective per dtype and device).
+
+    For gradients computed outside an optimiser — e.g. the pieces of TIM's implicit hyper-gradient
+    (:mod:`ivfuse.models.tim_search`: ∇F, Hessian-vector products, the mixed term). Not distributed: ``tensors``
+    themselves are returned (same objects, so a single process computes exactly what it computed before)."""
+    tensors = list(tensors)
+    if not is_distributed():
+        return tensors
+    out = [t.detach().clone() for t in tensors]
+    _mean_(out)
+    return out
+
+
+def all_reduce_buffers(modules: dict[str, nn.Module] | Iterable[nn.Module]) -> None:
+    """Average the floating-point buffers of ``modules`` over the ranks (BatchNorm running statistics, which each
+    rank updates from its own shard). The running mean is an exponential average, linear in the batch means, so its
+    average over the ranks is the running mean of the global batches' means (what one process computes, up to float
+    order); the averaged running variance misses the spread *between* the shards' means. Integer buffers
+    (``num_batches_tracked``) are equal on every rank and left alone."""
+    if not is_distributed():
+        return
+    mods = modules.values() if isinstance(modules, dict) else modules
+    with torch.no_grad():
+        _mean_([b for m in mods for b in m.buffers() if b.is_floating_point()])
+
+
+def refuse_distributed(method: str, reason: str) -> None:
+    """One-line :class:`InputError` when launched with ``WORLD_SIZE`` > 1: ``method`` cannot train data-parallel,
+    because ``reason``. For :meth:`Recipe.check`, which runs before the process group exists."""
+    w = env_world_size()
+    if w > 1:
+        raise InputError(f"{method} cannot train under torchrun (WORLD_SIZE={w}): {reason}")
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:

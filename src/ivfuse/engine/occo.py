@@ -16,6 +16,12 @@ extra ``objects`` = ``2×H×W`` uint8 (``m_ir``, ``m_vis``), from, in this order
 
 The network output used in the loss is the raw 1×1 convolution (no per-batch min-max normalisation as in the
 official code; inference clamps to [0, 1]).
+
+**One process only with the contrastive loss.** L_CCL is not a mean of per-sample terms: a sample's negatives are
+the other modality of *other samples of the batch* (shifts k·B/4) and the mean runs over the samples whose region is
+not empty. Under ``torchrun`` each process would see B/W samples, so the objective itself would change with the
+number of processes (not only the summation order, as for batch-mean losses), so :meth:`OCCORecipe.check` refuses
+``WORLD_SIZE`` > 1 unless ``loss.contrastive=false`` (the pixel loss is a batch mean and trains data-parallel).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from ..losses.occo import OMEGAS, OCCOLoss
 from ..models.occo import OCCONet
 from .checkpoint import export_safetensors
 from .data import BatchSource, RandomFlip, load_samples
+from .distributed import refuse_distributed
 from .recipe import Recipe, register_recipe, strict_json, validate_fusion
 from .step import OptimStep
 from .trainer import Stage
@@ -132,6 +139,10 @@ class OCCORecipe(Recipe):
         md = cfg["masks"].get("dir")
         if md and not Path(md).is_dir():
             raise InputError(f"{md}: config key 'masks.dir' is not a folder")
+        if cfg["loss"]["contrastive"]:
+            refuse_distributed("occo", "its contrastive loss takes each sample's negatives from the other samples of "
+                               "the batch, which torchrun would split over the processes (the loss would change with "
+                               "their number); train with one process, or with loss.contrastive=false")  # fmt: skip
         return []
 
     def build(self) -> None:

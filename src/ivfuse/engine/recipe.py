@@ -203,14 +203,14 @@ def train(name: str, cfg: dict, out: str | Path, export: str | Path | None = Non
     to ``out/summary.json``; ``world_size`` and ``amp`` say how it ran.
     """
     from . import distributed as dist
-    from .step import set_precision
+    from .step import check_amp, reset_precision, set_precision
 
     cls = RECIPES.get(name)
     if resume not in RESUME_MODES:
         raise InputError(f"resume must be one of {', '.join(RESUME_MODES)}, got '{resume}'")
     device = check_device(str(cfg.get("device", "cpu")))
     amp = str(cfg.get("amp", "none"))
-    set_precision(amp, device)  # checks amp against the device (fp16 on CPU is refused)
+    check_amp(amp, device)  # fp16 on CPU is refused (one line, before anything is written)
     if not isinstance(cfg.get("channels_last", False), bool):
         raise InputError(f"config key 'channels_last' must be true or false, got {cfg['channels_last']!r}")
     for w in cls.check(cfg):
@@ -219,10 +219,11 @@ def train(name: str, cfg: dict, out: str | Path, export: str | Path | None = Non
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: run folder is a file")
     dist_device, created = dist.setup(str(device))
+    if dist_device is not None:
+        device = dist_device
+    token = None
     try:
-        if dist_device is not None:
-            device = dist_device
-            set_precision(amp, device)
+        token = set_precision(amp, device)  # the run's precision, for this run only (restored in `finally`)
         last = out / "last.pt"
         decision = _resume_decision(out, last, cfg, resume) if dist.is_main() else (None, None)
         ck, err = dist.broadcast_object(decision)
@@ -257,5 +258,6 @@ def train(name: str, cfg: dict, out: str | Path, export: str | Path | None = Non
         dist.barrier()  # every rank returns after rank 0 has written the run's files
         return summary
     finally:
-        set_precision("none", "cpu")
+        if token is not None:
+            reset_precision(token)
         dist.teardown(created)

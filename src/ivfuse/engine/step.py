@@ -9,8 +9,10 @@
   hyper-gradient (e.g. TIM's bi-level search): the outer loss on ``call_with(module, virtual_step(...), x)``
   back-propagates through θ' into whatever shaped L.
 * :func:`set_precision` / :func:`autocast` — the run's mixed precision (config key ``amp: none|bf16|fp16``), set by
-  :func:`~ivfuse.engine.recipe.train`; an :class:`OptimStep` built with ``amp=None`` (the default) follows it
-  (a ``GradScaler`` for fp16 on CUDA).
+  :func:`~ivfuse.engine.recipe.train` for the duration of the run; an :class:`OptimStep` built with ``amp=None`` (the
+  default) follows it (a ``GradScaler`` for fp16 on CUDA). It is held in a :class:`contextvars.ContextVar`, not a
+  module global: a run in one thread (or asyncio task) does not change the precision another one sees, and
+  :func:`reset_precision` restores what was there before (nested or failed runs leave no trace).
 
 Under ``torchrun`` (:mod:`ivfuse.engine.distributed`) :class:`OptimStep` averages the gradients over the ranks
 (one all-reduce) after back-propagation and before unscaling, clipping and stepping.
@@ -19,6 +21,7 @@ Under ``torchrun`` (:mod:`ivfuse.engine.distributed`) :class:`OptimStep` average
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import random
 from collections.abc import Iterable, Mapping
 
@@ -30,11 +33,12 @@ from torch.func import functional_call
 from ..errors import InputError
 from . import distributed as _dist
 
-__all__ = ["seed_everything", "OptimStep", "virtual_step", "call_with", "set_precision", "precision", "autocast",
-           "AMP_MODES"]  # fmt: skip
+__all__ = ["seed_everything", "OptimStep", "virtual_step", "call_with", "set_precision", "reset_precision", "precision",
+           "autocast", "check_amp", "AMP_MODES"]  # fmt: skip
 
 AMP_MODES = ("none", "bf16", "fp16")
-_RUN = {"amp": "none", "device": "cpu"}  # the precision of the run being trained (set by train())
+#: ``(amp, device type)`` of the run being trained in this context (set by train(); default: fp32 on the CPU)
+_PRECISION: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("ivfuse_precision", default=("none", "cpu"))
 
 
 def check_amp(amp: str, device: str | torch.device) -> str:
@@ -56,14 +60,20 @@ def check_amp(amp: str, device: str | torch.device) -> str:
     return amp
 
 
-def set_precision(amp: str = "none", device: str | torch.device = "cpu") -> None:
-    """Set the run's mixed precision (checked with :func:`check_amp`); :func:`train` calls it before ``build()``."""
-    _RUN["amp"], _RUN["device"] = check_amp(amp, device), torch.device(device).type
+def set_precision(amp: str = "none", device: str | torch.device = "cpu") -> contextvars.Token:
+    """Set the run's mixed precision in the current context (checked with :func:`check_amp`); :func:`train` calls
+    it before ``build()``. Returns the token :func:`reset_precision` takes to restore the previous setting."""
+    return _PRECISION.set((check_amp(amp, device), torch.device(device).type))
+
+
+def reset_precision(token: contextvars.Token) -> None:
+    """Restore the precision that was set before the :func:`set_precision` call that returned ``token``."""
+    _PRECISION.reset(token)
 
 
 def precision() -> tuple[str, str]:
     """``(amp, device type)`` of the run being trained."""
-    return _RUN["amp"], _RUN["device"]
+    return _PRECISION.get()
 
 
 def autocast(amp: str | None = None, device: str | None = None):

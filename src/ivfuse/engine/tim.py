@@ -20,6 +20,25 @@ Stages (``docs/tim.md`` has the reasoning and the measured numbers):
   as detectable as the better source), solved by primal–dual updates: ω ← Adam on L_fusion + μ L_det, then
   μ ← clip(μ + ρ (L_det − τ), 0, μ_max). The detector is YOLOv5n with the shipped COCO weights, fixed (eval mode).
   ``guidance=false`` trains on L_fusion only (ablation).
+
+**Every update goes through** :class:`~ivfuse.engine.step.OptimStep`, so under ``torchrun`` (docs/engine.md) each
+rank trains on its shard of the global batch and the ranks stay bitwise equal:
+
+* ω (search), the Reptile inner steps and the task-guided steps: :class:`OptimStep` all-reduces (mean) the
+  gradients, i.e. the gradient of the global batch's (batch-mean) loss;
+* α: the hyper-gradient is built from averaged pieces — ∇F, every Hessian-vector product of the CG/Neumann solve,
+  the mixed term (``Architect(reduce=all_reduce_tensors)``, :mod:`ivfuse.models.tim_search`) — so it is the global
+  batch's and identical on every rank; it is applied by an :class:`OptimStep` with ``sync=False`` (averaging equal
+  values again would only cost a collective). Averaging per-rank hyper-gradients instead would not give the global
+  batch's: the implicit gradient is nonlinear in the derivatives (an inverse Hessian applied to ∇_ω F);
+* Reptile's interpolation θ ← θ + ε(θ_task − θ) then is the same on every rank; the multiplier μ of the task
+  constraint is updated with the violation L_det − τ averaged over the ranks;
+* BatchNorm: batch statistics are per rank (B/W samples, as in DDP); the running statistics are averaged over the
+  ranks after every epoch (:func:`~ivfuse.engine.distributed.all_reduce_buffers`), so the checkpointed and exported
+  state is the same on every rank.
+
+One process: the same arithmetic as before these were routed through :class:`OptimStep` (bitwise; checked on a
+tiny run of the whole chain for every ``search.method``).
 """
 
 from __future__ import annotations
@@ -39,7 +58,9 @@ from ..models.tim_search import METHODS, Architect
 from ..utils import atomic_write_text
 from .checkpoint import export_safetensors
 from .data import BatchSource, RandomCrop, RandomFlip, derive_seed, load_samples
+from . import distributed as _dist
 from .recipe import Recipe, register_recipe, strict_json, validate_fusion
+from .step import OptimStep
 from .trainer import Stage
 
 __all__ = ["CELLS", "INITS", "STAGES", "TIMRecipe", "adaptation_curve", "hand_genotype"]
@@ -140,15 +161,20 @@ class TIMRecipe(Recipe):
             self.D.requires_grad_(False)
         self.supernet = TIMSupernet(n["layout"], n["width"], tuple(s["candidates"]), aux=False).to(dev)
         self.opt_w = torch.optim.Adam(self.supernet.weight_parameters(), lr=s["lr_w"])
+        self.step_w = OptimStep(self.opt_w)
         lat = self.supernet.expected_cost if s["latency"] > 0 else None
         self.architect = Architect(self.supernet.arch_parameters(), self.supernet.weight_parameters(), lr=s["lr_a"],
                                    method=s["method"], latency=lat, latency_weight=s["latency"],
-                                   solver={"iters": s["cg_iters"], "damping": s["damping"]})  # fmt: skip
+                                   solver={"iters": s["cg_iters"], "damping": s["damping"]},
+                                   reduce=_dist.all_reduce_tensors)  # fmt: skip
+        # the hyper-gradient is already averaged over the ranks (piece by piece): no second all-reduce
+        self.architect.stepper = OptimStep(self.architect.optimizer, sync=False)
         self.dual = _Dual(cfg["task"]["mu0"])
         self.modules = {"supernet": self.supernet, "dual": self.dual}
         self.optimizers = {"w": self.opt_w, "alpha": self.architect.optimizer}
         self.net: TIMNet | None = None
         self.opt_net = None
+        self.step_net: OptimStep | None = None
         self.genotype_: dict | None = None
         self._load_data()
 
@@ -199,9 +225,7 @@ class TIMRecipe(Recipe):
         ir, y, _ = self._pair(batch)
         # lower level: omega on the train half
         _, lf, _ = self._fusion(net, ir, y)
-        self.opt_w.zero_grad(set_to_none=True)
-        lf.backward(inputs=net.weight_parameters())
-        self.opt_w.step()
+        self.step_w(lf, inputs=net.weight_parameters())
         # upper level: alpha on a batch of the validation half (same epoch/batch index of the other stream)
         vb = self._val_batch(ctx)
         vir, vy, vycc = self._pair(vb)
@@ -240,10 +264,11 @@ class TIMRecipe(Recipe):
             g["name"], g["source"] = "searched", f"ivfuse TIM search ({c['search']['method']}), seed {c['seed']}"
             g = validate_genotype(g)
         self.genotype_ = g
-        if self.trainer is not None and self.trainer.out is not None:
+        if self.trainer is not None and self.trainer.out is not None and _dist.is_main():
             atomic_write_text(self.trainer.out / "genotype.json", json.dumps(g, indent=1))
         self.net = TIMNet(g, width=c["net"]["width"], aux=False).to(self.device)
         self.opt_net = torch.optim.Adam(self.net.parameters(), lr=c["train"]["lr"])
+        self.step_net = OptimStep(self.opt_net, clip=c["train"]["clip"] or None)
         self.trainer.add("net", self.net, self.opt_net)
         alphas = {n: torch.softmax(a.detach(), -1).max(-1).values.mean().item()
                   for n, a in self.supernet.named_arch_parameters()}  # fmt: skip
@@ -256,14 +281,12 @@ class TIMRecipe(Recipe):
         m = self.cfg["meta"]
         net = self.net
         theta = [p.detach().clone() for p in net.parameters()]
-        inner = torch.optim.Adam(net.parameters(), lr=m["lr_inner"], betas=(0.0, 0.999))
+        inner = OptimStep(torch.optim.Adam(net.parameters(), lr=m["lr_inner"], betas=(0.0, 0.999)))
         first = last = 0.0
         for j, b in enumerate(batches):
             ir, y, _ = self._pair(b)
             _, loss, _ = self._fusion(net, ir, y)
-            inner.zero_grad(set_to_none=True)
-            loss.backward()
-            inner.step()
+            inner(loss)
             first = float(loss.detach()) if j == 0 else first
             last = float(loss.detach())
         total = max(1, self.cfg["epochs"]["meta_init"] * m["steps"])
@@ -290,27 +313,29 @@ class TIMRecipe(Recipe):
             loss = lf + float(mu) * ld
             with torch.no_grad():
                 t = c["task"]
-                mu.copy_((mu + t["rho"] * (ld.detach() - tau)).clamp(0.0, t["mu_max"]))
+                (gap,) = _dist.all_reduce_tensors([ld.detach() - tau])  # the global batch's violation
+                mu.copy_((mu + t["rho"] * gap).clamp(0.0, t["mu_max"]))
             out.update({"L_det": float(ld.detach()), "tau": float(tau), "mu": float(mu)})
-        self.opt_net.zero_grad(set_to_none=True)
-        loss.backward(inputs=list(net.parameters()))
-        if c["train"]["clip"]:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), c["train"]["clip"])
-        self.opt_net.step()
+        self.step_net(loss, inputs=list(net.parameters()))
         return out
 
     # -- schedule --------------------------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
         c, ep = self.cfg, self.cfg["epochs"]
         upto = {"all": 3, "search": 1, "meta_init": 2, "train": 3}[c["stage"]]
-        st = [Stage("search", ep["search"] if self._searching else 0, self.src_w, self.step_search),
+        sync = self._sync_running_stats
+        st = [Stage("search", ep["search"] if self._searching else 0, self.src_w, self.step_search, on_epoch_end=sync),
               Stage("derive", 0, self.src_w, self.step_search, on_stage_end=self.derive)]  # fmt: skip
         if upto >= 2:
             n_meta = ep["meta_init"] if self.meta_stream is not None else 0
-            st.append(Stage("meta_init", n_meta, self.meta_stream or self.src_w, self.step_meta))
+            st.append(Stage("meta_init", n_meta, self.meta_stream or self.src_w, self.step_meta, on_epoch_end=sync))
         if upto >= 3:
-            st.append(Stage("train", ep["train"], self.src_train, self.step_train))
+            st.append(Stage("train", ep["train"], self.src_train, self.step_train, on_epoch_end=sync))
         return st
+
+    def _sync_running_stats(self, epoch: int, ctx) -> None:
+        """Under torchrun: average the BatchNorm running statistics over the ranks (before the epoch's checkpoint)."""
+        _dist.all_reduce_buffers([m for m in (self.supernet, self.net) if m is not None])
 
     # -- end of training -------------------------------------------------------------------------------------------
     def validate(self) -> dict:

@@ -53,6 +53,24 @@ random perturbations 1e-4 / 1e-2 / 1e-1 of ω*, where CG has 6e-16 / 9e-5 / 5e-3
 ``docs/tim.md``). ``"neumann"`` (truncated Neumann series = differentiating
 K unrolled SGD steps) and ``"first_order"`` (∇_α F only, DARTS first order, the cheapest baseline) are the other
 choices.
+
+**Data-parallel (torchrun).** Every function takes ``reduce``: a map from a list of tensors to their mean over the
+processes (:func:`ivfuse.engine.distributed.all_reduce_tensors`; ``None`` = one process). Each rank evaluates F and f
+on its shard of the global batch; with batch-mean losses and equal shards F = mean_r F_r and f = mean_r f_r, so
+every *derivative* of F or f is the mean of the ranks' derivatives, but the hyper-gradient is not: it is nonlinear
+in them (an inverse Hessian applied to a gradient; the ratio c), and the mean of per-rank hyper-gradients is not the
+global batch's. So the derivatives are averaged *before* they are combined:
+
+* ∇_ω F and ∇_α F (one collective; the latency term is the same on every rank and averages to itself);
+* every Hessian-vector product H_ωω v (CG / Neumann iterate on the global Hessian: all ranks then take the same CG
+  steps, stop at the same iteration, and solve the same system);
+* the mixed term H_αω v;
+* for Gauss–Newton ∇_ω f and ∇_α f (c is then the global batch's coefficient).
+
+The result is the hyper-gradient of the global batch (up to float summation order) and bitwise the same on every
+rank, so α needs no further all-reduce (:class:`Architect` steps it with ``sync=False``). The double-backward graph
+of ∇_ω f stays per rank (only products with fixed vectors are communicated: 2 + iterations collectives of the size
+of ω per architecture step).
 """
 
 from __future__ import annotations
@@ -121,13 +139,15 @@ def conjugate_gradient(
 
 
 def neumann_series(
-    matvec: Callable[[Tensors], Tensors], b: Tensors, iters: int = 100, lr: float | None = None
-) -> tuple[Tensors, dict]:
+    matvec: Callable[[Tensors], Tensors], b: Tensors, iters: int = 100, lr: float | None = None,
+    reduce: Reduce | None = None,
+) -> tuple[Tensors, dict]:  # fmt: skip
     """``A⁻¹ b ≈ η Σ_{j=0..K} (I - ηA)^j b`` (converges for 0 < η < 2/λ_max(A), A positive definite).
 
-    ``lr`` (η) defaults to ``1/λ̂`` with λ̂ from 20 power iterations (×1.05 for safety)."""
+    ``lr`` (η) defaults to ``1/λ̂`` with λ̂ from 20 power iterations (×1.05 for safety) from a random start
+    (averaged by ``reduce``, so that every process starts the power iteration from the same vector)."""
     if lr is None:
-        v = [torch.randn_like(t) for t in b]
+        v = _mean(reduce, [torch.randn_like(t) for t in b])
         lam = torch.tensor(1.0)
         for _ in range(20):
             nv = _dot(v, v).sqrt().clamp_min(1e-30)
@@ -145,15 +165,25 @@ def neumann_series(
     return x, {"iters": iters, "lr": lr}
 
 
-def _upper_grads(upper: Closure, weights: Sequence[torch.Tensor], arch: Sequence[torch.Tensor]):
+Reduce = Callable[[Tensors], Tensors]
+
+
+def _mean(reduce: Reduce | None, ts: Tensors) -> Tensors:
+    """``ts`` averaged over the processes (``reduce``), or ``ts`` itself in one process."""
+    return ts if reduce is None else list(reduce(ts))
+
+
+def _upper_grads(upper: Closure, weights: Sequence[torch.Tensor], arch: Sequence[torch.Tensor],
+                 reduce: Reduce | None = None):  # fmt: skip
     F = upper()
-    g = _grads(F, list(weights) + list(arch))
+    g = _mean(reduce, _grads(F, list(weights) + list(arch)))
     return F.detach(), g[: len(weights)], g[len(weights) :]
 
 
 def implicit_hypergrad(
     upper: Closure, lower: Closure, weights: Sequence[torch.Tensor], arch: Sequence[torch.Tensor], method: str = "cg",
     iters: int = 50, tol: float = 1e-12, damping: float = 0.0, neumann_lr: float | None = None,
+    reduce: Reduce | None = None,
 ) -> tuple[Tensors, dict]:  # fmt: skip
     """Exact implicit-function-theorem hyper-gradient ``∇_α F - H_αω (H_ωω + δI)⁻¹ ∇_ω F`` (module docstring, IFT).
 
@@ -162,25 +192,27 @@ def implicit_hypergrad(
         weights, arch: the tensors ω and α (``requires_grad=True``).
         method: ``"cg"`` (conjugate gradients) or ``"neumann"`` (truncated Neumann series).
         iters, tol: solver iterations / CG tolerance; damping: δ; neumann_lr: η of the Neumann series.
+        reduce: mean over the processes of a list of tensors (data-parallel; module docstring): applied to ∇F,
+            to every Hessian-vector product and to the mixed term.
 
     Returns ``(grads for arch, info)`` with ``info = {"upper", "lower", "iters", ...}``.
     """
     if method not in ("cg", "neumann"):
         raise InputError(f"implicit hyper-gradient method must be 'cg' or 'neumann', got '{method}'")
     weights, arch = list(weights), list(arch)
-    F, gFw, gFa = _upper_grads(upper, weights, arch)
+    F, gFw, gFa = _upper_grads(upper, weights, arch, reduce)
     f = lower()
     gfw = _grads(f, weights, create_graph=True)
 
     def hvp(v: Tensors) -> Tensors:
-        hv = _grads(_dot(gfw, v), weights, retain_graph=True)
-        return [h.detach() + damping * vi for h, vi in zip(hv, v)]
+        hv = _mean(reduce, [h.detach() for h in _grads(_dot(gfw, v), weights, retain_graph=True)])
+        return [h + damping * vi for h, vi in zip(hv, v)]
 
     if method == "cg":
         v, info = conjugate_gradient(hvp, [g.detach() for g in gFw], iters, tol)
     else:
-        v, info = neumann_series(hvp, [g.detach() for g in gFw], iters, neumann_lr)
-    mixed = _grads(_dot(gfw, [t.detach() for t in v]), arch)
+        v, info = neumann_series(hvp, [g.detach() for g in gFw], iters, neumann_lr, reduce)
+    mixed = _mean(reduce, _grads(_dot(gfw, [t.detach() for t in v]), arch))
     out = [ga - m for ga, m in zip(gFa, mixed)]
     info.update(upper=float(F), lower=float(f.detach()), method=method)
     return out, info
@@ -188,20 +220,21 @@ def implicit_hypergrad(
 
 def gauss_newton_hypergrad(
     upper: Closure, lower: Closure, weights: Sequence[torch.Tensor], arch: Sequence[torch.Tensor],
-    variant: str = "derived", eta: float | None = None, eps: float = 1e-20,
+    variant: str = "derived", eta: float | None = None, eps: float = 1e-20, reduce: Reduce | None = None,
 ) -> tuple[Tensors, dict]:  # fmt: skip
     """Gauss–Newton hyper-gradient ``∇_α F - c ∇_α f``, ``c = ⟨∇_ω F, ∇_ω f⟩ / ‖∇_ω f‖²`` (``variant="derived"``),
     or the official code's ``∇_α F + η c ∇_α f`` (``variant="official"``, needs ``eta``). See the module docstring.
 
+    ``reduce`` (data-parallel) averages ∇F and ∇f over the processes before c is formed.
     Returns ``(grads for arch, info)`` with ``info["c"]``."""
     if variant not in ("derived", "official"):
         raise InputError(f"Gauss-Newton variant must be 'derived' or 'official', got '{variant}'")
     if variant == "official" and eta is None:
         raise InputError("the official Gauss-Newton variant needs eta (the network learning rate)")
     weights, arch = list(weights), list(arch)
-    F, gFw, gFa = _upper_grads(upper, weights, arch)
+    F, gFw, gFa = _upper_grads(upper, weights, arch, reduce)
     f = lower()
-    g = _grads(f, weights + arch)
+    g = _mean(reduce, _grads(f, weights + arch))
     gfw, gfa = g[: len(weights)], g[len(weights) :]
     c = _dot(gFw, gfw) / (_dot(gfw, gfw) + eps)
     coef = -c if variant == "derived" else eta * c
@@ -212,17 +245,19 @@ def gauss_newton_hypergrad(
 def hypergradient(
     method: str, upper: Closure, lower: Closure, weights: Sequence[torch.Tensor], arch: Sequence[torch.Tensor], **kw
 ) -> tuple[Tensors, dict]:
-    """Dispatch on ``method`` (one of :data:`METHODS`)."""
+    """Dispatch on ``method`` (one of :data:`METHODS`); ``kw["reduce"]``: see the module docstring."""
+    reduce = kw.get("reduce")
     if method == "gn":
-        return gauss_newton_hypergrad(upper, lower, weights, arch, "derived", eps=kw.get("eps", 1e-20))
+        return gauss_newton_hypergrad(upper, lower, weights, arch, "derived", eps=kw.get("eps", 1e-20), reduce=reduce)
     if method == "gn_official":
         eps = kw.get("eps", 1e-20)
-        return gauss_newton_hypergrad(upper, lower, weights, arch, "official", eta=kw.get("eta"), eps=eps)
+        return gauss_newton_hypergrad(upper, lower, weights, arch, "official", eta=kw.get("eta"), eps=eps,
+                                      reduce=reduce)  # fmt: skip
     if method in ("cg", "neumann"):
-        keys = ("iters", "tol", "damping", "neumann_lr")
+        keys = ("iters", "tol", "damping", "neumann_lr", "reduce")
         return implicit_hypergrad(upper, lower, weights, arch, method, **{k: kw[k] for k in keys if k in kw})
     if method == "first_order":
-        F, _, gFa = _upper_grads(upper, list(weights), list(arch))
+        F, _, gFa = _upper_grads(upper, list(weights), list(arch), reduce)
         return gFa, {"upper": float(F), "method": method}
     raise InputError(f"unknown architecture gradient method '{method}' (known: {', '.join(METHODS)})")
 
@@ -240,6 +275,12 @@ class Architect:
             ``damping``, ``tol``, ``neumann_lr``; ``eta`` for ``gn_official``; default ``iters=10, damping=1e-3``).
         latency: optional differentiable ``latency() -> scalar`` of α (``TIMSupernet.expected_cost``), added to the
             upper loss with weight ``latency_weight``.
+        reduce: data-parallel mean of a list of tensors over the processes
+            (:func:`ivfuse.engine.distributed.all_reduce_tensors`); the hyper-gradient is then the global batch's
+            and equal on every rank (module docstring). ``None``: one process.
+        stepper: what applies the hyper-gradient to α: anything with ``step_with_grads({param: grad})`` (the
+            recipe passes an :class:`ivfuse.engine.step.OptimStep` of :attr:`optimizer` with ``sync=False`` — the
+            gradient is already the global one); ``None``: plain ``optimizer.step()``.
 
     The closures run the model in its current mode: in train mode BatchNorm running statistics also see these
     extra forward passes (as in the official code).
@@ -254,6 +295,8 @@ class Architect:
     latency: Closure | None = None
     latency_weight: float = 0.0
     solver: dict = field(default_factory=lambda: {"iters": 10, "damping": 1e-3})
+    reduce: Reduce | None = None
+    stepper: object | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -272,12 +315,18 @@ class Architect:
                 lat_box.append(float(lat.detach()))
                 return upper() + self.latency_weight * lat
 
-            grads, info = hypergradient(self.method, total, lower, self.weights, self.arch, **self.solver)
+            grads, info = hypergradient(self.method, total, lower, self.weights, self.arch, reduce=self.reduce,
+                                        **self.solver)  # fmt: skip
             info["latency"] = lat_box[-1]
         else:
-            grads, info = hypergradient(self.method, upper, lower, self.weights, self.arch, **self.solver)
-        self.optimizer.zero_grad(set_to_none=True)
-        for p, g in zip(self.arch, grads):
-            p.grad = g.detach().to(p.dtype)
-        self.optimizer.step()
+            grads, info = hypergradient(self.method, upper, lower, self.weights, self.arch, reduce=self.reduce,
+                                        **self.solver)  # fmt: skip
+        grads = {p: g.detach().to(p.dtype) for p, g in zip(self.arch, grads)}
+        if self.stepper is not None:
+            self.stepper.step_with_grads(grads)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            for p, g in grads.items():
+                p.grad = g
+            self.optimizer.step()
         return info
