@@ -66,9 +66,9 @@ TILE_HINT = 1024
 PEAK_BYTES_PER_PIXEL: dict[str, float] = {
     "average": 126, "csf": 2140, "densefuse": 1429, "didfuse": 6336, "gff": 344, "ifcnn": 1767, "laplacian": 262,
     "lite": 286, "max": 118, "metafusion": 1466, "occo": 3109, "pmgi": 2320, "sage": 1244, "sdnet": 1498,
-    "seafusion": 1926,
+    "seafusion": 1926, "stdfusionnet": 3540, "tardal": 2384, "thermal_chroma": 128, "tim": 1042, "tsjnet": 3275,
+    "u2fusion": 4806,
 }
-
 
 def default_overlap(tile: int) -> int:
     """The overlap used when none is given: ``tile // 8`` (32 for 256, 128 for 1024), at least 1 px, below ``tile``."""
