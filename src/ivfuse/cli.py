@@ -79,12 +79,15 @@ def _cmd_fuse(a: argparse.Namespace) -> int:
     if is_video(ir) or is_video(vis):
         if not (is_video(ir) and is_video(vis)):
             raise IvfuseError(f"--ir {ir} and --vis {vis} must both be videos (or both images/folders)")
+        if a.tile or a.tile_overlap is not None:
+            raise IvfuseError("--tile/--tile-overlap apply to images and folders, not to videos")
         r = fuse_video(ir, vis, a.output, method, a.device, progress=not a.quiet, **speed, **opts)
         print(f"wrote {r['output']} ({r['frames']} frames, {r['size'][0]}x{r['size'][1]} at {r['rate']:.3g} fps; "
               f"fused {r['fps']:.2f} frames/s with '{method}')")  # fmt: skip
         return 0
     if ir.is_dir() != vis.is_dir():
         raise IvfuseError(f"--ir {ir} and --vis {vis} must both be files or both be folders")
+    speed.update(tile=a.tile or None, tile_overlap=a.tile_overlap)
     if ir.is_dir():
         _terminate_as_interrupt()
         res = fuse_folder(ir, vis, a.output, method, a.device, a.ext, a.ir_norm, progress=not a.quiet,
@@ -458,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast precision, as the training key amp= (cuda: bf16/fp16; cpu: bf16 only; none = fp32)")
     f.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     f.add_argument("--compile", action="store_true", help="torch.compile the model (slow first call)")
+    f.add_argument("--tile", type=int, metavar="N",
+                   help="fuse in NxN windows blended without seams: large images in bounded memory (e.g. 1024; 0 = off)")
+    f.add_argument("--tile-overlap", type=int, metavar="M",
+                   help="overlap of neighbouring --tile windows in pixels (default N/8)")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     f.set_defaults(run=_cmd_fuse)
 

@@ -18,6 +18,12 @@ sizes work; a group smaller than N makes a smaller batch); ``amp="bf16"|"fp16"``
 ``torch.autocast`` (CUDA: both; CPU: bf16 only — fp16 on CPU is refused); ``channels_last`` and ``compile``
 (``torch.compile``) are optional. ``method="onnx:FILE"`` runs an exported ONNX graph with onnxruntime
 (:mod:`ivfuse.export`).
+
+Large images (:mod:`ivfuse.tiling`): ``tile=N`` (``--tile N``, optional ``tile_overlap``/``--tile-overlap``) fuses
+``N × N`` windows blended without seams, in bounded memory. Before every forward pass the memory it needs is
+estimated and compared with the memory available: a pair that would not fit is refused with a one-line
+:class:`InputError` naming the file, its size and ``--tile 1024`` (or ``--batch 1``), before anything is allocated
+(pair and folder modes check the image headers before decoding).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from .data.images import IMAGE_EXTENSIONS, is_planar, read_ir, read_vis, write_i
 from .data.pairing import pair_by_stem
 from .errors import InputError, IvfuseError, PairingError, warn
 from .models import FusionModel, create_model
+from .tiling import check_memory, check_tile, fuse_tiled
 from .utils import check_device
 
 __all__ = [
@@ -83,12 +90,20 @@ class Runner:
             has no fp16 kernels worth using).
         channels_last: convert the model and inputs to ``torch.channels_last`` memory format.
         compile: wrap the model in ``torch.compile`` (first call compiles; later calls of the same size are fast).
+        tile, tile_overlap: fuse in ``tile × tile`` windows overlapping by ``tile_overlap`` pixels (default
+            ``tile // 8``), blended without seams (:func:`ivfuse.tiling.fuse_tiled`); ``None``/0: whole images.
+
+    Every call first checks that the forward pass fits in the available memory (:func:`ivfuse.tiling.check_memory`:
+    the whole image, or one window with ``tile``) and raises a one-line :class:`InputError` otherwise.
     """
 
     def __init__(self, model: FusionModel, device: str | torch.device = "cpu", amp: str | None = None,
-                 channels_last: bool = False, compile: bool = False) -> None:  # fmt: skip
+                 channels_last: bool = False, compile: bool = False, tile: int | None = None,
+                 tile_overlap: int | None = None) -> None:  # fmt: skip
         self.model, self.device = model, torch.device(device)
         self.name, self.min_size = model.name, model.min_size
+        tiling = check_tile(tile, tile_overlap, model.min_size, model.name)
+        self.tile, self.tile_overlap = tiling if tiling else (None, None)
         self.dtype = check_amp(amp, self.device)
         onnx = type(model).__name__ == "OnnxFusionModel"
         if onnx and (self.dtype is not None or compile):
@@ -98,14 +113,28 @@ class Runner:
             model.to(memory_format=torch.channels_last)
         self.fn = torch.compile(model) if compile else model
 
-    def __call__(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-        ir, vis = ir.to(self.device, torch.float32), vis.to(self.device, torch.float32)
+    def check_memory(self, height: int, width: int, batch: int = 1, channels: int = 3) -> None:
+        """One-line :class:`InputError` if ``batch`` images of ``height × width`` would not fit in memory."""
+        check_memory(self.model, height, width, batch, channels, self.tile, self.device)
+
+    def _forward(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        """One forward pass (a whole batch or one window) with the speed settings; float32 out."""
         if self.channels_last:
             ir, vis = ir.contiguous(memory_format=torch.channels_last), vis.contiguous(memory_format=torch.channels_last)
         amp = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
-        with torch.inference_mode(), amp:
-            out = self.fn(ir, vis)
-        return out.float().clamp(0, 1).contiguous()
+        with amp:
+            return self.fn(ir, vis).float()
+
+    def __call__(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        if ir.ndim == 4 and vis.ndim == 4:  # other shapes: the model's own one-line error
+            self.check_memory(ir.shape[-2], ir.shape[-1], ir.shape[0], vis.shape[1])
+        ir, vis = ir.to(self.device, torch.float32), vis.to(self.device, torch.float32)
+        with torch.inference_mode():
+            if self.tile and ir.ndim == 4 and vis.ndim == 4:
+                out = fuse_tiled(self._forward, ir, vis, self.tile, self.tile_overlap)
+            else:
+                out = self._forward(ir, vis)
+        return out.clamp(0, 1).contiguous()
 
 
 def check_amp(amp: str | None, device: str | torch.device = "cpu") -> torch.dtype | None:
@@ -135,15 +164,17 @@ def fuse(
     *,
     amp: str | None = None,
     channels_last: bool = False,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
     **options: Any,
 ) -> torch.Tensor:
     """Fuse ``ir`` (B×1×H×W or 1×H×W) with ``vis`` (B×{1,3}×H×W or {1,3}×H×W); returns the same layout
-    (float32 on the CPU). ``amp``/``channels_last``: see :class:`Runner`."""
+    (float32 on the CPU). ``amp``/``channels_last``/``tile``/``tile_overlap``: see :class:`Runner`."""
     single = ir.ndim == 3
     if single:
         ir, vis = ir[None], vis[None]
     device = device or ir.device
-    runner = Runner(get_model(method, device, **options), device, amp, channels_last)
+    runner = Runner(get_model(method, device, **options), device, amp, channels_last, tile=tile, tile_overlap=tile_overlap)
     out = runner(ir, vis).cpu()
     return out[0] if single else out
 
@@ -170,13 +201,26 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise InputError(f"{path}: cannot be read as an image ({' '.join(str(e).split())[:120]})") from None
 
 
-def _check_pair_files(ir_path: Path, vis_path: Path, min_size: int, method: str) -> None:
+def _check_pair_files(ir_path: Path, vis_path: Path, min_size: int, method: str, runner: Runner | None = None,
+                      batch: int = 1) -> tuple[int, int]:  # fmt: skip
+    """Header checks (sizes equal, >= ``min_size``, and with ``runner`` the memory guard for ``batch`` such pairs);
+    returns ``(width, height)``."""
     wi, hi = _image_size(ir_path)
     wv, hv = _image_size(vis_path)
     if (wi, hi) != (wv, hv):
         raise PairingError(f"{vis_path}: visible image is {wv}x{hv} but infrared {ir_path.name} is {wi}x{hi}")
     if min(wi, hi) < min_size:
         raise InputError(f"{ir_path}: image {wi}x{hi} is smaller than the {min_size}x{min_size} minimum of '{method}'")
+    if runner is not None:
+        _check_memory(runner, ir_path, hi, wi, batch)
+    return wi, hi
+
+
+def _check_memory(runner: Runner, ir_path: Path, height: int, width: int, batch: int = 1) -> None:
+    try:
+        runner.check_memory(height, width, batch)
+    except IvfuseError as e:
+        raise type(e)(f"{ir_path}: {e}") from None
 
 
 def _read_pair(ir_path: Path, vis_path: Path, ir_norm: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,14 +259,17 @@ def fuse_files(
     amp: str | None = None,
     channels_last: bool = False,
     compile: bool = False,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
     **options: Any,
 ) -> Path:
-    """Fuse one pair of files and write the result (RGB visible -> RGB fused, input size)."""
+    """Fuse one pair of files and write the result (RGB visible -> RGB fused, input size). ``tile``: see
+    :class:`Runner`; a pair too large for the available memory is refused from its header, before decoding."""
     ir_path, vis_path, out = Path(ir_path), Path(vis_path), Path(out_path)
     _check_output(out)
     model = get_model(method, device, **options)
-    runner = Runner(model, device, amp, channels_last, compile)
-    _check_pair_files(ir_path, vis_path, model.min_size, model.name)
+    runner = Runner(model, device, amp, channels_last, compile, tile, tile_overlap)
+    _check_pair_files(ir_path, vis_path, model.min_size, model.name, runner)
     return write_image(out, _fuse_pair(runner, ir_path, vis_path, ir_norm, device))
 
 
@@ -270,10 +317,10 @@ def clean_stale_stages(out_dir: Path) -> list[Path]:
     return removed
 
 
-def _validate_pair(model: FusionModel, ir_path: Path, vis_path: Path, ir_norm: str) -> tuple:
-    """Decode both images as fusion will (so truncated/corrupt files and bad values are caught) and check sizes;
-    returns the pair's tensor shapes (the batching key)."""
-    _check_pair_files(ir_path, vis_path, model.min_size, model.name)  # cheap header check first
+def _validate_pair(model: FusionModel, ir_path: Path, vis_path: Path, ir_norm: str, runner: Runner | None = None) -> tuple:
+    """Decode both images as fusion will (so truncated/corrupt files and bad values are caught) and check sizes
+    (and, with ``runner``, the memory of one pair); returns the pair's tensor shapes (the batching key)."""
+    _check_pair_files(ir_path, vis_path, model.min_size, model.name, runner)  # cheap header check first
     ir, vis = _read_pair(ir_path, vis_path, ir_norm)
     return tuple(ir.shape), tuple(vis.shape)
 
@@ -325,6 +372,8 @@ def fuse_folder(
     amp: str | None = None,
     channels_last: bool = False,
     compile: bool = False,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
     **options: Any,
 ) -> FolderResult:
     """Fuse every pair of two folders (matched by file stem, strictly) into ``out_dir/<stem><ext>``.
@@ -338,7 +387,9 @@ def fuse_folder(
             ``failed`` (the CLI reports them and exits with status 1).
         batch: pairs fused per forward pass (equal-size pairs are grouped; ``--batch``).
         workers: DataLoader worker processes that read the images (default: 0 for ``batch=1``, else 2).
-        amp, channels_last, compile: see :class:`Runner`.
+        amp, channels_last, compile, tile, tile_overlap: see :class:`Runner`. Every pair is checked against the
+            available memory (whole image, or one ``tile`` window; times the pairs of its size fused together)
+            before the first is fused.
     """
     if batch < 1:
         raise InputError(f"--batch {batch}: must be >= 1")
@@ -353,7 +404,7 @@ def fuse_folder(
         raise InputError(f"{out_dir}: exists and is not a folder")
     pairs = pair_by_stem(ir_dir, vis_dir)
     model = get_model(method, device, **options)
-    runner = Runner(model, device, amp, channels_last, compile)
+    runner = Runner(model, device, amp, channels_last, compile, tile, tile_overlap)
     stale = clean_stale_stages(out_dir)
     if stale:
         warn(f"{out_dir}: removed {len(stale)} staging folder(s) left by an interrupted run ({stale[0].name})")
@@ -366,12 +417,25 @@ def fuse_folder(
 
     for key, ip, vp in tqdm(todo, desc="check pairs", unit="pair", disable=not progress or len(todo) < 50, leave=False):
         try:
-            shapes[key] = _validate_pair(model, ip, vp, ir_norm)
+            shapes[key] = _validate_pair(model, ip, vp, ir_norm, runner)
         except IvfuseError as e:
             if not continue_on_error:
                 raise
             failed[key] = str(e)
     todo = [p for p in todo if p[0] not in failed]
+    if batch > 1:  # the memory of the batches the pairs will be fused in
+        counts: dict[tuple, int] = {}
+        for k, _, _ in todo:
+            counts[shapes[k]] = counts.get(shapes[k], 0) + 1
+        for key, ip, _ in todo:
+            (_, h, w), vshape = shapes[key]
+            try:
+                runner.check_memory(h, w, min(batch, counts[shapes[key]]), vshape[0])
+            except IvfuseError as e:
+                if not continue_on_error:
+                    raise type(e)(f"{ip}: {e}") from None
+                failed[key] = f"{ip}: {e}"
+        todo = [p for p in todo if p[0] not in failed]
     written: list[Path] = []
     if not todo:
         return FolderResult(written, skipped, failed)
