@@ -257,10 +257,21 @@ def test_tiled_equals_untiled_on_msrs(method):
         assert mean < 0.01
 
 
-def test_cli_tile_refused_for_videos(capsys, tmp_path):
-    rc, _, err = run(capsys, "fuse", "--ir", tmp_path / "ir.mp4", "--vis", tmp_path / "vis.mp4", "-o", tmp_path / "f.mp4",
-                     "--method", "lite", "--tile", 256)  # fmt: skip
-    assert rc == 2 and err == "ivfuse: error: --tile/--tile-overlap apply to images and folders, not to videos\n"
+def test_fuser_and_video_frames_are_tiled(tmp_path):
+    """``Fuser(tile=N)`` (frames, ``fuse_video``) tiles like the image path: a per-pixel method's frame equals the
+    untiled frame, and the model sees only tile-sized windows."""
+    from ivfuse.video import Fuser
+
+    g = np.random.default_rng(0)
+    ir, vis = g.integers(0, 256, (97, 131), np.uint8), g.integers(0, 256, (97, 131, 3), np.uint8)
+    model = Counting()
+    whole = Fuser(model)(ir, vis)
+    model.calls.clear()
+    tiled = Fuser(model, tile=32, tile_overlap=8)(ir, vis)
+    assert tiled.shape == whole.shape and np.abs(tiled.astype(int) - whole.astype(int)).max() <= 1
+    assert model.calls and all(h <= 32 + 16 and w <= 32 + 16 for h, w in model.calls)
+    with pytest.raises(InputError, match="tile"):
+        Fuser(model, tile=32, tile_overlap=40)
 
 
 @pytest.mark.realdata

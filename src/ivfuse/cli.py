@@ -79,9 +79,8 @@ def _cmd_fuse(a: argparse.Namespace) -> int:
     if is_video(ir) or is_video(vis):
         if not (is_video(ir) and is_video(vis)):
             raise IvfuseError(f"--ir {ir} and --vis {vis} must both be videos (or both images/folders)")
-        if a.tile or a.tile_overlap is not None:
-            raise IvfuseError("--tile/--tile-overlap apply to images and folders, not to videos")
-        r = fuse_video(ir, vis, a.output, method, a.device, progress=not a.quiet, **speed, **opts)
+        r = fuse_video(ir, vis, a.output, method, a.device, progress=not a.quiet, tile=a.tile or None,
+                       tile_overlap=a.tile_overlap, **speed, **opts)
         print(f"wrote {r['output']} ({r['frames']} frames, {r['size'][0]}x{r['size'][1]} at {r['rate']:.3g} fps; "
               f"fused {r['fps']:.2f} frames/s with '{method}')")  # fmt: skip
         return 0

@@ -42,6 +42,8 @@ class Fuser:
             default method).
         device: torch device.
         amp, channels_last, compile: speed settings (:class:`ivfuse.fusion.Runner`).
+        tile, tile_overlap: fuse each frame in overlapping ``tile``×``tile`` windows (:func:`ivfuse.tiling.fuse_tiled`)
+            — for frames larger than memory allows; ``None``: whole frames.
         **options: method options (e.g. ``weights="f.safetensors"``).
 
     Frames: NumPy ``uint8`` ``H×W`` (gray) or ``H×W×3`` (RGB) → NumPy ``uint8`` in the visible frame's layout;
@@ -50,11 +52,12 @@ class Fuser:
     """
 
     def __init__(self, method: Any = None, device: str | torch.device = "cpu", *, amp: str | None = None,
-                 channels_last: bool = False, compile: bool = False, **options: Any) -> None:  # fmt: skip
+                 channels_last: bool = False, compile: bool = False, tile: int | None = None,
+                 tile_overlap: int | None = None, **options: Any) -> None:  # fmt: skip
         from .fusion import Runner, get_model
 
         self.model = get_model(method, device, **options)
-        self.runner = Runner(self.model, device, amp, channels_last, compile)
+        self.runner = Runner(self.model, device, amp, channels_last, compile, tile, tile_overlap)
         self.name = self.model.name
 
     @staticmethod
@@ -136,7 +139,8 @@ def video_info(path: str | os.PathLike) -> dict:
 
 def fuse_video(ir_path: str | os.PathLike, vis_path: str | os.PathLike, out_path: str | os.PathLike,
                method: Any = None, device: str = "cpu", *, amp: str | None = None, channels_last: bool = False,
-               compile: bool = False, crf: int = 18, progress: bool = True, **options: Any) -> dict:  # fmt: skip
+               compile: bool = False, tile: int | None = None, tile_overlap: int | None = None, crf: int = 18,
+               progress: bool = True, **options: Any) -> dict:  # fmt: skip
     """Fuse two frame-synchronised videos into an H.264 ``out_path`` (see module docstring).
 
     Returns ``{"frames", "seconds", "fps", "rate", "size", "output"}`` (``fps`` = fused frames per wall second,
@@ -162,7 +166,8 @@ def fuse_video(ir_path: str | os.PathLike, vis_path: str | os.PathLike, out_path
     if a["frames"] and b["frames"] and a["frames"] != b["frames"]:
         raise PairingError(f"{vis_p}: {b['frames']} frames but infrared {ir_p.name} has {a['frames']} "
                            "(frames are paired one to one; trim the longer video)")  # fmt: skip
-    fuser = Fuser(method, device, amp=amp, channels_last=channels_last, compile=compile, **options)
+    fuser = Fuser(method, device, amp=amp, channels_last=channels_last, compile=compile, tile=tile,
+                  tile_overlap=tile_overlap, **options)
     w, h = a["width"], a["height"]
     if min(w, h) < fuser.model.min_size:
         raise InputError(f"{ir_p}: frames {w}x{h} are smaller than the minimum of '{fuser.name}'")
