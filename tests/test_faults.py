@@ -12,6 +12,7 @@ import json
 import math
 import os
 import struct
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -468,3 +469,128 @@ def test_fuzzers_are_not_vacuous():
     coco["annotations"][0]["bbox"] = [1, 1, float("nan"), 5]
     with pytest.raises(InputError, match="NaN"):
         read_coco(_tmpfile("g.json", json.dumps(coco).encode()))
+
+
+# -- the bench cache: damaged entries, two benches on one --out ------------------------------------------------------
+
+
+def test_cache_result_entries_are_checked_and_old_entries_stay_valid(tmp_path, caplog):
+    from ivfuse.bench.cache import CHECKSUM_KEY, BenchCache
+
+    c = BenchCache(tmp_path / "cache")
+    value = {"mean": {"en": 6.5, "qabf": float("nan")}, "per_image": {"a": {"en": 6.5}}, "n_images": 1, "ids": {1: 2}}
+    c.put("fusion", "d", "m", value)
+    p = c.result_path("fusion", "d", "m")
+    assert CHECKSUM_KEY in json.loads(p.read_text()) and CHECKSUM_KEY not in value
+    got = c.get("fusion", "d", "m")
+    assert json.dumps(got, sort_keys=True) == json.dumps(json.loads(json.dumps(value)), sort_keys=True) and c.hits == 1
+    good = p.read_text()
+    damaged = {
+        "truncated": good[: len(good) // 2],
+        "a digit changed (still valid JSON)": good.replace("6.5", "7.5", 1),
+        "not an object": "[1, 2]\n",
+        "empty": "",
+        "binary": "\udcff\udcfe",
+    }
+    for what, text in damaged.items():
+        p.write_bytes(text.encode("utf-8", "surrogateescape"))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="ivfuse"):
+            assert c.get("fusion", "d", "m") is None, what
+        assert len(caplog.records) == 1 and str(p) in caplog.records[0].getMessage() and "recomputing" in caplog.text
+    # an entry written by the code before checksums (no checksum key): trusted when it parses
+    old = {"mean": {"en": 6.5}, "n_images": 1}
+    p.write_text(json.dumps(old, indent=1) + "\n")
+    assert c.get("fusion", "d", "m") == old
+    # the keys and paths are those of the code before (a long benchmark's cache depends on them)
+    assert p == tmp_path / "cache" / "results" / "fusion" / "d" / "m.json"
+    assert c.result_path("zero", "d", "m", "x") == tmp_path / "cache" / "results" / "zero" / "d" / "m-x.json"
+    assert c.fused_dir("d", "m") == tmp_path / "cache" / "fused" / "d" / "m"
+
+
+def test_cache_deletes_damaged_fused_pngs(tmp_path, caplog):
+    from ivfuse.bench.cache import BenchCache
+
+    c = BenchCache(tmp_path / "cache")
+    d = c.fused_dir("d", "m")
+    d.mkdir(parents=True)
+    png = _png(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    flipped = bytearray(png)
+    flipped[len(png) // 2] ^= 0x10
+    files = {"ok.png": png, "trunc.png": png[: len(png) // 2], "zero.png": b"", "noiend.png": png[:-12],
+             "flip.png": bytes(flipped)}  # fmt: skip
+    for n, b in files.items():
+        (d / n).write_bytes(b)
+    with caplog.at_level("WARNING", logger="ivfuse"):
+        assert c.fused_dir("d", "m") == d
+    assert sorted(p.name for p in d.iterdir()) == ["ok.png"] and (d / "ok.png").read_bytes() == png
+    assert len(caplog.records) == 1 and "4 damaged cached fused image(s)" in caplog.text
+
+
+BENCH = ["--methods", "average", "--data", "msrs:dev-val", "--protocols", "fusion,zero", "--limit", "2", "--no-speed",
+         "--no-references", "-q"]  # fmt: skip
+
+
+def _untimed(x):
+    """``x`` without wall-clock fields (``seconds``, ``*_s``, ``*time*``): they differ between equal runs."""
+    if isinstance(x, dict):
+        return {k: _untimed(v) for k, v in x.items() if not (k == "seconds" or k.endswith("_s") or "time" in k)}
+    if isinstance(x, list):
+        return [_untimed(v) for v in x]
+    return x
+
+
+def _digest(out: Path) -> dict:
+    """What a bench computed: its result entries (without the checksum) and fused images, by relative path."""
+    from ivfuse.bench.cache import CHECKSUM_KEY
+
+    res = {}
+    for p in sorted((out / "cache").rglob("*")):
+        if p.suffix == ".json":
+            d = json.loads(p.read_text())
+            d.pop(CHECKSUM_KEY, None)
+            res[str(p.relative_to(out))] = json.dumps(_untimed(d), sort_keys=True)
+        elif p.suffix == ".png":
+            res[str(p.relative_to(out))] = p.read_bytes()
+    return res
+
+
+def test_two_benches_on_one_out_then_damaged_cache_is_recomputed(tmp_path):
+    """Two real ``ivfuse bench`` processes on the same ``--out`` at once: both succeed and every cache entry checks out
+    (result checksums, PNG CRCs), with no temporary file left. Then damaged entries (a torn result file, a truncated
+    fused PNG) are recomputed by the next run, exactly those, to the same values."""
+    import subprocess
+
+    from conftest import need
+
+    from ivfuse.bench import run_bench
+    from ivfuse.bench.cache import CHECKSUM_KEY, _checksum, valid_png
+
+    need("data/MSRS/labels_det/infrared")
+    need("weights")
+    out = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "ivfuse", "bench", *BENCH, "--out", str(out)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()) for _ in range(2)]
+    for p in procs:
+        _, e = p.communicate(timeout=600)
+        assert p.returncode == 0, e[-2000:]
+    results, images = sorted((out / "cache").rglob("*.json")), sorted((out / "cache").rglob("*.png"))
+    assert len(results) == 2 and len(images) == 2  # fusion + zero of one method; its two fused pairs
+    for r in results:
+        d = json.loads(r.read_text())
+        assert d.pop(CHECKSUM_KEY) == _checksum(d), r
+    assert all(valid_png(p) for p in images)
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporary file left behind
+    rj = json.loads((out / "results.json").read_text())
+    assert rj["datasets"]["msrs:dev-val"]["fusion"]["average"]["n_images"] == 2
+    ref = _digest(out)
+    # damage one result entry and one fused image, rerun: exactly those are recomputed, to the same values
+    res = sorted((out / "cache" / "results" / "fusion").rglob("*.json"))[0]
+    res.write_text(res.read_text()[:100])
+    img = images[0]
+    img.write_bytes(img.read_bytes()[:1000])
+    r = run_bench("average", data="msrs:dev-val", protocols="fusion,zero", out=out, limit=2, speed=False,
+                  references=False, progress=False)  # fmt: skip
+    c = r["meta"]["cache"]
+    assert c["fused_written"] == 1 and c["result_misses"] == 1 and c["result_hits"] == 1, c
+    assert _digest(out) == ref
