@@ -594,3 +594,91 @@ def test_two_benches_on_one_out_then_damaged_cache_is_recomputed(tmp_path):
     c = r["meta"]["cache"]
     assert c["fused_written"] == 1 and c["result_misses"] == 1 and c["result_hits"] == 1, c
     assert _digest(out) == ref
+
+
+# -- training: SIGKILL at any point, resume, the same weights --------------------------------------------------------
+
+#: a tiny lite run: 4 epochs of 2 batches of 2 crops of 64 x 64, fusion losses only (no teacher), no validation
+LITE = ["epochs=4", "max_batches=2", "batch=2", "crop=[64, 64]", "val.max=0", "teacher.method=null", "loss.ssim=1",
+        "loss.gradient=10"]  # fmt: skip
+
+
+def _train_cmd(method: str, out: Path, items: list[str]) -> list[str]:
+    return [sys.executable, "-m", "ivfuse", "train", method, "-q", f"out={out}", *items]
+
+
+def _train_proc(method: str, out: Path, items: list[str], **env):
+    import subprocess
+
+    return subprocess.run(_train_cmd(method, out, items), capture_output=True, text=True, env=_env(**env), timeout=600)
+
+
+def _modules(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)["modules"]
+
+
+def _bitwise_equal(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(
+        a[m].keys() == b[m].keys() and all(torch.equal(a[m][k], b[m][k]) for k in a[m]) for m in a)
+
+
+def test_checkpoint_seal_detects_damage_and_falls_back_to_the_previous(tmp_path, caplog):
+    import torch
+
+    from ivfuse.checkpoint import load_checkpoint, previous_of, save_checkpoint
+
+    p = tmp_path / "last.pt"
+    save_checkpoint(p, {"w": torch.zeros(1000), "epoch": 1}, keep_previous=True)
+    assert not previous_of(p).exists()
+    save_checkpoint(p, {"w": torch.ones(1000), "epoch": 2}, keep_previous=True)
+    assert load_checkpoint(previous_of(p))["epoch"] == 1 and load_checkpoint(p)["epoch"] == 2
+    assert torch.load(p, weights_only=True)["epoch"] == 2  # a sealed file is an ordinary torch checkpoint
+    good = p.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x01  # inside the tensor data: torch.load alone would not notice
+    for what, data in {"flipped": bytes(flipped), "truncated": good[: len(good) // 2], "empty": b"",
+                       "seal cut": good[:-10]}.items():  # fmt: skip
+        p.write_bytes(data)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="ivfuse"):
+            ck = load_checkpoint(p)
+        assert ck["epoch"] == 1 and torch.equal(ck["w"], torch.zeros(1000)), what
+        assert len(caplog.records) == 1 and "using the previous checkpoint" in caplog.text and str(p) in caplog.text, what
+    previous_of(p).unlink()
+    p.write_bytes(bytes(flipped))
+    with pytest.raises(InputError, match=r"last.pt: damaged checkpoint \(checksum mismatch\)"):
+        load_checkpoint(p)
+    unsealed = tmp_path / "old.pt"  # written before the seal (or by torch.save): loads as before
+    torch.save({"epoch": 7}, unsealed)
+    assert load_checkpoint(unsealed) == {"epoch": 7}
+
+
+@pytest.mark.realdata
+def test_lite_training_killed_anywhere_resumes_to_the_same_weights(tmp_path, capsys):
+    """``ivfuse train lite`` SIGKILLed inside its 2nd checkpoint write (half a temporary file), then resumed and
+    killed during a torn 2nd write of ``last.pt`` (half a file over it, as a non-atomic writer would leave), then
+    resumed again: the damaged ``last.pt`` is detected, the previous one used with a one-line warning, and the
+    final weights equal an uninterrupted run's bit for bit."""
+    from conftest import need
+
+    need("data/MSRS")
+    ref = tmp_path / "ref"
+    rc, _, _ = _cli(capsys, "train", "lite", "-q", f"out={ref}", *LITE)
+    assert rc == 0
+    run = tmp_path / "run"
+    p = _train_proc("lite", run, LITE, IVFUSE_FAULT_WRITE="last.pt:2:kill")
+    assert p.returncode == -9, p.stderr[-2000:]  # SIGKILL
+    assert not (run / "final.pt").exists() and [f.name for f in run.glob(".last.pt.*")]  # the torn temporary file
+    p = _train_proc("lite", run, LITE, IVFUSE_FAULT_WRITE="last.pt:2:torn")
+    assert p.returncode == -9 and "resuming from" in p.stderr, p.stderr[-2000:]
+    assert not (run / "final.pt").exists()
+    p = _train_proc("lite", run, LITE)
+    assert p.returncode == 0, p.stderr[-2000:]
+    warn = [line for line in p.stderr.splitlines() if "warning" in line]
+    assert len(warn) == 1 and f"{run / 'last.pt'}: " in warn[0] and f"using the previous checkpoint {run / 'last.prev.pt'}" in warn[0], p.stderr
+    assert _bitwise_equal(_modules(run / "final.pt"), _modules(ref / "final.pt"))
+    assert not _bitwise_equal(_modules(run / "after_train.pt"), _modules(ref / "last.prev.pt"))  # the check can fail

@@ -160,7 +160,8 @@ class Trainer:
         """Write a checkpoint (rank 0 only under torchrun; the replicas are identical)."""
         if self.out is None or not dist.is_main():
             return None
-        return save_checkpoint(self.out / name, self.state())
+        # last.pt keeps the checkpoint it replaces (last.prev.pt): the fallback when it is found damaged on resume
+        return save_checkpoint(self.out / name, self.state(), keep_previous=name == "last.pt")
 
     def resume(self, ck: dict | str | Path) -> None:
         """Restore states, progress and RNG from a checkpoint (dict or file)."""
