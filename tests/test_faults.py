@@ -682,3 +682,41 @@ def test_lite_training_killed_anywhere_resumes_to_the_same_weights(tmp_path, cap
     assert len(warn) == 1 and f"{run / 'last.pt'}: " in warn[0] and f"using the previous checkpoint {run / 'last.prev.pt'}" in warn[0], p.stderr
     assert _bitwise_equal(_modules(run / "final.pt"), _modules(ref / "final.pt"))
     assert not _bitwise_equal(_modules(run / "after_train.pt"), _modules(ref / "last.prev.pt"))  # the check can fail
+
+
+# -- folder fusion: SIGKILL mid-folder, resume with --skip-existing ---------------------------------------------------
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("victim", ["p3.png"])
+def test_fuse_folder_killed_midway_resumes_with_skip_existing_to_the_same_bytes(victim, tmp_path, capsys):
+    """``ivfuse fuse`` on a folder of 6 pairs, SIGKILLed inside the write of one image (half its temporary file
+    written): ``OUT`` holds only complete images, each equal to an uninterrupted run's; a rerun with
+    ``--skip-existing`` fuses the rest (not the finished ones again), removes the killed run's staging folder, and
+    every output equals the uninterrupted run's bytes."""
+    import subprocess
+
+    from ivfuse.bench.cache import valid_png
+
+    ir, vi = _pairs(tmp_path / "d", n=6)
+    ref = tmp_path / "ref"
+    args = ["fuse", "--ir", str(ir), "--vis", str(vi), "--method", "laplacian", "-q"]
+    rc, _, _ = _cli(capsys, *args, "-o", ref)
+    assert rc == 0 and len(_outputs(ref)) == 6
+    want = _outputs(ref)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ivfuse", *args, "-o", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(IVFUSE_FAULT_WRITE=f"{victim}:1:kill"), timeout=600)
+    assert p.returncode == -9, p.stderr[-2000:]
+    done = _outputs(out) if out.is_dir() else {}
+    assert len(done) == int(victim[1]), sorted(done)  # the pairs are fused in name order
+    assert all(valid_png(out / n) and b == want[n] for n, b in done.items())  # never a partial image in OUT
+    before = {n: (out / n).stat().st_mtime_ns for n in done}
+    p = subprocess.run([*cmd, "--skip-existing"], capture_output=True, text=True, env=_env(), timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert _outputs(out) == want
+    assert {n: (out / n).stat().st_mtime_ns for n in done} == before  # the finished ones were not fused again
+    assert not [x for x in out.iterdir() if x.name.startswith(".")]  # the staging folder of the killed run is gone
