@@ -72,6 +72,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], keep_previ
                 tmp.unlink(missing_ok=True)
                 os.link(p, tmp)  # the same inode: no copy; then renamed over the older previous one atomically
                 os.replace(tmp, prev)
+                tmp.unlink(missing_ok=True)  # rename(2) of two links to one file does nothing: drop the extra link
             except OSError:  # no hard links here (some network filesystems): a copy
                 tmp.unlink(missing_ok=True)
                 atomic_write_bytes(prev, p.read_bytes(), durable=True)
