@@ -635,7 +635,7 @@ def test_checkpoint_seal_detects_damage_and_falls_back_to_the_previous(tmp_path,
 
     p = tmp_path / "last.pt"
     save_checkpoint(p, {"w": torch.zeros(1000), "epoch": 1}, keep_previous=True)
-    assert not previous_of(p).exists()
+    assert not previous_of(p).exists()  # nothing to keep yet
     save_checkpoint(p, {"w": torch.ones(1000), "epoch": 2}, keep_previous=True)
     assert load_checkpoint(previous_of(p))["epoch"] == 1 and load_checkpoint(p)["epoch"] == 2
     assert torch.load(p, weights_only=True)["epoch"] == 2  # a sealed file is an ordinary torch checkpoint
@@ -661,10 +661,10 @@ def test_checkpoint_seal_detects_damage_and_falls_back_to_the_previous(tmp_path,
 
 @pytest.mark.realdata
 def test_lite_training_killed_anywhere_resumes_to_the_same_weights(tmp_path, capsys):
-    """``ivfuse train lite`` SIGKILLed inside its 2nd checkpoint write (half a temporary file), then resumed and
-    killed during a torn 2nd write of ``last.pt`` (half a file over it, as a non-atomic writer would leave), then
-    resumed again: the damaged ``last.pt`` is detected, the previous one used with a one-line warning, and the
-    final weights equal an uninterrupted run's bit for bit."""
+    """``ivfuse train lite`` killed during a torn first write of ``last.pt`` (half a file renamed over it, as a power
+    loss can leave), rerun: the damaged ``last.pt`` is detected and the previous one (the run's starting state) used
+    with a one-line warning; that rerun SIGKILLed inside its 3rd checkpoint write (half a temporary file), rerun
+    again: the final weights equal an uninterrupted run's bit for bit."""
     import torch
     from conftest import need
 
@@ -673,16 +673,17 @@ def test_lite_training_killed_anywhere_resumes_to_the_same_weights(tmp_path, cap
     rc, _, _ = _cli(capsys, "train", "lite", "-q", f"out={ref}", *LITE)
     assert rc == 0
     run = tmp_path / "run"
-    p = _train_proc("lite", run, LITE, IVFUSE_FAULT_WRITE="last.pt:2:kill")
+    p = _train_proc("lite", run, LITE, IVFUSE_FAULT_WRITE="last.pt:1:torn")
     assert p.returncode == -9, p.stderr[-2000:]  # SIGKILL
-    assert not (run / "final.pt").exists() and [f.name for f in run.glob(".last.pt.*")]  # the torn temporary file
-    p = _train_proc("lite", run, LITE, IVFUSE_FAULT_WRITE="last.pt:2:torn")
-    assert p.returncode == -9 and "resuming from" in p.stderr, p.stderr[-2000:]
-    assert not (run / "final.pt").exists()
-    p = _train_proc("lite", run, LITE)
-    assert p.returncode == 0, p.stderr[-2000:]
+    assert not (run / "final.pt").exists() and (run / "last.pt").stat().st_size < (ref / "last.pt").stat().st_size
+    p = _train_proc("lite", run, LITE, IVFUSE_FAULT_WRITE="last.pt:3:kill")
+    assert p.returncode == -9, p.stderr[-2000:]
     warn = [line for line in p.stderr.splitlines() if "warning" in line]
-    assert len(warn) == 1 and f"{run / 'last.pt'}: " in warn[0] and f"using the previous checkpoint {run / 'last.prev.pt'}" in warn[0], p.stderr
+    assert len(warn) == 1 and f"{run / 'last.pt'}: " in warn[0], p.stderr
+    assert f"using the previous checkpoint {run / 'last.prev.pt'}" in warn[0] and "resuming from" in p.stderr
+    assert not (run / "final.pt").exists() and [f.name for f in run.glob(".last.pt.*")]  # the torn temporary file
+    p = _train_proc("lite", run, LITE)
+    assert p.returncode == 0 and "warning" not in p.stderr and "resuming from" in p.stderr, p.stderr[-2000:]
     assert _bitwise_equal(_modules(run / "final.pt"), _modules(ref / "final.pt"))
     changed = _modules(ref / "final.pt")  # the comparison can fail: one weight one ulp away is not equal
     t = changed["net"]["stem.weight"].view(-1)

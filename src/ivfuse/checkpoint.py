@@ -6,7 +6,8 @@ Integrity (``docs/reliability.md``): a checkpoint is a ``torch.save`` zip whose 
 ``ivfuse-sha256:<hex>``, the SHA-256 of the archive without it (torch itself checks no CRC of tensor data, so a
 flipped byte would otherwise load as a silently different weight). It is written through a temporary file, fsynced
 and renamed. With ``keep_previous`` (the trainer's ``last.pt``) the file it replaces is kept as ``last.prev.pt``
-(a hard link, no copy); :func:`load_checkpoint` of a damaged file (checksum mismatch, truncated, unreadable) falls back
+(a hard link, no copy; the trainer writes the state it starts from there, so that even a damaged first ``last.pt``
+has one); :func:`load_checkpoint` of a damaged file (checksum mismatch, truncated, unreadable) falls back
 to that previous checkpoint with a one-line warning on the ``ivfuse`` logger, and otherwise raises a one-line
 :class:`~ivfuse.errors.InputError`. Files without the comment (written before it, or by other tools) load as before.
 """
@@ -76,8 +77,6 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], keep_previ
             except OSError:  # no hard links here (some network filesystems): a copy
                 tmp.unlink(missing_ok=True)
                 atomic_write_bytes(prev, p.read_bytes(), durable=True)
-        else:
-            prev.unlink(missing_ok=True)  # a previous run's leftover is no fallback for this run
     return atomic_write_bytes(p, _seal(buf.getvalue()), durable=True)
 
 
