@@ -691,6 +691,35 @@ def test_lite_training_killed_anywhere_resumes_to_the_same_weights(tmp_path, cap
     assert not _bitwise_equal(_modules(run / "final.pt"), changed)
 
 
+#: a tiny MetaFusion run (the stages pretrain_f, det_1, mfe_1 with an inner update), detector from scratch
+METAFUSION = ["mode=metafusion", "fusion.width=0.125", "mfe.mid=4", "data.crop=[48, 48]", "data.det_crop=96",
+              "data.batch=2", "data.det_batch=2", "data.max_batches=2", "epochs.pretrain=2", "epochs.det=1",
+              "epochs.mfe=2", "inner.every=2", "inner.updates=1", "rounds=1", "val.max=0",
+              "data.train=[{name: msrs, split: train}]", "detector.weights=scratch"]  # fmt: skip
+
+
+@pytest.mark.realdata
+def test_metafusion_training_killed_in_a_torn_write_resumes_to_the_same_weights(tmp_path, capsys):
+    """``ivfuse train metafusion`` killed in a torn 4th write of ``last.pt`` (inside det_1/mfe_1), rerun: the previous
+    checkpoint is used with one warning and the final weights of F, MFE and the detector equal an uninterrupted
+    run's bit for bit."""
+    from conftest import need
+
+    need("data/MSRS")
+    ref = tmp_path / "ref"
+    rc, _, _ = _cli(capsys, "train", "metafusion", "-q", f"out={ref}", *METAFUSION)
+    assert rc == 0
+    run = tmp_path / "run"
+    p = _train_proc("metafusion", run, METAFUSION, IVFUSE_FAULT_WRITE="last.pt:4:torn")
+    assert p.returncode == -9 and not (run / "final.pt").exists(), p.stderr[-2000:]
+    p = _train_proc("metafusion", run, METAFUSION)
+    assert p.returncode == 0, p.stderr[-2000:]
+    warn = [line for line in p.stderr.splitlines() if "warning" in line]
+    assert len(warn) == 1 and f"using the previous checkpoint {run / 'last.prev.pt'}" in warn[0], p.stderr
+    got, want = _modules(run / "final.pt"), _modules(ref / "final.pt")
+    assert set(want) >= {"F", "MFE"} and _bitwise_equal(got, want)
+
+
 # -- folder fusion: SIGKILL mid-folder, resume with --skip-existing ---------------------------------------------------
 
 
