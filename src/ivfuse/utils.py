@@ -12,14 +12,33 @@ from .errors import InputError
 __all__ = ["atomic_write_text", "atomic_write_bytes", "shared_root", "sha256sum", "resolve_file", "check_device"]
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = False) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A killed process leaves either the old file or the new one, never a mix (at worst a hidden ``.<name>.*``
+    temporary file). ``durable=True`` also ``fsync`` the file before the rename and the folder after it, so that
+    the new file survives a power loss (checkpoints; the cost is one disk flush per write).
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    fault = _fault(p) if _FAULT_ENV in os.environ else None
+    if fault == "torn":  # the rename reached the disk but half of the data did not (a power loss without fsync)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data[: len(data) // 2])
+        os.replace(tmp, p)
+        _die()
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            if fault == "kill":  # killed inside the write: half of the temporary file written
+                f.write(data[: len(data) // 2])
+                f.flush()
+                _die()
             f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
@@ -28,7 +47,49 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if durable:
+        _fsync_dir(p.parent)
     return p
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems do not fsync folders
+        pass
+    finally:
+        os.close(fd)
+
+
+#: fault injection for the tests (tests/test_faults.py, benchmarks/fault_injection.py), inactive unless set:
+#: ``IVFUSE_FAULT_WRITE=<file name>:<n>:<kill|torn>`` SIGKILLs this process inside its n-th atomic write of a file of
+#: that name (1-based): ``kill`` after half of the temporary file is written, ``torn`` after a file with half of the
+#: data has been renamed over the destination (what a power loss can leave when the rename reached the disk and the
+#: data did not).
+_FAULT_ENV = "IVFUSE_FAULT_WRITE"
+_fault_counts: dict[str, int] = {}
+
+
+def _fault(p: Path) -> str | None:
+    try:
+        name, n, mode = os.environ[_FAULT_ENV].rsplit(":", 2)
+        n = int(n)
+    except ValueError:
+        return None
+    if p.name != name or mode not in ("kill", "torn"):
+        return None
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    return mode if _fault_counts[name] == n else None
+
+
+def _die() -> None:
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

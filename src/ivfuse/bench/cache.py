@@ -14,8 +14,17 @@ Layout under ``<out>/cache``::
     fused/<data key>/<method key>/<stem>.png          one file per pair, written atomically
     results/<protocol>/<data key>/<method key>[-<extra>].json
 
-A fused image or a result file that exists is reused; everything else is computed. Delete a folder to force
-a recomputation.
+A fused image or a result file that exists *and checks out* is reused; everything else is computed. Delete a folder
+to force a recomputation.
+
+Faults (``docs/reliability.md``): every file is written atomically (temporary file + ``os.replace``), so a killed
+bench never leaves a torn entry, and two benches on one ``--out`` at once at worst compute an entry twice (the same
+bytes; the last rename wins). Anything that is damaged all the same (a disk fault, a copy cut short, a hand edit) is
+detected and recomputed, never trusted: a result file must be a JSON object, and one written by this version carries
+``"cache_sha256"``, the SHA-256 of its canonical JSON (checked on every read; entries written before it have none
+and stay valid); a fused PNG must pass Pillow's ``verify()`` (the CRC-32 of every chunk, the IEND chunk present)
+when its folder is opened (:meth:`BenchCache.fused_dir`), else it is deleted and fused again. Each recomputation
+is reported by a one-line warning on the ``ivfuse`` logger.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +40,35 @@ import torch
 
 from ..utils import atomic_write_text
 
-__all__ = ["state_hash", "method_key", "data_key", "folder_hash", "BenchCache", "short_hash"]
+__all__ = ["state_hash", "method_key", "data_key", "folder_hash", "BenchCache", "short_hash", "CHECKSUM_KEY",
+           "valid_png"]
+
+log = logging.getLogger("ivfuse")
+
+#: key of the checksum in a result file (absent in files written before it: those stay valid when they parse)
+CHECKSUM_KEY = "cache_sha256"
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, allow_nan=True).encode()
+
+
+def _checksum(value: dict) -> str:
+    return hashlib.sha256(_canonical(value)).hexdigest()
+
+
+def valid_png(path: str | Path) -> bool:
+    """Whether ``path`` is a complete PNG: the signature, every chunk's CRC-32 and the IEND chunk (no pixel decoding)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                return False
+            im.verify()
+        return True
+    except Exception:  # Pillow raises OSError, SyntaxError, struct.error, EOFError... for damaged files
+        return False
 
 
 def short_hash(obj: Any, n: int = 12) -> str:
@@ -92,23 +130,47 @@ class BenchCache:
         self.misses = 0
 
     def fused_dir(self, dkey: str, mkey: str) -> Path:
-        return self.root / "fused" / dkey / mkey
+        """The folder of one method's fused images on one split; damaged PNGs in it are deleted (and so fused again)."""
+        d = self.root / "fused" / dkey / mkey
+        if d.is_dir():
+            bad = [p for p in sorted(d.glob("*.png")) if not valid_png(p)]
+            for p in bad:
+                p.unlink(missing_ok=True)
+            if bad:
+                log.warning(f"ivfuse: warning: {d}: {len(bad)} damaged cached fused image(s) deleted and fused again "
+                            f"({', '.join(p.name for p in bad[:4])}{' ...' if len(bad) > 4 else ''})")  # fmt: skip
+        return d
 
     def result_path(self, protocol: str, dkey: str, mkey: str, extra: str = "") -> Path:
         return self.root / "results" / protocol / dkey / (mkey + (f"-{extra}" if extra else "") + ".json")
 
     def get(self, protocol: str, dkey: str, mkey: str, extra: str = "") -> dict | None:
+        """The cached result, or ``None`` (a miss) when there is none or it does not check out (then it is recomputed
+        and overwritten by :meth:`put`)."""
         p = self.result_path(protocol, dkey, mkey, extra)
-        if p.is_file():
-            try:
-                out = json.loads(p.read_text())
-            except json.JSONDecodeError:  # a torn file cannot happen with atomic writes, but be safe
-                return None
-            self.hits += 1
-            return out
-        return None
+        if not p.is_file():
+            return None
+        why = None
+        try:
+            out = json.loads(p.read_bytes())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            out, why = None, f"unreadable ({type(e).__name__})"
+        if why is None and not isinstance(out, dict):
+            why = "not a JSON object"
+        elif why is None and CHECKSUM_KEY in out:
+            want = out.pop(CHECKSUM_KEY)
+            if want != _checksum(out):
+                why = "checksum mismatch"
+        if why is not None:
+            log.warning(f"ivfuse: warning: {p}: damaged cache entry ({why}); recomputing it")
+            return None
+        self.hits += 1
+        return out
 
     def put(self, protocol: str, dkey: str, mkey: str, value: dict, extra: str = "") -> dict:
+        """Write a result atomically with its checksum; returns ``value`` (unchanged)."""
         self.misses += 1
-        atomic_write_text(self.result_path(protocol, dkey, mkey, extra), json.dumps(value, indent=1) + "\n")
+        stored = json.loads(json.dumps(value, allow_nan=True))  # what a reader will parse (int keys -> str ...)
+        stored[CHECKSUM_KEY] = _checksum(stored)
+        atomic_write_text(self.result_path(protocol, dkey, mkey, extra), json.dumps(stored, indent=1) + "\n")
         return value

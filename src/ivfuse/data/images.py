@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import struct
+import warnings
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -63,10 +66,15 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
         arr = _read_tiff(p)
     else:
         try:
-            with Image.open(p) as im:
-                im.load()
-                arr = _pil_to_array(im, p)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            with warnings.catch_warnings():
+                # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: both are refused here
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(p) as im:  # the header's size is checked before any pixel is decoded
+                    im.load()
+                    arr = _pil_to_array(im, p)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise InputError(f"{p}: {_bomb(e)}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
             raise InputError(f"{p}: cannot be read as an image ({_short(e)})") from None
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
@@ -81,6 +89,13 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise InputError(f"{p}: contains NaN or inf values")
     return arr
+
+
+def _bomb(e: Exception) -> str:
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    size = f"{int(m.group(1))} pixels" if m else "its size"
+    return (f"image of {size} exceeds the limit of {Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS; "
+            f"a decompression bomb?); raise that limit if the image is genuine")
 
 
 def _short(e: Exception) -> str:
@@ -111,7 +126,14 @@ def _read_tiff(p: Path) -> np.ndarray:
     import tifffile
 
     try:
+        with tifffile.TiffFile(p) as tf:  # the header's size first: a hostile file may claim 100k x 100k
+            shape = tf.series[0].shape if tf.series else ()
+        n = int(np.prod(sorted(shape)[-2:], dtype=np.int64)) if shape else 0  # H x W (channels are the smaller axes)
+        if Image.MAX_IMAGE_PIXELS and n > Image.MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(f"({n} pixels)")
         arr = tifffile.imread(p)
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{p}: {_bomb(e)}") from None
     except Exception as e:  # tifffile raises many types for corrupt files
         raise InputError(f"{p}: cannot be read as a TIFF image ({_short(e)})") from None
     arr = np.asarray(arr)

@@ -8,6 +8,7 @@ line/element that is wrong.
 from __future__ import annotations
 
 import json
+import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -125,24 +126,73 @@ def read_yolo(path: str | os.PathLike, width: int, height: int, names: Sequence[
     if not p.exists():
         return Boxes.empty(names)
     rows = []
-    for i, line in enumerate(p.read_text().splitlines(), 1):
+    for i, line in enumerate(_read_text(p).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) < 5:
             raise InputError(f"{p}: line {i} has {len(parts)} fields, expected 'cls cx cy w h'")
         try:
-            c = int(float(parts[0]))
+            cf = float(parts[0])
             cx, cy, w, h = (float(v) for v in parts[1:5])
         except ValueError:
-            raise InputError(f"{p}: line {i} is not numeric: {line.strip()!r}") from None
+            raise InputError(f"{p}: line {i} is not numeric: {line.strip()[:80]!r}") from None
+        if not math.isfinite(cf) or cf != int(cf):
+            raise InputError(f"{p}: line {i} has class id {parts[0][:20]!r}, expected an integer")
+        c = int(cf)
         if c < 0 or (names and c >= len(names)):
             raise InputError(f"{p}: line {i} has class id {c} outside 0..{len(names) - 1}")
+        _check_yolo_box(p, i, cx, cy, w, h)
         rows.append((c, (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height))
     if not rows:
         return Boxes.empty(names)
     a = np.asarray(rows, dtype=np.float64)
     return Boxes(torch.from_numpy(a[:, 1:]).float(), torch.from_numpy(a[:, 0]).long(), tuple(names))
+
+
+#: how far (as a fraction of the image) a box edge may lie outside the image: annotation tools round
+BOX_TOLERANCE = 0.01
+
+
+def _read_text(p: Path) -> str:
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: not a UTF-8 text file (byte {e.start})") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot be read ({e.strerror or e})") from None
+
+
+def _check_yolo_box(p: Path, i: int, cx: float, cy: float, w: float, h: float) -> None:
+    """A YOLO box (normalised to the image) must be finite, of positive size and inside the image (within
+    :data:`BOX_TOLERANCE`)."""
+    vals = (cx, cy, w, h)
+    if not all(math.isfinite(v) for v in vals):
+        raise InputError(f"{p}: line {i} has a NaN or infinite value ({' '.join(f'{v:g}' for v in vals)})")
+    if w <= 0 or h <= 0:
+        raise InputError(f"{p}: line {i} has a box of non-positive size (w={w:g}, h={h:g})")
+    t = BOX_TOLERANCE
+    if cx - w / 2 < -t or cy - h / 2 < -t or cx + w / 2 > 1 + t or cy + h / 2 > 1 + t:
+        raise InputError(f"{p}: line {i} has a box outside the image (cx={cx:g} cy={cy:g} w={w:g} h={h:g}; "
+                         f"YOLO coordinates are fractions of the image in [0, 1])")  # fmt: skip
+
+
+def _check_xyxy(p: Path, where: str, x1: float, y1: float, x2: float, y2: float,
+                size: tuple[float, float] | None = None) -> None:  # fmt: skip
+    """A pixel box must be finite, of positive size, not negative and (when the image size is known) inside it."""
+    vals = (x1, y1, x2, y2)
+    if not all(math.isfinite(v) for v in vals):
+        raise InputError(f"{p}: {where} has a NaN or infinite coordinate ({', '.join(f'{v:g}' for v in vals)})")
+    if x2 <= x1 or y2 <= y1:
+        raise InputError(f"{p}: {where} has a box of non-positive size ({', '.join(f'{v:g}' for v in vals)})")
+    if size is not None:
+        W, H = size
+        tw, th = max(1.0, BOX_TOLERANCE * W), max(1.0, BOX_TOLERANCE * H)  # VOC files mix 0- and 1-based
+        if x1 < -tw or y1 < -th or x2 > W + tw or y2 > H + th:
+            raise InputError(f"{p}: {where} has a box ({', '.join(f'{v:g}' for v in vals)}) outside the "
+                             f"{W:g}x{H:g} image")  # fmt: skip
+    elif x1 < -1 or y1 < -1:
+        raise InputError(f"{p}: {where} has a negative coordinate ({', '.join(f'{v:g}' for v in vals)})")
 
 
 def write_yolo(path: str | os.PathLike, boxes: Boxes, width: int, height: int, scores: torch.Tensor | None = None) -> None:
@@ -170,10 +220,21 @@ def read_voc(path: str | os.PathLike, names: Sequence[str], *, extend: bool = Fa
     if not p.exists():
         return Boxes.empty(names)
     try:
-        root = ET.parse(p).getroot()
+        root = ET.fromstring(p.read_bytes())
     except ET.ParseError as e:
         raise InputError(f"{p}: not valid XML ({e})") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot be read ({e.strerror or e})") from None
     names = list(names)
+    size = None
+    sz = root.find("size")
+    if sz is not None:
+        try:
+            size = (float(sz.findtext("width")), float(sz.findtext("height")))
+        except (TypeError, ValueError):
+            size = None
+        if size is not None and not (all(math.isfinite(v) for v in size) and min(size) > 0):
+            size = None  # a <size> of 0 x 0 (some tools write it) says nothing
     xyxy, labels, diff = [], [], []
     for k, obj in enumerate(root.iter("object"), 1):
         name = (obj.findtext("name") or "").strip()
@@ -192,6 +253,7 @@ def read_voc(path: str | os.PathLike, names: Sequence[str], *, extend: bool = Fa
             x1, y1, x2, y2 = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
         except (TypeError, ValueError):
             raise InputError(f"{p}: object {k} has a malformed <bndbox>") from None
+        _check_xyxy(p, f"object {k}", x1 - 1, y1 - 1, x2, y2, size)
         xyxy.append((x1 - 1, y1 - 1, x2, y2))
         labels.append(names.index(name))
         diff.append((obj.findtext("difficult") or "0").strip() == "1")
@@ -204,26 +266,75 @@ def read_coco(path: str | os.PathLike) -> tuple[dict[str, Boxes], tuple[str, ...
     """Read a COCO detection JSON into ``{file stem: Boxes}`` and the class-name tuple.
 
     COCO category ids are mapped to contiguous ids in the order of the ``categories`` list; ``iscrowd``
-    boxes are kept and flagged in ``Boxes.difficult``.
+    boxes are kept and flagged in ``Boxes.difficult``. Every structural fault (a missing key, a box that is not
+    four finite numbers of positive size inside its image, an unknown category or image id) is an
+    :class:`InputError` naming the file and the element.
     """
     p = Path(path)
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_bytes())
     except FileNotFoundError:
         raise InputError(f"{p}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot be read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        msg = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else f"not UTF-8 at byte {e.start}"
+        raise InputError(f"{p}: not valid JSON ({msg})") from None
+    except RecursionError:
+        raise InputError(f"{p}: not valid JSON (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{p}: a COCO file must hold a JSON object, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
-        if key not in data:
+        if not isinstance(data.get(key), list):
             raise InputError(f"{p}: COCO file has no '{key}' list")
-    cats = sorted(data["categories"], key=lambda c: c["id"])
-    cat_index = {c["id"]: i for i, c in enumerate(cats)}
+
+    def field(obj, k: int, what: str, key: str, kinds: tuple[type, ...]):
+        if not isinstance(obj, dict) or key not in obj:
+            raise InputError(f"{p}: {what} {k} has no '{key}'")
+        v = obj[key]
+        if not isinstance(v, kinds) or isinstance(v, bool):
+            raise InputError(f"{p}: {what} {k} has a '{key}' of type {type(v).__name__}")
+        return v
+
+    ids = (int, str)
+    cats = data["categories"]
+    for k, c in enumerate(cats):
+        field(c, k, "category", "id", ids)
+        field(c, k, "category", "name", (str,))
+    try:
+        cats = sorted(cats, key=lambda c: c["id"])
+    except TypeError:  # int and str ids mixed
+        raise InputError(f"{p}: category ids mix numbers and strings") from None
+    cat_index: dict = {}
+    for i, c in enumerate(cats):
+        if c["id"] in cat_index:
+            raise InputError(f"{p}: category id {c['id']!r} appears twice")
+        cat_index[c["id"]] = i
     names = tuple(c["name"] for c in cats)
-    by_img: dict[int, list] = {im["id"]: [] for im in data["images"]}
-    for a in data["annotations"]:
-        if a["image_id"] not in by_img:
-            raise InputError(f"{p}: annotation {a.get('id')} refers to missing image {a['image_id']}")
-        by_img[a["image_id"]].append(a)
+    by_img: dict = {}
+    sizes: dict = {}
+    for k, im in enumerate(data["images"]):
+        iid = field(im, k, "image", "id", ids)
+        field(im, k, "image", "file_name", (str,))
+        if iid in by_img:
+            raise InputError(f"{p}: image id {iid!r} appears twice")
+        by_img[iid] = []
+        w, h = im.get("width"), im.get("height")
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in (w, h))
+        sizes[iid] = (float(w), float(h)) if ok else None
+    for k, a in enumerate(data["annotations"]):
+        iid = field(a, k, "annotation", "image_id", ids)
+        if iid not in by_img:
+            raise InputError(f"{p}: annotation {a.get('id', k)} refers to missing image {iid!r}")
+        cid = field(a, k, "annotation", "category_id", ids)
+        if cid not in cat_index:
+            raise InputError(f"{p}: annotation {a.get('id', k)} has unknown category_id {cid!r}")
+        bb = field(a, k, "annotation", "bbox", (list,))
+        if len(bb) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bb):
+            raise InputError(f"{p}: annotation {a.get('id', k)} has a bbox that is not four numbers [x, y, w, h]")
+        x, y, w, h = (float(v) for v in bb)
+        _check_xyxy(p, f"annotation {a.get('id', k)}", x, y, x + w, y + h, sizes[iid])
+        by_img[iid].append(a)
     out = {}
     for im in data["images"]:
         anns = by_img[im["id"]]
@@ -231,13 +342,13 @@ def read_coco(path: str | os.PathLike) -> tuple[dict[str, Boxes], tuple[str, ...
         if not anns:
             out[stem] = Boxes.empty(names)
             continue
-        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32)
+        xywh = torch.tensor([[float(v) for v in a["bbox"]] for a in anns], dtype=torch.float32)
         xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
         out[stem] = Boxes(
             xyxy,
-            torch.tensor([cat_index[a["category_id"]] for a in anns]),
+            torch.tensor([cat_index[a["category_id"]] for a in anns], dtype=torch.int64),
             names,
-            torch.tensor([bool(a.get("iscrowd", 0)) for a in anns]),
+            torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool),
         )
     return out, names
 

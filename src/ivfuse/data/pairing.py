@@ -14,7 +14,10 @@ __all__ = ["list_images", "pair_by_stem"]
 def list_images(folder: str | os.PathLike, recursive: bool = False) -> dict[str, Path]:
     """Map each image's key (file stem, or relative path without extension if ``recursive``) to its path.
 
-    Two files with the same key (``a.png`` and ``a.jpg``) are an error naming both.
+    Two files with the same key (``a.png`` and ``a.jpg``) are an error naming both. So is an image name that is a
+    broken symbolic link or a symbolic-link loop, and a name that is not valid UTF-8 (it could not be written into
+    results, reports or the fused file names faithfully): an :class:`InputError` naming it (invalid bytes shown as
+    ``\\xff``). Symbolic links to folders are not followed in recursive listings (a link loop cannot recurse).
     """
     d = Path(folder)
     if not d.exists():
@@ -24,13 +27,45 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> dict[str,
     files = d.rglob("*") if recursive else d.iterdir()
     out: dict[str, Path] = {}
     for f in sorted(files):
-        if not f.is_file() or f.name.startswith(".") or f.suffix.lower() not in IMAGE_EXTENSIONS:
+        if f.name.startswith(".") or f.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if not _utf8(f.name):
+            raise InputError(f"{shown(f)}: file name is not valid UTF-8; rename the file")
+        if not f.is_file():
+            if f.is_symlink():
+                why = "a symbolic-link loop" if _loops(f) else "a broken symbolic link"
+                raise InputError(f"{f}: is {why} (target {shown(Path(os.readlink(f)))})")
             continue
         key = f.relative_to(d).with_suffix("").as_posix() if recursive else f.stem
         if key in out:
             raise PairingError(f"{d}: two images share the name '{key}' ({out[key].name}, {f.name})")
         out[key] = f
     return out
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.listdir maps undecodable bytes to lone surrogates (PEP 383)
+        return False
+    return True
+
+
+def shown(p: str | os.PathLike) -> str:
+    """A path printable on one line whatever its bytes: undecodable bytes as ``\\xNN``."""
+    return os.fsencode(p).decode("utf-8", "backslashreplace")
+
+
+def _loops(f: Path) -> bool:
+    try:
+        f.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13: "Symlink loop"
+        return True
+    except OSError as e:
+        import errno
+
+        return e.errno == errno.ELOOP
+    return False
 
 
 def _fmt(names: list[str], limit: int = 8) -> str:

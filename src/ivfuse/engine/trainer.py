@@ -4,6 +4,8 @@ A method describes its training as a list of :class:`Stage` objects (MetaFusion'
 ``pretrain_f, det_1, mfe_1, det_2, mfe_2``; TIM's is ``search, derive, retrain``). :class:`Trainer` runs them in
 order and, when it has a run folder, saves ``last.pt`` after every epoch and after every stage's
 ``on_stage_end`` (all module and optimiser states, the global RNG states, progress, per-epoch history, config).
+Each save keeps the checkpoint it replaces as ``last.prev.pt`` (a fresh run first writes its starting state there):
+a ``last.pt`` found damaged on resume (its SHA-256 seal, :mod:`ivfuse.checkpoint`) falls back to it with a warning.
 A run restarted on the same folder (:meth:`Trainer.resume`) continues at the start of the epoch that was
 interrupted and — because the data of an epoch depends only on ``(seed, stage, epoch)``
 (:class:`~ivfuse.engine.data.BatchSource`) — computes exactly what the uninterrupted run would have.
@@ -35,6 +37,7 @@ from torch import nn
 
 from ..utils import atomic_write_text
 from . import distributed as dist
+from ..checkpoint import previous_of
 from .checkpoint import load_checkpoint, save_checkpoint
 from .step import autocast
 
@@ -160,7 +163,8 @@ class Trainer:
         """Write a checkpoint (rank 0 only under torchrun; the replicas are identical)."""
         if self.out is None or not dist.is_main():
             return None
-        return save_checkpoint(self.out / name, self.state())
+        # last.pt keeps the checkpoint it replaces (last.prev.pt): the fallback when it is found damaged on resume
+        return save_checkpoint(self.out / name, self.state(), keep_previous=name == "last.pt")
 
     def resume(self, ck: dict | str | Path) -> None:
         """Restore states, progress and RNG from a checkpoint (dict or file)."""
@@ -218,6 +222,11 @@ class Trainer:
     def run(self, stages: Iterable[Stage]) -> dict:
         from tqdm.auto import tqdm
 
+        last = self.out / "last.pt" if self.out is not None else None
+        if last is not None and dist.is_main() and not self.done and not self.ended and not last.exists():
+            # a fresh run: the state it starts from is the fallback of a first last.pt found damaged on resume
+            # (it also replaces a last.prev.pt left by an earlier run in this folder, e.g. after resume=new)
+            save_checkpoint(previous_of(last), self.state())
         for st in stages:
             start = self.done.get(st.name, 0)
             if start < st.epochs:

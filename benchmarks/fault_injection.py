@@ -1,0 +1,221 @@
+"""Kill ivfuse at many random points and check that it resumes to exactly what an uninterrupted run produces (#25).
+
+For each training recipe (tiny configs on MSRS, CPU) the script runs ``ivfuse train`` once uninterrupted, then N times
+with a SIGKILL at a random point, each followed by a plain rerun into the same folder (``resume=auto``, the default),
+and compares the final weights (every tensor of ``final.pt``'s ``modules``) bit for bit with the uninterrupted run's.
+The kill points are drawn at random among
+
+* ``time``: an external ``SIGKILL`` at a uniformly random moment of the training (after its run folder appears);
+* ``write``: a ``SIGKILL`` inside the k-th checkpoint write (``IVFUSE_FAULT_WRITE=last.pt:k:kill``, k random):
+  half of the temporary file written;
+* ``torn``: the k-th write of ``last.pt`` leaves half a file renamed over it, then ``SIGKILL``
+  (``IVFUSE_FAULT_WRITE=last.pt:k:torn``: what a power loss can leave); the resume must detect it and use
+  ``last.prev.pt``.
+
+``fuse`` does the same for ``ivfuse fuse`` on a folder (kill at a random moment or inside the write of a random image,
+rerun with ``--skip-existing``, compare every output's bytes).
+
+Run from the repository root (MSRS under ../shared)::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/fault_injection.py --kills 10 [--recipes lite,metafusion,fuse]
+
+Columns: kill points tried; killed (the process died of the SIGKILL before finishing); resumed (the rerun finished
+with status 0, after saying ``resuming from`` when a checkpoint existed); equal (final weights or images bitwise equal
+to the uninterrupted run's); torn detected (torn kills whose rerun warned and used the previous checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECIPES = {
+    "lite": ["epochs=4", "max_batches=2", "batch=2", "crop=[64, 64]", "val.max=0", "teacher.method=null",
+             "loss.ssim=1", "loss.gradient=10"],
+    "metafusion": ["mode=metafusion", "fusion.width=0.125", "mfe.mid=4", "data.crop=[48, 48]", "data.det_crop=96",
+                   "data.batch=2", "data.det_batch=2", "data.max_batches=2", "epochs.pretrain=2", "epochs.det=1",
+                   "epochs.mfe=2", "inner.every=2", "inner.updates=1", "rounds=1", "val.max=0",
+                   "data.train=[{name: msrs, split: train}]", "detector.weights=scratch"],
+}  # fmt: skip
+
+
+def env(**extra) -> dict:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), e.get("PYTHONPATH", "")])
+    return e
+
+
+def train_cmd(method: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "ivfuse", "train", method, "-q", f"out={out}", *RECIPES[method]]
+
+
+def run_killed(cmd: list[str], e: dict, started: Path, delay: float | None) -> int:
+    """Run ``cmd``; with ``delay``, SIGKILL it ``delay`` s after ``started`` appears. Returns the exit status."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=e)
+    if delay is not None:
+        while p.poll() is None and not started.exists():
+            time.sleep(0.02)
+        t = time.monotonic()
+        while p.poll() is None and time.monotonic() - t < delay:
+            time.sleep(0.01)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+    return p.wait()
+
+
+def modules(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)["modules"]
+
+
+def same(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(
+        a[m].keys() == b[m].keys() and all(torch.equal(a[m][k], b[m][k]) for k in a[m]) for m in a)
+
+
+def bench_recipe(method: str, n: int, rng: random.Random, tmp: Path) -> dict:
+    ref = tmp / f"{method}-ref"
+    t0 = time.monotonic()
+    subprocess.run(train_cmd(method, ref), check=True, stdout=subprocess.DEVNULL, env=env())
+    t_ref = time.monotonic() - t0
+    import json
+
+    hist = json.loads((ref / "summary.json").read_text())["history"]
+    saves = sum(len(h) for h in hist.values()) + len(hist)  # last.pt writes: one per epoch and one per stage end
+    want = modules(ref / "final.pt")
+    # how long the training itself lasts (from the run folder appearing to the end): the time-kill window
+    probe = tmp / f"{method}-probe"
+    t0 = time.monotonic()
+    p = subprocess.Popen(train_cmd(method, probe), stdout=subprocess.DEVNULL, env=env())
+    while p.poll() is None and not (probe / "config.json").exists():
+        time.sleep(0.02)
+    t1 = time.monotonic()
+    p.wait()
+    window = time.monotonic() - t1
+    shutil.rmtree(probe)
+    row = {"recipe": method, "tried": 0, "killed": 0, "resumed": 0, "equal": 0, "torn": 0, "torn_detected": 0,
+           "kinds": {}, "ref_s": t_ref, "window_s": window}  # fmt: skip
+    for i in range(n):
+        kind = rng.choice(["time", "time", "write", "torn"])
+        out = tmp / f"{method}-{i}"
+        e, delay = env(), None
+        if kind == "time":
+            delay = rng.uniform(0, window)
+        else:
+            e = env(IVFUSE_FAULT_WRITE=f"last.pt:{rng.randint(1, saves)}:{'kill' if kind == 'write' else 'torn'}")
+        rc = run_killed(train_cmd(method, out), e, out / "config.json", delay)
+        row["tried"] += 1
+        row["kinds"][kind] = row["kinds"].get(kind, 0) + 1
+        killed = rc == -signal.SIGKILL
+        row["killed"] += killed
+        had_ck = (out / "last.pt").exists()
+        r = subprocess.run(train_cmd(method, out), capture_output=True, text=True, env=env())
+        ok = r.returncode == 0 and (not had_ck or not killed or "resuming from" in r.stderr)
+        row["resumed"] += ok
+        eq = ok and same(modules(out / "final.pt"), want)
+        row["equal"] += eq
+        if kind == "torn" and killed:
+            row["torn"] += 1
+            row["torn_detected"] += "using the previous checkpoint" in r.stderr
+        print(f"  {method} #{i + 1}: {kind}{f' at {delay:.2f} s' if delay is not None else ' ' + e.get('IVFUSE_FAULT_WRITE', '')}"
+              f" -> exit {rc}, rerun {'ok' if ok else 'FAILED'}, {'equal' if eq else 'DIFFERENT'}", flush=True)  # fmt: skip
+        if not (ok and eq):
+            print(r.stderr[-1500:], flush=True)
+        shutil.rmtree(out)
+    return row
+
+
+def bench_fuse(n: int, rng: random.Random, tmp: Path) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    ir, vi = tmp / "fz" / "ir", tmp / "fz" / "vi"
+    ir.mkdir(parents=True)
+    vi.mkdir(parents=True)
+    g = np.random.default_rng(0)
+    k = 24
+    for i in range(k):
+        Image.fromarray(g.integers(0, 256, (240, 320), dtype=np.uint8)).save(ir / f"p{i:02d}.png")
+        Image.fromarray(g.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(vi / f"p{i:02d}.png")
+    base = [sys.executable, "-m", "ivfuse", "fuse", "--ir", str(ir), "--vis", str(vi), "--method", "laplacian", "-q"]
+    ref = tmp / "fz-ref"
+    subprocess.run([*base, "-o", str(ref)], check=True, stdout=subprocess.DEVNULL, env=env())
+    want = {p.name: p.read_bytes() for p in ref.iterdir()}
+    t0 = time.monotonic()
+    probe = tmp / "fz-probe"
+    p = subprocess.Popen([*base, "-o", str(probe)], stdout=subprocess.DEVNULL, env=env())
+    while p.poll() is None and not probe.exists():
+        time.sleep(0.01)
+    t1 = time.monotonic()
+    p.wait()
+    window = time.monotonic() - t1
+    shutil.rmtree(probe)
+    row = {"recipe": "fuse (folder, 24 pairs)", "tried": 0, "killed": 0, "resumed": 0, "equal": 0, "torn": 0,
+           "torn_detected": 0, "kinds": {}, "ref_s": time.monotonic() - t0, "window_s": window, "partial": 0}  # fmt: skip
+    for i in range(n):
+        out = tmp / f"fz-{i}"
+        kind = rng.choice(["time", "write"])
+        e, delay = env(), None
+        if kind == "time":
+            delay = rng.uniform(0, window)
+        else:
+            e = env(IVFUSE_FAULT_WRITE=f"p{rng.randrange(k):02d}.png:1:kill")
+        rc = run_killed([*base, "-o", str(out)], e, out, delay)
+        row["tried"] += 1
+        row["kinds"][kind] = row["kinds"].get(kind, 0) + 1
+        row["killed"] += rc == -signal.SIGKILL
+        done = {q.name: q.read_bytes() for q in out.iterdir() if q.is_file()} if out.exists() else {}
+        row["partial"] += sum(b != want.get(nm) for nm, b in done.items())
+        r = subprocess.run([*base, "-o", str(out), "--skip-existing"], capture_output=True, text=True, env=env())
+        ok = r.returncode == 0
+        row["resumed"] += ok
+        got = {q.name: q.read_bytes() for q in out.iterdir() if q.is_file()}
+        eq = ok and got == want and not [q for q in out.iterdir() if q.name.startswith(".")]
+        row["equal"] += eq
+        print(f"  fuse #{i + 1}: {kind}{f' at {delay:.2f} s' if delay is not None else ' ' + e['IVFUSE_FAULT_WRITE']}"
+              f" -> exit {rc}, {len(done)} of {k} done, rerun {'ok' if ok else 'FAILED'}, {'equal' if eq else 'DIFFERENT'}",
+              flush=True)  # fmt: skip
+        shutil.rmtree(out)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kills", type=int, default=10, help="random kill points per recipe (default 10)")
+    ap.add_argument("--recipes", default="lite,metafusion,fuse", help="comma-separated: lite, metafusion, fuse")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    rng = random.Random(a.seed)
+    rows = []
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ivfuse-faults-") as d:
+        for r in a.recipes.split(","):
+            print(f"{r}:", flush=True)
+            rows.append(bench_fuse(a.kills, rng, Path(d)) if r == "fuse" else bench_recipe(r, a.kills, rng, Path(d)))
+    print("\n| recipe | kill points tried | killed | resumed | equal | torn writes detected | kinds | uninterrupted run |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["kinds"].items()))
+        torn = f"{r['torn_detected']} of {r['torn']}" if r["torn"] else "—"
+        print(f"| {r['recipe']} | {r['tried']} | {r['killed']} | {r['resumed']} | {r['equal']} | {torn} | {kinds} | "
+              f"{r['ref_s']:.0f} s |")  # fmt: skip
+    print(f"\ntotal {time.monotonic() - t0:.0f} s, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, seed {a.seed}")
+    if any(r["equal"] != r["tried"] or r.get("partial") for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
