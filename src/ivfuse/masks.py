@@ -11,9 +11,10 @@ turn them into masks with :meth:`MaskGenerator.masks_for_boxes`.
 Per pair, with ``m_vis``/``m_ir`` the union of the object masks found in each modality:
 
 * shared ``s = m_vis · m_ir``, unique ``u_vis = m_vis − s``, ``u_ir = m_ir − s``, background
-  ``bg = 1 − s − u_vis − u_ir`` (:func:`partition`; the four are disjoint and sum to 1);
+  ``bg = 1 − s − u_vis − u_ir`` (:func:`ivfuse.regions.partition`; the four are disjoint and sum to 1);
 * ``MASKS/<stem>.png`` — 8-bit class map: **0 background, 1 shared, 2 IR-unique, 3 visible-unique**
-  (:data:`CLASS_NAMES`; :func:`object_masks_from_class_map` gives ``m_ir``, ``m_vis`` back);
+  (:data:`~ivfuse.regions.CLASS_NAMES`; :func:`~ivfuse.regions.object_masks_from_class_map` gives ``m_ir``, ``m_vis``
+  back);
 * ``MASKS/<stem>.json`` — the instances (modality, class, score, box xyxy in pixels, mask area, SAM's predicted
   IoU), region areas, the settings used;
 * ``MASKS/preview/<stem>.png`` — visible with its boxes | infrared with its boxes | the partition in colour over
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .regions import CLASS_NAMES, class_map, object_masks_from_class_map, partition  # re-exported (public here before)
 
 __all__ = [
     "CLASS_NAMES",
@@ -51,39 +53,9 @@ __all__ = [
     "generate_seg_masks",
 ]
 
-#: class-map values
-CLASS_NAMES = {0: "background", 1: "shared", 2: "ir_unique", 3: "vis_unique"}
 #: COCO classes used as prompts (the paper's prompt asks for pedestrians or cars)
 DEFAULT_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 _COLOURS = {1: (255, 220, 0), 2: (255, 40, 40), 3: (0, 220, 255)}
-
-
-def partition(m_ir: torch.Tensor, m_vis: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Split two object masks (any equal shape, values in {0, 1}) into ``shared``, ``u_ir``, ``u_vis``, ``bg``.
-
-    Returns float tensors of the input shape; they are disjoint and sum to 1 everywhere.
-    """
-    if m_ir.shape != m_vis.shape:
-        raise InputError(f"object masks differ in shape: ir {tuple(m_ir.shape)}, vis {tuple(m_vis.shape)}")
-    a = (m_ir > 0.5).float() if m_ir.dtype != torch.bool else m_ir.float()
-    b = (m_vis > 0.5).float() if m_vis.dtype != torch.bool else m_vis.float()
-    s = a * b
-    u_ir, u_vis = a - s, b - s
-    return {"shared": s, "u_ir": u_ir, "u_vis": u_vis, "bg": 1 - s - u_ir - u_vis}
-
-
-def class_map(m_ir: torch.Tensor, m_vis: torch.Tensor) -> torch.Tensor:
-    """``H×W`` uint8 map: 0 background, 1 shared, 2 IR-unique, 3 visible-unique."""
-    p = partition(m_ir, m_vis)
-    return (p["shared"] * 1 + p["u_ir"] * 2 + p["u_vis"] * 3).to(torch.uint8)
-
-
-def object_masks_from_class_map(cm: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`class_map`: ``(m_ir, m_vis)`` as float tensors in {0, 1}."""
-    cm = torch.as_tensor(np.asarray(cm))
-    if cm.numel() and int(cm.max()) > 3:
-        raise InputError(f"class map has value {int(cm.max())}; expected 0-3 (bg, shared, ir-unique, vis-unique)")
-    return ((cm == 1) | (cm == 2)).float(), ((cm == 1) | (cm == 3)).float()
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
