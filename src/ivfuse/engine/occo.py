@@ -172,7 +172,7 @@ class OCCORecipe(Recipe):
 
         def compute(s: dict) -> torch.Tensor:
             if "g" not in gen:
-                from ..masks import MaskGenerator
+                from ..tasks.pseudo import MaskGenerator
 
                 gen["g"] = MaskGenerator(m["detector"], None, m["sam_weights"], m["conf"], device=str(self.device))
             r = gen["g"](s["ir"], s["vis"])
