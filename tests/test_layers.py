@@ -1,6 +1,7 @@
 """The package's layers (``ivfuse._layers.LAYERS``, drawn in ``docs/architecture.md``) hold for every import of every
 module — module-level, function-level, under ``TYPE_CHECKING``, relative or absolute, ``from . import x``, lazy
-re-exports — and the checker fails on an import that climbs (shown on deliberate ones)."""
+re-exports — and the checker fails on an import that climbs (shown on deliberate ones). It replaces
+``tests/test_engine.py::test_task_modules_do_not_import_the_engine``, which saw module-level imports only."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ SRC = ROOT / "src" / "ivfuse"
 # a private name. The test fails on any violation not listed here AND on a listed one that no longer exists, so the
 # list can only shrink. Each entry: why it stays, and the issue that removes it.
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("ivfuse.tasks.downstream", "ivfuse.engine"): "fine-tuning loops not yet in engine/ (#21 item 1, in progress)",
+    ("ivfuse.tasks.downstream", "ivfuse.engine.finetune"): (
+        "module __getattr__ alias of finetune_detector/finetune_segmenter, moved to ivfuse.engine.finetune: its callers "
+        "src/ivfuse/cli.py (owned by another change in flight) and src/ivfuse/bench/protocols.py (frozen while the "
+        "benchmark runs) still import the old path; delete the alias when both import ivfuse.engine.finetune (#21)"
+    ),
     ("ivfuse.fusion", "ivfuse.export"): "OnnxFusionModel not yet in models/ (#21 item 1, in progress)",
     ("ivfuse.masks", "ivfuse.fusion:_read_pair"): "read_pair not yet public (#21 item 1, in progress)",
 }
@@ -148,3 +153,29 @@ def test_known_violations_cannot_rot(case, tmp_path):
     else:
         unexpected, stale = _unexpected_and_stale(found, {("ivfuse.low", "ivfuse.high"): "x", ("ivfuse.low", "ivfuse.gone"): "y"})
         assert unexpected == [] and stale == [("ivfuse.low", "ivfuse.gone")]
+
+
+@pytest.mark.parametrize("old, new", [
+    ("ivfuse.masks:partition", "ivfuse.regions:partition"),
+    ("ivfuse.masks:class_map", "ivfuse.regions:class_map"),
+    ("ivfuse.masks:object_masks_from_class_map", "ivfuse.regions:object_masks_from_class_map"),
+    ("ivfuse.masks:CLASS_NAMES", "ivfuse.regions:CLASS_NAMES"),
+    ("ivfuse.masks:MaskGenerator", "ivfuse.tasks.pseudo:MaskGenerator"),
+    ("ivfuse.masks:DEFAULT_CLASSES", "ivfuse.tasks.pseudo:DEFAULT_CLASSES"),
+    ("ivfuse.engine.tsjnet:pseudo_mask", "ivfuse.tasks.pseudo:pseudo_mask"),
+    ("ivfuse.engine.tsjnet:MergedSegmenter", "ivfuse.tasks.pseudo:MergedSegmenter"),
+    ("ivfuse.engine.tsjnet:MSRS_SEG_CLASSES", "ivfuse.tasks.pseudo:MSRS_SEG_CLASSES"),
+    ("ivfuse.engine.tsjnet:PSEUDO_SOURCES", "ivfuse.tasks.pseudo:PSEUDO_SOURCES"),
+    ("ivfuse.engine.tsjnet:CITYSCAPES_TO_MSRS", "ivfuse.tasks.pseudo:CITYSCAPES_TO_MSRS"),
+    ("ivfuse.engine.tsjnet:map_to_msrs", "ivfuse.tasks.pseudo:map_to_msrs"),
+    ("ivfuse.tasks.downstream:finetune_detector", "ivfuse.engine.finetune:finetune_detector"),
+    ("ivfuse.tasks.downstream:finetune_segmenter", "ivfuse.engine.finetune:finetune_segmenter"),
+])  # fmt: skip
+def test_moved_names_keep_their_old_paths(old, new):
+    """Moves of #21 item 1: the public old path gives the very object of the new home (``from old import name``)."""
+    import importlib
+
+    (om, on), (nm, nn) = old.split(":"), new.split(":")
+    ns: dict = {}
+    exec(f"from {om} import {on} as x", ns)
+    assert ns["x"] is getattr(importlib.import_module(nm), nn)
