@@ -163,7 +163,17 @@ def test_known_violations_cannot_rot(case, tmp_path):
         assert unexpected == [] and stale == [("ivfuse.low", "ivfuse.gone")]
 
 
-@pytest.mark.parametrize("old, new", [
+# Modules that still import a moved name from its old path, because this change could not edit them.
+OLD_PATH_CALLERS = {
+    "ivfuse.cli": "owned by another change in flight (finetune_detector/finetune_segmenter from tasks.downstream, "
+                  "DEFAULT_CLASSES from masks)",
+    "ivfuse.bench.protocols": "frozen while the benchmark runs (finetune_* from tasks.downstream, MergedSegmenter and "
+                              "MSRS_SEG_CLASSES from engine.tsjnet)",
+    "ivfuse.fusion": "owned by another change in flight (load_onnx_model from export)",
+}  # fmt: skip
+
+
+MOVED = [  # (old public path, new home) of the moves of #21 item 1
     ("ivfuse.masks:partition", "ivfuse.regions:partition"),
     ("ivfuse.masks:class_map", "ivfuse.regions:class_map"),
     ("ivfuse.masks:object_masks_from_class_map", "ivfuse.regions:object_masks_from_class_map"),
@@ -181,7 +191,10 @@ def test_known_violations_cannot_rot(case, tmp_path):
     ("ivfuse.export:OnnxFusionModel", "ivfuse.models.onnx:OnnxFusionModel"),
     ("ivfuse.export:load_onnx_model", "ivfuse.models.onnx:load_onnx_model"),
     ("ivfuse.export:ONNX_PREFIX", "ivfuse.models.onnx:ONNX_PREFIX"),
-])  # fmt: skip
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("old, new", MOVED)
 def test_moved_names_keep_their_old_paths(old, new):
     """Moves of #21 item 1: the public old path gives the very object of the new home (``from old import name``)."""
     import importlib
@@ -190,3 +203,11 @@ def test_moved_names_keep_their_old_paths(old, new):
     ns: dict = {}
     exec(f"from {om} import {on} as x", ns)
     assert ns["x"] is getattr(importlib.import_module(nm), nn)
+
+
+def test_moved_names_are_imported_from_their_new_home():
+    """Inside the package, only the modules of ``OLD_PATH_CALLERS`` still use an old path (and all of them do, so the
+    list cannot rot)."""
+    old = {tuple(o.split(":")) for o, _ in MOVED}
+    users = {i.importer for i in L.imports(SRC) for n in i.names if (i.target, n) in old}
+    assert users == set(OLD_PATH_CALLERS)
