@@ -79,7 +79,8 @@ def main(argv=None) -> int:
                     break
         model.to("cpu")
         if a.onnx:
-            from ivfuse.export import OnnxFusionModel, export_onnx
+            from ivfuse.export import export_onnx
+            from ivfuse.models.onnx import OnnxFusionModel
 
             with tempfile.TemporaryDirectory() as d:
                 try:

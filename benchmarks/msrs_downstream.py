@@ -29,7 +29,8 @@ import ivfuse
 from ivfuse.data.images import read_vis
 from ivfuse.errors import IvfuseWarning
 from ivfuse.tasks import create_detector
-from ivfuse.tasks.downstream import class_mapping, evaluate_detector, finetune_detector, load_detection_set
+from ivfuse.engine.finetune import finetune_detector
+from ivfuse.tasks.downstream import class_mapping, evaluate_detector, load_detection_set
 from ivfuse.tasks.evaluation import detection_map
 from ivfuse.utils import atomic_write_text, shared_root
 

@@ -17,7 +17,8 @@ from ivfuse.fusion import fuse, fuse_folder
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'ivfuse[deploy]')")
 pytest.importorskip("onnx", reason="onnx not installed (pip install 'ivfuse[deploy]')")
 
-from ivfuse.export import OnnxFusionModel, export_onnx, onnx_parity
+from ivfuse.export import export_onnx, onnx_parity
+from ivfuse.models.onnx import OnnxFusionModel
 
 
 def _mixed_folder(tmp_path, n_small=3, n_big=2, gray_vis=1):

@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import need
 from ivfuse import masks as M
+from ivfuse import regions as R
 from ivfuse.errors import InputError
 
 DATA = Path(__file__).parent / "data"
@@ -26,7 +27,7 @@ def test_partition_identities_on_hand_masks():
     m_vis = torch.zeros(1, 1, 6, 8)
     m_ir[..., 1:4, 1:5] = 1
     m_vis[..., 2:5, 3:7] = 1
-    p = M.partition(m_ir, m_vis)
+    p = R.partition(m_ir, m_vis)
     s, ui, uv, bg = p["shared"], p["u_ir"], p["u_vis"], p["bg"]
     assert torch.equal(s + ui + uv + bg, torch.ones_like(s))
     for a, b in [(s, ui), (s, uv), (s, bg), (ui, uv), (ui, bg), (uv, bg)]:
@@ -36,14 +37,16 @@ def test_partition_identities_on_hand_masks():
     assert float(ui.sum()) == 12 - 4 and float(uv.sum()) == 12 - 4 and float(bg.sum()) == 48 - 20
     assert torch.equal(s, m_ir * m_vis) and torch.equal(ui, m_ir - s) and torch.equal(uv, m_vis - s)
 
-    cm = M.class_map(m_ir[0, 0], m_vis[0, 0])
+    cm = R.class_map(m_ir[0, 0], m_vis[0, 0])
     assert cm.dtype == torch.uint8 and int(cm[2, 3]) == 1 and int(cm[1, 1]) == 2 and int(cm[4, 6]) == 3 and int(cm[0, 0]) == 0
-    back_ir, back_vis = M.object_masks_from_class_map(cm.numpy())
+    back_ir, back_vis = R.object_masks_from_class_map(cm.numpy())
     assert torch.equal(back_ir, m_ir[0, 0]) and torch.equal(back_vis, m_vis[0, 0])
     with pytest.raises(InputError, match="expected 0-3"):
-        M.object_masks_from_class_map(np.full((2, 2), 7, np.uint8))
+        R.object_masks_from_class_map(np.full((2, 2), 7, np.uint8))
     with pytest.raises(InputError, match="differ in shape"):
-        M.partition(m_ir, m_vis[..., :4])
+        R.partition(m_ir, m_vis[..., :4])
+    assert (M.partition, M.class_map, M.object_masks_from_class_map, M.CLASS_NAMES) == (
+        R.partition, R.class_map, R.object_masks_from_class_map, R.CLASS_NAMES)  # the old public path still works
 
 
 # ------------------------------------------------------------------------------------------------ SAM
@@ -202,7 +205,7 @@ def test_masks_command_seg_pseudo_masks_on_msrs(tmp_path, capsys):
     """``ivfuse masks --kind seg`` writes TSJNet's pseudo-masks (MSRS class ids) as PNGs: the same values as
     :func:`pseudo_mask` in memory, the night pedestrian of 00004N labelled person, cached reruns, bad options refused."""
     from ivfuse.data.images import read_ir, read_vis
-    from ivfuse.engine.tsjnet import pseudo_mask
+    from ivfuse.tasks.pseudo import pseudo_mask
     from ivfuse.errors import UnknownNameError
     from ivfuse.tasks.segmenters import create_segmenter
 

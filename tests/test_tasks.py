@@ -17,7 +17,8 @@ from ivfuse.tasks import (
     DeepLabV3Plus, Detections, ESPNetv2Seg, confusion_matrix, create_detector, detection_map, segmentation_iou,
     segmentation_loss,
 )  # fmt: skip
-from ivfuse.tasks.downstream import class_mapping, finetune_segmenter, load_segmentation_set, evaluate_segmenter
+from ivfuse.engine.finetune import finetune_segmenter
+from ivfuse.tasks.downstream import class_mapping, load_segmentation_set, evaluate_segmenter
 
 NAMES = ("person", "car")
 

@@ -349,7 +349,10 @@ def test_total_loss_ablation_switches():
 
 # ------------------------------------------------------------------------------------- recipe (issue 10)
 def test_pseudo_mask_mapping_hand_case():
-    from ivfuse.engine.tsjnet import MSRS_SEG_CLASSES, MergedSegmenter, map_to_msrs
+    from ivfuse.engine import tsjnet
+    from ivfuse.tasks.pseudo import MSRS_SEG_CLASSES, MergedSegmenter, map_to_msrs
+
+    assert (tsjnet.MergedSegmenter, tsjnet.map_to_msrs) == (MergedSegmenter, map_to_msrs)  # old path re-exported
     from ivfuse.tasks.segmenters import CITYSCAPES_CLASSES
 
     cs = {n: i for i, n in enumerate(CITYSCAPES_CLASSES)}
@@ -383,7 +386,7 @@ def test_pseudo_mask_mapping_hand_case():
 
 
 def test_pseudo_mask_night_source():
-    from ivfuse.engine.tsjnet import pseudo_mask
+    from ivfuse.tasks.pseudo import pseudo_mask
 
     seen = []
 

@@ -1,4 +1,5 @@
-"""ONNX export of fusion methods and an onnxruntime-backed method (``--method onnx:FILE``).
+"""ONNX export of fusion methods (the onnxruntime-backed method ``--method onnx:FILE``, :class:`OnnxFusionModel`,
+lives in :mod:`ivfuse.models.onnx` and is re-exported here).
 
 >>> ivfuse.export.export_onnx("lite", "lite.onnx")                  # CLI: ivfuse export lite --format onnx -o lite.onnx
 >>> model = ivfuse.fusion.get_model("onnx:lite.onnx")                # not registered; get_model/fuse accept the name
@@ -25,22 +26,12 @@ import torch
 
 from .errors import InputError, IvfuseError
 from .models.base import FusionModel
+from .models.onnx import ONNX_PREFIX, OnnxFusionModel, load_onnx_model, need_module  # the first three re-exported
 
 __all__ = ["ONNX_PREFIX", "OPSET", "OnnxFusionModel", "export_onnx", "load_onnx_model"]
 
 #: ONNX opset of the exported graphs (onnxruntime >= 1.14 runs it)
 OPSET = 17
-#: method-name prefix that selects an ONNX file: ``onnx:PATH``
-ONNX_PREFIX = "onnx:"
-
-
-def _need(module: str, extra: str = "deploy"):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise IvfuseError(f"'{module}' is not installed; install it with: pip install 'ivfuse[{extra}]'") from None
 
 
 def export_onnx(method: str | FusionModel, path: str | os.PathLike, *, opset: int = OPSET, size: tuple[int, int] = (64, 80),
@@ -54,7 +45,7 @@ def export_onnx(method: str | FusionModel, path: str | os.PathLike, *, opset: in
     from .fusion import get_model
     from .utils import atomic_write_bytes
 
-    onnx = _need("onnx")
+    onnx = need_module("onnx")
     out = Path(path)
     if out.suffix.lower() != ".onnx":
         raise InputError(f"{out}: ONNX output file must end in .onnx")
@@ -110,53 +101,3 @@ def onnx_parity(model: FusionModel, onnx_model: OnnxFusionModel, sizes=((1, 96, 
             vis = torch.rand(b, c, h, w, generator=g)
             worst = max(worst, float((model(ir, vis) - onnx_model(ir, vis)).abs().max()))
     return worst
-
-
-class OnnxFusionModel(FusionModel):
-    """A fusion method run by onnxruntime (CPU) from a file written by :func:`export_onnx`.
-
-    It is a :class:`FusionModel` (``model(ir, vis)``, tensors in [0, 1]), so ``fuse``, ``fuse_files``,
-    ``fuse_folder``, video fusion and :class:`ivfuse.Fuser` run it like any method. ``.to(device)`` is accepted and
-    ignored (inference runs on the CPU; outputs are returned on the inputs' device).
-    """
-
-    min_size = 1
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        super().__init__()
-        ort = _need("onnxruntime")
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"{p}: ONNX file not found")
-        so = ort.SessionOptions()
-        n = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-        if n:
-            so.intra_op_num_threads = n
-        try:
-            self.session = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"{p}: cannot be loaded by onnxruntime ({' '.join(str(e).split())[:160]})") from None
-        names = [i.name for i in self.session.get_inputs()]
-        if names != ["ir", "vis"]:
-            raise InputError(f"{p}: not an ivfuse fusion model (inputs {names}, expected ['ir', 'vis'])")
-        self.path = p
-        self.name = f"{ONNX_PREFIX}{p}"
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.method = meta.get("ivfuse_method", "?")
-        self.min_size = int(meta.get("ivfuse_min_size", "1"))
-
-    def forward(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-        from .models.base import check_pair
-
-        check_pair(ir, vis, self.min_size, self.name)
-        gray = vis.shape[1] == 1
-        v = vis.expand(-1, 3, -1, -1) if gray else vis
-        feed = {"ir": ir.detach().to("cpu", torch.float32).contiguous().numpy(),
-                "vis": v.detach().to("cpu", torch.float32).contiguous().numpy()}  # fmt: skip
-        out = torch.from_numpy(self.session.run(["fused"], feed)[0]).to(ir.device)
-        return out[:, :1] if gray else out
-
-
-def load_onnx_model(name: str) -> OnnxFusionModel:
-    """``onnx:PATH`` -> :class:`OnnxFusionModel`."""
-    return OnnxFusionModel(name[len(ONNX_PREFIX):])

@@ -4,16 +4,18 @@ OCCO (Li et al., arXiv 2503.18635, §3.2) prompts Grounding-DINO with "The scene
 cars." and feeds its boxes to SAM (ViT-H), on the visible and on the infrared image separately. Neither model's
 weights can be had here, so ivfuse prompts with boxes from a COCO detector (``yolov5n`` by default, classes
 person, bicycle, car, motorcycle, bus, truck) run on each modality, and segments with MobileSAM
-(:mod:`ivfuse.tasks.sam`); an official SAM ViT-B/L/H checkpoint can replace MobileSAM (``--sam-weights FILE``).
+(:mod:`ivfuse.tasks.sam`; :class:`~ivfuse.tasks.pseudo.MaskGenerator`); an official SAM ViT-B/L/H checkpoint can
+replace MobileSAM (``--sam-weights FILE``).
 Grounding-DINO is not available in ivfuse (no weights or package reachable here): users who have its boxes can
 turn them into masks with :meth:`MaskGenerator.masks_for_boxes`.
 
 Per pair, with ``m_vis``/``m_ir`` the union of the object masks found in each modality:
 
 * shared ``s = m_vis · m_ir``, unique ``u_vis = m_vis − s``, ``u_ir = m_ir − s``, background
-  ``bg = 1 − s − u_vis − u_ir`` (:func:`partition`; the four are disjoint and sum to 1);
+  ``bg = 1 − s − u_vis − u_ir`` (:func:`ivfuse.regions.partition`; the four are disjoint and sum to 1);
 * ``MASKS/<stem>.png`` — 8-bit class map: **0 background, 1 shared, 2 IR-unique, 3 visible-unique**
-  (:data:`CLASS_NAMES`; :func:`object_masks_from_class_map` gives ``m_ir``, ``m_vis`` back);
+  (:data:`~ivfuse.regions.CLASS_NAMES`; :func:`~ivfuse.regions.object_masks_from_class_map` gives ``m_ir``, ``m_vis``
+  back);
 * ``MASKS/<stem>.json`` — the instances (modality, class, score, box xyxy in pixels, mask area, SAM's predicted
   IoU), region areas, the settings used;
 * ``MASKS/preview/<stem>.png`` — visible with its boxes | infrared with its boxes | the partition in colour over
@@ -22,7 +24,7 @@ Per pair, with ``m_vis``/``m_ir`` the union of the object masks found in each mo
 Outputs are written atomically; a pair whose three files exist is skipped unless ``overwrite``.
 
 **Segmentation pseudo-masks** (``ivfuse masks --kind seg``, :func:`generate_seg_masks`): for datasets without
-segmentation labels, TSJNet's pseudo-labeller (:func:`ivfuse.engine.tsjnet.pseudo_mask`: the Cityscapes ESPNetv2 on
+segmentation labels, TSJNet's pseudo-labeller (:func:`ivfuse.tasks.pseudo.pseudo_mask`: the Cityscapes ESPNetv2 on
 the visible image by day and on ½(IR + visible) by night, classes merged to MSRS' nine) written as
 ``MASKS/<stem>.png`` class-id maps that ``ivfuse bench --seg-masks MASKS`` and ``ivfuse downstream segment --masks``
 read.
@@ -38,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError
+from .regions import CLASS_NAMES, class_map, object_masks_from_class_map, partition  # re-exported (public here before)
+from .tasks.pseudo import DEFAULT_CLASSES, MaskGenerator  # re-exported (public here before)
 
 __all__ = [
     "CLASS_NAMES",
@@ -51,39 +54,7 @@ __all__ = [
     "generate_seg_masks",
 ]
 
-#: class-map values
-CLASS_NAMES = {0: "background", 1: "shared", 2: "ir_unique", 3: "vis_unique"}
-#: COCO classes used as prompts (the paper's prompt asks for pedestrians or cars)
-DEFAULT_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 _COLOURS = {1: (255, 220, 0), 2: (255, 40, 40), 3: (0, 220, 255)}
-
-
-def partition(m_ir: torch.Tensor, m_vis: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Split two object masks (any equal shape, values in {0, 1}) into ``shared``, ``u_ir``, ``u_vis``, ``bg``.
-
-    Returns float tensors of the input shape; they are disjoint and sum to 1 everywhere.
-    """
-    if m_ir.shape != m_vis.shape:
-        raise InputError(f"object masks differ in shape: ir {tuple(m_ir.shape)}, vis {tuple(m_vis.shape)}")
-    a = (m_ir > 0.5).float() if m_ir.dtype != torch.bool else m_ir.float()
-    b = (m_vis > 0.5).float() if m_vis.dtype != torch.bool else m_vis.float()
-    s = a * b
-    u_ir, u_vis = a - s, b - s
-    return {"shared": s, "u_ir": u_ir, "u_vis": u_vis, "bg": 1 - s - u_ir - u_vis}
-
-
-def class_map(m_ir: torch.Tensor, m_vis: torch.Tensor) -> torch.Tensor:
-    """``H×W`` uint8 map: 0 background, 1 shared, 2 IR-unique, 3 visible-unique."""
-    p = partition(m_ir, m_vis)
-    return (p["shared"] * 1 + p["u_ir"] * 2 + p["u_vis"] * 3).to(torch.uint8)
-
-
-def object_masks_from_class_map(cm: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`class_map`: ``(m_ir, m_vis)`` as float tensors in {0, 1}."""
-    cm = torch.as_tensor(np.asarray(cm))
-    if cm.numel() and int(cm.max()) > 3:
-        raise InputError(f"class map has value {int(cm.max())}; expected 0-3 (bg, shared, ir-unique, vis-unique)")
-    return ((cm == 1) | (cm == 2)).float(), ((cm == 1) | (cm == 3)).float()
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -92,76 +63,6 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
-
-
-class MaskGenerator:
-    """Detector boxes → SAM masks for each modality of a pair.
-
-    Args:
-        detector: ivfuse detector name (``ivfuse.tasks.detectors``; COCO ``yolov5n`` by default).
-        detector_weights: its weights file (default: the detector's default).
-        sam_weights: MobileSAM (default, shared weights) or official SAM ViT-B/L/H checkpoint.
-        conf: detector confidence threshold.
-        classes: detector class names used as prompts (``None`` = all).
-        device: torch device.
-    """
-
-    def __init__(self, detector: str = "yolov5n", detector_weights: str | None = None, sam_weights: str | None = None,
-                 conf: float = 0.25, classes: Sequence[str] | None = DEFAULT_CLASSES, device: str = "cpu") -> None:  # fmt: skip
-        from .tasks.detectors import create_detector
-        from .tasks.sam import load_sam
-
-        if not detector_weights and detector.startswith("fasterrcnn"):
-            raise InputError(f"prompt detector '{detector}' has no default weights here; pass --detector-weights FILE (or 'coco')")
-        kw = {"weights": detector_weights} if detector_weights else {}
-        self.detector = create_detector(detector, **kw).to(device).eval()
-        self.sam = load_sam(sam_weights, device)
-        self.detector_name, self.conf, self.device = detector, float(conf), device
-        names = list(self.detector.class_names)
-        if classes:
-            unknown = [c for c in classes if c not in names]
-            if unknown:
-                raise InputError(f"detector '{detector}' has no class(es) {unknown}")
-            self.class_ids = [names.index(c) for c in classes]
-        else:
-            self.class_ids = None
-        self.sam_name = Path(str(sam_weights)).name if sam_weights else "mobile_sam.pt"
-
-    def boxes(self, image: torch.Tensor):
-        """Detections (pixel xyxy, scores, labels) of one ``C×H×W`` image, restricted to the prompt classes."""
-        x = image.expand(3, -1, -1) if image.shape[0] == 1 else image
-        d = self.detector.predict([x.to(self.device)], conf=self.conf)[0]
-        labels = d.labels.cpu()
-        keep = torch.ones(len(d), dtype=torch.bool) if self.class_ids is None else torch.isin(labels, torch.tensor(self.class_ids))
-        return d.xyxy.cpu()[keep], d.scores.cpu()[keep], d.labels.cpu()[keep]
-
-    def masks_for_boxes(self, image: torch.Tensor, boxes: torch.Tensor):
-        """SAM masks (``N×H×W`` bool) and predicted IoUs for given pixel xyxy boxes (e.g. Grounding-DINO's)."""
-        pred = self.sam.segment(image, boxes)
-        return pred.masks, pred.iou
-
-    def objects(self, image: torch.Tensor, modality: str) -> tuple[torch.Tensor, list[dict]]:
-        """Union object mask ``H×W`` bool and the instance records of one modality."""
-        xyxy, scores, labels = self.boxes(image)
-        union = torch.zeros(image.shape[-2:], dtype=torch.bool)
-        inst = []
-        if len(xyxy):
-            masks, iou = self.masks_for_boxes(image, xyxy)
-            union = masks.any(0)
-            for b, s, c, m, q in zip(xyxy, scores, labels, masks, iou):
-                inst.append({
-                    "modality": modality, "class": self.detector.class_names[int(c)], "score": round(float(s), 4),
-                    "box": [round(float(v), 1) for v in b], "mask_area": int(m.sum()), "sam_pred_iou": round(float(q), 4),
-                })  # fmt: skip
-        return union, inst
-
-    def __call__(self, ir: torch.Tensor, vis: torch.Tensor) -> dict:
-        """``ir`` ``1×H×W``, ``vis`` ``C×H×W`` in [0, 1] → ``{"m_ir", "m_vis", "class_map", "instances"}``."""
-        if ir.shape[-2:] != vis.shape[-2:]:
-            raise InputError(f"infrared {tuple(ir.shape[-2:])} and visible {tuple(vis.shape[-2:])} differ in size")
-        m_ir, inst_ir = self.objects(ir, "ir")
-        m_vis, inst_vis = self.objects(vis, "vis")
-        return {"m_ir": m_ir, "m_vis": m_vis, "class_map": class_map(m_ir, m_vis), "instances": inst_ir + inst_vis}
 
 
 def preview(ir: torch.Tensor, vis: torch.Tensor, result: dict) -> torch.Tensor:
@@ -232,17 +133,17 @@ def generate_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path,
 def generate_seg_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path, *, source: str = "auto",
                        night: float = 0.2, weights: str | None = None, overwrite: bool = False, device: str = "cpu",
                        progress: bool = False, ir_norm: str = "minmax") -> dict:  # fmt: skip
-    """Segmentation pseudo-masks (``H×W`` uint8 PNG of MSRS class ids, :data:`ivfuse.engine.tsjnet.MSRS_SEG_CLASSES`)
+    """Segmentation pseudo-masks (``H×W`` uint8 PNG of MSRS class ids, :data:`ivfuse.tasks.pseudo.MSRS_SEG_CLASSES`)
     of every pair of two folders (matched by stem) from the Cityscapes ESPNetv2 (``weights``: its checkpoint,
     default the shared one), as TSJNet's ``seg.pseudo: espnetv2`` makes them; ``source``/``night`` as in
-    :func:`ivfuse.engine.tsjnet.pseudo_mask`. Returns ``{"written", "skipped"}`` lists of stems; existing masks are
+    :func:`ivfuse.tasks.pseudo.pseudo_mask`. Returns ``{"written", "skipped"}`` lists of stems; existing masks are
     skipped unless ``overwrite``."""
     from tqdm.auto import tqdm
 
     from .data.pairing import pair_by_stem
     from .fusion import _read_pair as read_pair
-    from .engine.tsjnet import PSEUDO_SOURCES, pseudo_mask
     from .errors import suggest
+    from .tasks.pseudo import PSEUDO_SOURCES, pseudo_mask
     from .tasks.segmenters import create_segmenter
     from .utils import atomic_write_bytes
 

@@ -6,6 +6,7 @@ See ``docs/engine.md`` for the contract and how to add a method (one model file,
 from .checkpoint import export_safetensors, load_checkpoint, save_checkpoint
 from .config import apply_overrides, load_config
 from .data import BatchSource, RandomCrop, RandomFlip, collate, load_samples
+from .finetune import finetune_detector, finetune_segmenter
 from .recipe import RECIPES, Recipe, check_device, register_recipe, train, validate_fusion
 from .step import OptimStep, call_with, seed_everything, virtual_step
 from .trainer import Stage, Trainer
@@ -21,4 +22,5 @@ __all__ = [
     "BatchSource", "RandomCrop", "RandomFlip", "collate", "load_samples",
     "OptimStep", "call_with", "seed_everything", "virtual_step",
     "apply_overrides", "load_config", "export_safetensors", "load_checkpoint", "save_checkpoint",
+    "finetune_detector", "finetune_segmenter",
 ]  # fmt: skip

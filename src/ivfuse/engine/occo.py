@@ -99,7 +99,7 @@ def masks_from_dir(folder: str | Path, sample: dict) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    from ..masks import object_masks_from_class_map
+    from ..regions import object_masks_from_class_map
 
     stem = str(sample["name"]).split("/")[-1]
     f = Path(folder) / f"{stem}.png"
@@ -172,7 +172,7 @@ class OCCORecipe(Recipe):
 
         def compute(s: dict) -> torch.Tensor:
             if "g" not in gen:
-                from ..masks import MaskGenerator
+                from ..tasks.pseudo import MaskGenerator
 
                 gen["g"] = MaskGenerator(m["detector"], None, m["sam_weights"], m["conf"], device=str(self.device))
             r = gen["g"](s["ir"], s["vis"])

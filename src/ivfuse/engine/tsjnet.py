@@ -16,7 +16,7 @@ every training pair once, offline (:meth:`~ivfuse.engine.data.BatchSource.prepar
 the infrared image and the visible image by night (``seg.source: auto``; a pair is "night" when the mean visible
 luminance is below ``seg.night``). Cityscapes classes are mapped to MSRS' 9 classes (:data:`CITYSCAPES_TO_MSRS`);
 the frozen segmenter's 20 Cityscapes logits are merged into the same 9 classes for ``L_Seg``
-(:class:`MergedSegmenter`: ``log Σ_k∈c softmax_k``). ``seg.pseudo: labels`` uses the dataset's own masks (MSRS
+(:class:`MergedSegmenter`: ``log Σ_k∈c softmax_k``); these three live in :mod:`ivfuse.tasks.pseudo`. ``seg.pseudo: labels`` uses the dataset's own masks (MSRS
 ``Segmentation_labels`` / FMB when the user has them).
 """
 
@@ -27,13 +27,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from kornia.color import rgb_to_ycbcr
 from torch import nn
 
 from ..errors import InputError, suggest
 from ..losses.tsjnet import DetectionLoss, MFFLoss, SegmentationLoss, TSJNetLoss
 from ..models.tsjnet import TSJNet
+from ..tasks.pseudo import (  # moved to tasks/ (#21); re-exported: public here before
+    CITYSCAPES_TO_MSRS, MSRS_SEG_CLASSES, PSEUDO_SOURCES, MergedSegmenter, map_to_msrs, pseudo_mask,
+)  # fmt: skip
 from .data import BatchSource, RandomCrop, RandomFlip, load_samples
 from .recipe import Recipe, register_recipe, strict_json, train, validate_fusion
 from .step import OptimStep, autocast
@@ -52,83 +53,6 @@ __all__ = [
 ]  # fmt: skip
 
 GUIDANCE = ("both", "det", "seg", "none")
-PSEUDO_SOURCES = ("auto", "vis", "ir", "mean")
-
-MSRS_SEG_CLASSES = ("unlabelled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone", "bump")
-"""MSRS ``Segmentation_labels`` class ids 0..8."""
-
-CITYSCAPES_TO_MSRS = {
-    "car": "car", "truck": "car", "bus": "car", "train": "car",
-    "person": "person", "rider": "person",
-    "bicycle": "bike", "motorcycle": "bike",
-}  # fmt: skip
-"""Cityscapes class -> MSRS class; every other Cityscapes class (road, sidewalk, building, wall, fence, pole, traffic
-light/sign, vegetation, terrain, sky, background) -> ``unlabelled`` (0). MSRS' curve, car_stop, guardrail,
-color_cone and bump have no Cityscapes counterpart and never occur in the pseudo-masks (Cityscapes' *fence* is not
-a guardrail and its *sidewalk* not a curb, so they are not mapped)."""
-
-
-def _lut(src_names, dst_names=MSRS_SEG_CLASSES, table=None) -> torch.Tensor:
-    table = CITYSCAPES_TO_MSRS if table is None else table
-    idx = {n: i for i, n in enumerate(dst_names)}
-    return torch.tensor([idx[table[n]] if n in table else 0 for n in src_names], dtype=torch.int64)
-
-
-def map_to_msrs(labels: torch.Tensor, src_names=None) -> torch.Tensor:
-    """Cityscapes class ids (any shape, int) -> MSRS class ids (uint8), by :data:`CITYSCAPES_TO_MSRS`."""
-    from ..tasks.segmenters import CITYSCAPES_CLASSES
-
-    lut = _lut(src_names or CITYSCAPES_CLASSES).to(labels.device)
-    return lut[labels.long()].to(torch.uint8)
-
-
-class MergedSegmenter(nn.Module):
-    """A Cityscapes segmenter whose logits are merged into MSRS' classes: ``log Σ_{k→c} softmax(z)_k`` per MSRS
-    class ``c`` (classes without a source get a large negative log-probability). The cross-entropy of these
-    log-probabilities is the cross-entropy of the merged class probabilities."""
-
-    def __init__(self, segmenter: nn.Module, src_names=None, dst_names=MSRS_SEG_CLASSES) -> None:
-        super().__init__()
-        from ..tasks.segmenters import CITYSCAPES_CLASSES
-
-        self.segmenter = segmenter
-        names = src_names or getattr(segmenter, "class_names", None) or CITYSCAPES_CLASSES
-        lut = _lut(names, dst_names)
-        onehot = F.one_hot(lut, len(dst_names)).T.float()  # C_dst × K_src
-        self.register_buffer("group", onehot, persistent=False)
-        self.class_names = tuple(dst_names)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logp = self.segmenter(x).float().log_softmax(1)  # B×K×H×W
-        m = logp.amax(1, keepdim=True)
-        p = (logp - m).exp()
-        merged = torch.einsum("ck,bkhw->bchw", self.group, p)
-        return merged.clamp_min(1e-12).log() + m
-
-
-@torch.no_grad()
-def pseudo_mask(ir: torch.Tensor, vis: torch.Tensor, segmenter: nn.Module, source: str = "auto",
-                night: float = 0.2) -> torch.Tensor:  # fmt: skip
-    """MSRS class-id mask (``H×W`` uint8) of one pair (``ir`` 1×H×W, ``vis`` 3×H×W or 1×H×W in [0, 1]) from a
-    Cityscapes segmenter (``predict`` at its training resolution, argmax, :func:`map_to_msrs`).
-
-    ``source``: ``vis`` (visible image), ``ir`` (infrared replicated to RGB), ``mean`` (½(IR + visible)), or
-    ``auto``: ``vis`` when the mean visible luminance is >= ``night``, else ``mean`` (MSRS night frames are nearly
-    black in the visible image; the infrared image alone looks nothing like Cityscapes).
-    """
-    if source not in PSEUDO_SOURCES:
-        raise suggest(source, PSEUDO_SOURCES, "pseudo-mask source")
-    v = vis.expand(3, -1, -1) if vis.shape[0] == 1 else vis
-    i3 = ir.expand(3, -1, -1)
-    if source == "auto":
-        y = rgb_to_ycbcr(v[None])[0, 0]
-        source = "vis" if float(y.mean()) >= night else "mean"
-    x = {"vis": v, "ir": i3, "mean": (v + i3) / 2}[source]
-    dev = next(segmenter.parameters()).device
-    lab = segmenter.predict(x[None].to(dev))[0]
-    return map_to_msrs(lab).cpu()
-
-
 @register_recipe("tsjnet")
 class TSJNetRecipe(Recipe):
     """TSJNet, its frozen guides, Adam + plateau schedule and the data from a config (configs/tsjnet.yaml)."""

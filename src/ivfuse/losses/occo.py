@@ -14,7 +14,7 @@
 **Contextual contrastive loss** (:func:`contextual_contrastive_loss`, :class:`ContextualContrastiveLoss`). The
 object masks of each modality ``m_vis``, ``m_ir`` (``B×1×H×W`` in {0, 1}, from ``ivfuse masks``) split each image
 into shared ``s = m_vis·m_ir``, unique ``u_vis = m_vis − s``, ``u_ir = m_ir − s`` and background
-``bg = 1 − s − u_vis − u_ir`` (:func:`ivfuse.masks.partition`). In each region the fused image (anchor) is
+``bg = 1 − s − u_vis − u_ir`` (:func:`ivfuse.regions.partition`). In each region the fused image (anchor) is
 pulled towards the modality that owns the region (positive) relative to the other modality (negatives):
 
 * ``C_R(pos, neg) = mean_b [ D(f·R_b, pos·R_b) / Σ_{k=0..3} D(f·R_b, neg·R_{b+k·g}) ]`` — anchor : positive 1 : 1,
@@ -278,7 +278,7 @@ def contextual_contrastive_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torc
     Returns:
         ``(total, {"unique", "share", "bg"})``.
     """
-    from ..masks import partition
+    from ..regions import partition
 
     for name, t in (("ir", ir), ("vis", vis), ("m_ir", m_ir), ("m_vis", m_vis)):
         if t.shape != fused.shape:
