@@ -147,13 +147,7 @@ def test_hostile_image_is_an_input_error_naming_it(kind, tmp_path):
     assert str(ir / bad.name) in str(e.value)
 
 
-_FUSION_HEADER_BUG = ("fusion._image_size (src/ivfuse/fusion.py, not this change's file) reads sizes with Image.open "
-                      "but catches only OSError/SyntaxError/ValueError; Pillow's DecompressionBombError (> 2 x "
-                      "MAX_IMAGE_PIXELS) escapes as a traceback instead of a one-line error")  # fmt: skip
-
-
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=_FUSION_HEADER_BUG))
-                                  if k == "header_100k_x_100k" else k for k in sorted(HOSTILE)])  # fmt: skip
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_hostile_image_in_ivfuse_fuse_folder_is_a_one_line_error_and_nothing_is_written(kind, tmp_path, capsys):
     name, _, says = HOSTILE[kind]
     bad = _hostile(kind, tmp_path)

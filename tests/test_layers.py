@@ -21,19 +21,10 @@ SRC = ROOT / "src" / "ivfuse"
 # list can only shrink. Each entry: why it stays, and the issue that removes it.
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("ivfuse.tasks.downstream", "ivfuse.engine.finetune"): (
-        "module __getattr__ alias of finetune_detector/finetune_segmenter, moved to ivfuse.engine.finetune: its callers "
-        "src/ivfuse/cli.py (owned by another change in flight) and src/ivfuse/bench/protocols.py (frozen while the "
-        "benchmark runs) still import the old path; delete the alias when both import ivfuse.engine.finetune (#21)"
-    ),
-    ("ivfuse.fusion", "ivfuse.export"): (
-        "fusion.get_model imports load_onnx_model from ivfuse.export (a layer above, which imports fusion.get_model: "
-        "a cycle); its home is now ivfuse.models.onnx, below fusion, but src/ivfuse/fusion.py is owned by another "
-        "change in flight: switch that import to ..models.onnx (#21)"
-    ),
-    ("ivfuse.masks", "ivfuse.fusion:_read_pair"): (
-        "generate_masks/generate_seg_masks read pairs with fusion's private _read_pair (not a climb: masks is above "
-        "fusion); its public home is ivfuse.data (read_pair next to read_ir/read_vis), but src/ivfuse/data/* and "
-        "src/ivfuse/fusion.py are owned by another change in flight (#21)"
+        "module __getattr__ alias of finetune_detector/finetune_segmenter, moved to ivfuse.engine.finetune: its caller "
+        "src/ivfuse/bench/protocols.py still imports the old path (that file defines the bench's ir/vis reference rows, "
+        "whose cache key is its source hash: edited together with the next change of the bench's rows); delete the "
+        "alias then (#21)"
     ),
 }
 
@@ -165,11 +156,8 @@ def test_known_violations_cannot_rot(case, tmp_path):
 
 # Modules that still import a moved name from its old path, because this change could not edit them.
 OLD_PATH_CALLERS = {
-    "ivfuse.cli": "owned by another change in flight (finetune_detector/finetune_segmenter from tasks.downstream, "
-                  "DEFAULT_CLASSES from masks)",
-    "ivfuse.bench.protocols": "frozen while the benchmark runs (finetune_* from tasks.downstream, MergedSegmenter and "
-                              "MSRS_SEG_CLASSES from engine.tsjnet)",
-    "ivfuse.fusion": "owned by another change in flight (load_onnx_model from export)",
+    "ivfuse.bench.protocols": "its source hash keys the bench's ir/vis rows (finetune_* from tasks.downstream, "
+                              "MergedSegmenter and MSRS_SEG_CLASSES from engine.tsjnet)",
 }  # fmt: skip
 
 

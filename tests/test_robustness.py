@@ -90,7 +90,8 @@ def _fake_python(tmp: Path, log: Path, pytest_rc: int) -> Path:
         printf 'export VIRTUAL_ENV=%s\\nexport PATH=%s/bin:$PATH\\n' "$d" "$d" > "$d/bin/activate"
         printf '#!/usr/bin/env bash\\nif [ "$1" = "-c" ]; then echo "$VIRTUAL_ENV"; exit 0; fi\\necho "venv-python $*" >> {log}\\n[ "$*" = "-m pytest -q" ] && exit {pytest_rc}\\nexit 0\\n' > "$d/bin/python"
         printf '#!/usr/bin/env bash\\necho "venv-pip $*" >> {log}\\n' > "$d/bin/pip"
-        chmod +x "$d/bin/python" "$d/bin/pip"
+        printf '#!/usr/bin/env bash\\necho "venv-ruff $*" >> {log}\\n' > "$d/bin/ruff"
+        chmod +x "$d/bin/python" "$d/bin/pip" "$d/bin/ruff"
         """))
     fake.chmod(0o755)
     return fake
@@ -98,7 +99,8 @@ def _fake_python(tmp: Path, log: Path, pytest_rc: int) -> Path:
 
 @pytest.mark.parametrize("pytest_rc, want_rc", [(0, 0), (1, 1), (5, 1)])
 def test_ci_run_installs_into_a_fresh_venv(tmp_path, pytest_rc, want_rc):
-    """.ci/run creates its own venv and runs the README's command inside it; 'no tests collected' (5) fails."""
+    """.ci/run creates its own venv and runs the README's command inside it, then the venv's ruff (after a passing
+    suite); 'no tests collected' (5) fails."""
     clone = tmp_path / "clone"
     (clone / ".ci").mkdir(parents=True)
     (clone / ".ci" / "run").write_text((REPO / ".ci" / "run").read_text())
@@ -111,8 +113,9 @@ def test_ci_run_installs_into_a_fresh_venv(tmp_path, pytest_rc, want_rc):
     calls = log.read_text().splitlines()
     readme_cmd = 'pip install -e ".[test]" && python -m pytest -q'
     assert readme_cmd in (REPO / "README.md").read_text()
+    lint = ["venv-ruff check src tests benchmarks"] if pytest_rc in (0, 5) else []
     assert calls == ["system-python -m venv .ci-venv", "venv-python -m pip install -q --upgrade pip",
-                     "venv-pip install -e .[test]", "venv-python -m pytest -q"]  # fmt: skip
+                     "venv-pip install -e .[test]", "venv-python -m pytest -q"] + lint  # fmt: skip
     assert not (clone / ".ci-venv" / "stale").exists(), "the venv must be fresh, not reused"
     assert "/.ci-venv/" in (REPO / ".gitignore").read_text().splitlines()
 

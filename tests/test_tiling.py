@@ -178,7 +178,7 @@ def test_guard_cli_pair_one_line_before_decoding(capsys, pair_dirs, tmp_path, mo
     def no_decoding(*a, **k):
         raise AssertionError("the image was decoded before the memory check")
 
-    monkeypatch.setattr(fusion, "read_ir", no_decoding)
+    monkeypatch.setattr(fusion, "read_pair", no_decoding)
     model = get_model("metafusion")
     avail = estimate_memory(model, 64, 80, tile=64)  # a 64 px window fits, the whole image does not
     assert avail < estimate_memory(model, 64, 80)

@@ -31,7 +31,8 @@ __all__ = ["LAYERS", "Import", "Violation", "check", "cycles", "imports", "rank"
 #: bottom first; one line = one layer of peers
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("_lazy", "_layers", "errors"),  # no ivfuse imports (lazy re-exports, this list) / the exception types
-    ("registry", "utils", "config", "regions"),  # registries, files and devices, key=value configs, OCCO's regions
+    ("registry", "utils", "config", "regions", "tiling"),  # registries, files and devices, key=value configs, OCCO's
+    # regions, tiled inference and the memory guard (torch only)
     ("checkpoint", "weights"),  # checkpoint files, shared weight paths
     ("data",),  # images, pairing, datasets, labels
     ("metrics", "models"),  # fusion metrics; fusion networks (incl. the onnxruntime-backed one)

@@ -226,7 +226,8 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
 
     check_device(a.device)
     if a.task == "detect":
-        from .tasks.downstream import class_mapping, evaluate_detector, finetune_detector, load_detection_set
+        from .engine.finetune import finetune_detector
+        from .tasks.downstream import class_mapping, evaluate_detector, load_detection_set
 
         if not a.labels:
             raise IvfuseError("downstream detect needs --labels")
@@ -253,7 +254,8 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
             if v["AP50"] is not None:
                 print(f"  {n:>12s}: AP50 {v['AP50']:.4f}  AP50:95 {v['AP50_95']:.4f}  ({v['n_gt']} boxes)")
     else:
-        from .tasks.downstream import evaluate_segmenter, finetune_segmenter, load_segmentation_set
+        from .engine.finetune import finetune_segmenter
+        from .tasks.downstream import evaluate_segmenter, load_segmentation_set
 
         if not a.masks:
             raise IvfuseError("downstream segment needs --masks")
@@ -416,7 +418,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_masks(a: argparse.Namespace) -> int:
-    from .masks import DEFAULT_CLASSES, generate_masks, generate_seg_masks
+    from .masks import generate_masks, generate_seg_masks
+    from .tasks.pseudo import DEFAULT_CLASSES
     from .utils import check_device
 
     if a.kind == "seg":

@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
-from .data.images import IMAGE_EXTENSIONS, is_planar, read_ir, read_vis, write_image
+from .data.images import IMAGE_EXTENSIONS, image_size, read_pair, write_image
 from .data.pairing import pair_by_stem
 from .errors import InputError, IvfuseError, PairingError, warn
 from .models import FusionModel, create_model
@@ -68,7 +67,7 @@ def get_model(method: str | FusionModel | None = None, device: str | torch.devic
     if isinstance(method, FusionModel):
         return method.to(device).eval()
     if isinstance(method, str) and method.lower().startswith("onnx:"):
-        from .export import load_onnx_model
+        from .models.onnx import load_onnx_model
 
         if options:
             raise InputError(f"method '{method}': an ONNX model takes no options (got {', '.join(options)})")
@@ -179,34 +178,12 @@ def fuse(
     return out[0] if single else out
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the header without decoding the pixels (TIFF through tifffile)."""
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as t:
-                shape = t.pages[0].shape
-        except Exception as e:
-            raise InputError(f"{path}: cannot be read as a TIFF image ({e})") from None
-        if is_planar(shape):
-            shape = shape[1:]
-        return shape[1], shape[0]
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: cannot be read as an image ({' '.join(str(e).split())[:120]})") from None
-
-
 def _check_pair_files(ir_path: Path, vis_path: Path, min_size: int, method: str, runner: Runner | None = None,
                       batch: int = 1) -> tuple[int, int]:  # fmt: skip
     """Header checks (sizes equal, >= ``min_size``, and with ``runner`` the memory guard for ``batch`` such pairs);
     returns ``(width, height)``."""
-    wi, hi = _image_size(ir_path)
-    wv, hv = _image_size(vis_path)
+    wi, hi = image_size(ir_path)
+    wv, hv = image_size(vis_path)
     if (wi, hi) != (wv, hv):
         raise PairingError(f"{vis_path}: visible image is {wv}x{hv} but infrared {ir_path.name} is {wi}x{hi}")
     if min(wi, hi) < min_size:
@@ -223,18 +200,9 @@ def _check_memory(runner: Runner, ir_path: Path, height: int, width: int, batch:
         raise type(e)(f"{ir_path}: {e}") from None
 
 
-def _read_pair(ir_path: Path, vis_path: Path, ir_norm: str) -> tuple[torch.Tensor, torch.Tensor]:
-    ir, vis = read_ir(ir_path, ir_norm), read_vis(vis_path)
-    if ir.shape[-2:] != vis.shape[-2:]:
-        raise PairingError(
-            f"{vis_path}: visible image is {vis.shape[-1]}x{vis.shape[-2]} but infrared is {ir.shape[-1]}x{ir.shape[-2]}"
-        )
-    return ir, vis
-
-
 def _fuse_pair(model: FusionModel | Runner, ir_path: Path, vis_path: Path, ir_norm: str,
                device: str | torch.device = "cpu") -> torch.Tensor:  # fmt: skip
-    ir, vis = _read_pair(ir_path, vis_path, ir_norm)
+    ir, vis = read_pair(ir_path, vis_path, ir_norm)
     try:
         return _runner(model, device)(ir[None], vis[None])[0].cpu()
     except IvfuseError as e:
@@ -321,7 +289,7 @@ def _validate_pair(model: FusionModel, ir_path: Path, vis_path: Path, ir_norm: s
     """Decode both images as fusion will (so truncated/corrupt files and bad values are caught) and check sizes
     (and, with ``runner``, the memory of one pair); returns the pair's tensor shapes (the batching key)."""
     _check_pair_files(ir_path, vis_path, model.min_size, model.name, runner)  # cheap header check first
-    ir, vis = _read_pair(ir_path, vis_path, ir_norm)
+    ir, vis = read_pair(ir_path, vis_path, ir_norm)
     return tuple(ir.shape), tuple(vis.shape)
 
 
@@ -337,7 +305,7 @@ class _PairReader(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         key, ip, vp = self.todo[i]
         try:
-            ir, vis = _read_pair(ip, vp, self.ir_norm)
+            ir, vis = read_pair(ip, vp, self.ir_norm)
         except IvfuseError as e:
             return key, None, None, e
         return key, ir, vis, None

@@ -102,7 +102,7 @@ def generate_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path,
     from tqdm.auto import tqdm
 
     from .data.pairing import pair_by_stem
-    from .fusion import _read_pair as read_pair
+    from .data.images import read_pair
     from .utils import atomic_write_bytes, atomic_write_text
 
     pairs = pair_by_stem(ir_dir, vis_dir)
@@ -141,7 +141,7 @@ def generate_seg_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | P
     from tqdm.auto import tqdm
 
     from .data.pairing import pair_by_stem
-    from .fusion import _read_pair as read_pair
+    from .data.images import read_pair
     from .errors import suggest
     from .tasks.pseudo import PSEUDO_SOURCES, pseudo_mask
     from .tasks.segmenters import create_segmenter

@@ -41,6 +41,8 @@ __all__ = [
     "read_array",
     "read_ir",
     "read_vis",
+    "read_pair",
+    "image_size",
     "read_gray_u8",
     "to_tensor",
     "write_image",
@@ -89,6 +91,49 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise InputError(f"{p}: contains NaN or inf values")
     return arr
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` from the file's header, no pixel decoded (TIFF through tifffile); the same one-line
+    :class:`InputError` as :func:`read_array` for a missing, unreadable or oversized (decompression-bomb) file."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: file not found")
+    if p.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(p) as t:
+                shape = t.pages[0].shape
+        except Exception as e:  # tifffile raises many types for corrupt files
+            raise InputError(f"{p}: cannot be read as a TIFF image ({_short(e)})") from None
+        if is_planar(shape):
+            shape = shape[1:]
+        if Image.MAX_IMAGE_PIXELS and shape[0] * shape[1] > Image.MAX_IMAGE_PIXELS:
+            raise InputError(f"{p}: {_bomb(Image.DecompressionBombError(f'({shape[0] * shape[1]} pixels)'))}")
+        return shape[1], shape[0]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                return im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"{p}: {_bomb(e)}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
+        raise InputError(f"{p}: cannot be read as an image ({_short(e)})") from None
+
+
+def read_pair(ir_path: str | os.PathLike, vis_path: str | os.PathLike, ir_norm: str = "minmax"):
+    """``(ir 1×H×W, vis C×H×W)`` float tensors in [0, 1] of one pair (:func:`read_ir`, :func:`read_vis`);
+    :class:`~ivfuse.errors.PairingError` naming the visible file when the sizes differ."""
+    from ..errors import PairingError
+
+    ir, vis = read_ir(ir_path, ir_norm), read_vis(vis_path)
+    if ir.shape[-2:] != vis.shape[-2:]:
+        raise PairingError(
+            f"{vis_path}: visible image is {vis.shape[-1]}x{vis.shape[-2]} but infrared is {ir.shape[-1]}x{ir.shape[-2]}"
+        )
+    return ir, vis
 
 
 def _bomb(e: Exception) -> str:
