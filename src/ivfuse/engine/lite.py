@@ -5,9 +5,9 @@ MetaFusion's fusion loss (:class:`ivfuse.losses.FusionLoss`: SSIM to both source
 ``| |∇F| − max(|∇IR|, |∇Y|) |``) on random crops of MSRS dev-train (no labels used), Adam with a cosine learning
 rate, optionally plus a **target-preserving term** (``target.weight > 0``, issue 20: the fused luminance is pulled to
 the infrared image inside the labelled boxes of ``target.classes`` — persons by default — and to the pixel average
-elsewhere; see :func:`box_mask` and :func:`target_loss`), optionally plus **distillation** from a bigger fusion method (``teacher.method=tim``): an L1 term
-``λ_t·|F − T|`` to the teacher's fused luminance T, computed once per training pair at full resolution (cached as
-safetensors) and cropped/flipped with the pair. The shipped model is distilled from the task-guided TIM (see
+elsewhere; see :func:`box_mask` and :func:`target_loss`), optionally plus **distillation** from a bigger fusion
+method (``teacher.method=tim``): an L1 term ``λ_t·|F − T|`` to the teacher's fused luminance T, computed once per
+training pair at full resolution (cached as safetensors) and cropped/flipped with the pair. The shipped model is distilled from the task-guided TIM (see
 ``docs/deployment.md``: the fusion loss alone did not reach the pixel average's zero-shot mAP50). The export
 (safetensors) carries the config, data, epochs, seed, teacher, wall time and the validation metrics as metadata;
 ``create_model("lite")`` loads the shipped one.
