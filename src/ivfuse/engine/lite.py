@@ -1,16 +1,16 @@
 """Training recipe of the real-time ``lite`` fusion model (:mod:`ivfuse.models.lite`).
 
 ``ivfuse train lite preset=cpu out=runs/lite export=lite.safetensors`` trains :class:`LiteFusionNet` with
-MetaFusion's fusion loss (:class:`ivfuse.losses.FusionLoss`: SSIM to both sources + ``|F − max(IR, Y)|`` +
-``| |∇F| − max(|∇IR|, |∇Y|) |``) on random crops of MSRS dev-train (no labels used), Adam with a cosine learning
-rate, optionally plus a **target-preserving term** (``target.weight > 0``, issue 20: the fused luminance is pulled to
-the infrared image inside the labelled boxes of ``target.classes`` — persons by default — and to the pixel average
+MetaFusion's fusion loss (:class:`ivfuse.losses.FusionLoss`: SSIM to both sources + ``|F − max(IR, Y)|`` + ``| |∇F|
+− max(|∇IR|, |∇Y|) |``) on random crops of MSRS dev-train (no labels used), Adam with a cosine learning rate,
+optionally plus a **target-preserving term** (``target.weight > 0``, issue 20: the fused luminance is pulled to the
+infrared image inside the labelled boxes of ``target.classes`` — persons by default — and to the pixel average
 elsewhere; see :func:`box_mask` and :func:`target_loss`), optionally plus **distillation** from a bigger fusion
 method (``teacher.method=tim``): an L1 term ``λ_t·|F − T|`` to the teacher's fused luminance T, computed once per
-training pair at full resolution (cached as safetensors) and cropped/flipped with the pair. The shipped model is distilled from the task-guided TIM (see
-``docs/deployment.md``: the fusion loss alone did not reach the pixel average's zero-shot mAP50). The export
-(safetensors) carries the config, data, epochs, seed, teacher, wall time and the validation metrics as metadata;
-``create_model("lite")`` loads the shipped one.
+training pair at full resolution (cached as safetensors) and cropped/flipped with the pair. The shipped model is
+distilled from the task-guided TIM (see ``docs/deployment.md``: the fusion loss alone did not reach the pixel
+average's zero-shot mAP50). The export (safetensors) carries the config, data, epochs, seed, teacher, wall time and
+the validation metrics as metadata; ``create_model("lite")`` loads the shipped one.
 """
 
 from __future__ import annotations
