@@ -20,12 +20,6 @@ SRC = ROOT / "src" / "ivfuse"
 # a private name. The test fails on any violation not listed here AND on a listed one that no longer exists, so the
 # list can only shrink. Each entry: why it stays, and the issue that removes it.
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("ivfuse.tasks.downstream", "ivfuse.engine.finetune"): (
-        "module __getattr__ alias of finetune_detector/finetune_segmenter, moved to ivfuse.engine.finetune: its caller "
-        "src/ivfuse/bench/protocols.py still imports the old path (that file defines the bench's ir/vis reference rows, "
-        "whose cache key is its source hash: edited together with the next change of the bench's rows); delete the "
-        "alias then (#21)"
-    ),
 }
 
 
@@ -155,10 +149,7 @@ def test_known_violations_cannot_rot(case, tmp_path):
 
 
 # Modules that still import a moved name from its old path, because this change could not edit them.
-OLD_PATH_CALLERS = {
-    "ivfuse.bench.protocols": "its source hash keys the bench's ir/vis rows (finetune_* from tasks.downstream, "
-                              "MergedSegmenter and MSRS_SEG_CLASSES from engine.tsjnet)",
-}  # fmt: skip
+OLD_PATH_CALLERS: dict[str, str] = {}  # none left
 
 
 MOVED = [  # (old public path, new home) of the moves of #21 item 1
@@ -174,8 +165,6 @@ MOVED = [  # (old public path, new home) of the moves of #21 item 1
     ("ivfuse.engine.tsjnet:PSEUDO_SOURCES", "ivfuse.tasks.pseudo:PSEUDO_SOURCES"),
     ("ivfuse.engine.tsjnet:CITYSCAPES_TO_MSRS", "ivfuse.tasks.pseudo:CITYSCAPES_TO_MSRS"),
     ("ivfuse.engine.tsjnet:map_to_msrs", "ivfuse.tasks.pseudo:map_to_msrs"),
-    ("ivfuse.tasks.downstream:finetune_detector", "ivfuse.engine.finetune:finetune_detector"),
-    ("ivfuse.tasks.downstream:finetune_segmenter", "ivfuse.engine.finetune:finetune_segmenter"),
     ("ivfuse.export:OnnxFusionModel", "ivfuse.models.onnx:OnnxFusionModel"),
     ("ivfuse.export:load_onnx_model", "ivfuse.models.onnx:load_onnx_model"),
     ("ivfuse.export:ONNX_PREFIX", "ivfuse.models.onnx:ONNX_PREFIX"),

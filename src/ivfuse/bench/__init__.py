@@ -18,7 +18,8 @@ from .recipes import LABEL_SETS, PRESETS, PROTOCOLS, Recipe
 _EXPORTS = {
     "runner": ["run_bench"],
     "cache": ["BenchCache", "method_key", "state_hash"],
-    "protocols": ["REFERENCES", "SourceImage", "parse_data"],
+    "protocols": ["parse_data"],
+    "references": ["REFERENCES", "SourceImage"],
     "report": ["write_report", "write_results"],
 }
 __getattr__, __dir__, _lazy_names = lazy_exports(__name__, _EXPORTS)

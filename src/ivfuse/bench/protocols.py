@@ -23,6 +23,7 @@ from ..data.images import write_image
 from ..errors import InputError, IvfuseError
 from ..models import FusionModel, create_model, list_models
 from .recipes import LABEL_SETS, PRESETS, PROTOCOLS, SEG_JUDGES, Recipe  # noqa: F401  (re-exported)
+from .references import REFERENCES, SourceImage  # noqa: F401  (re-exported: the reference rows ir / vis)
 
 __all__ = [
     "Recipe", "PRESETS", "DataSpec", "parse_data", "SourceImage", "REFERENCES", "build_method",
@@ -72,26 +73,6 @@ def parse_data(text: str, root: str | None = None) -> DataSpec:
 
 
 # ------------------------------------------------------------------------------------------------ methods
-class SourceImage(FusionModel):
-    """Reference input of the bench: returns the infrared (``ir``) or the visible (``vis``) image unchanged.
-
-    Not a registered method (it fuses nothing): the bench adds the rows ``ir`` and ``vis`` with it so that every
-    table shows what a single modality gives."""
-
-    min_size = 1
-
-    def __init__(self, which: str) -> None:
-        super().__init__()
-        if which not in ("ir", "vis"):
-            raise InputError(f"reference input must be 'ir' or 'vis', got '{which}'")
-        self.which = which
-        self.name = which
-
-    def forward(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-        return (ir if self.which == "ir" else vis).clamp(0, 1)
-
-
-REFERENCES = ("ir", "vis")
 
 
 def build_method(text: str, device: str = "cpu") -> tuple[str, FusionModel, dict, bool]:
@@ -248,7 +229,8 @@ class _ValAtSize:
 
 def run_retrain(make_judge, train, test, recipe: Recipe, seed: int, progress: bool = True) -> dict:
     """Fine-tune a fresh pretrained judge on ``train`` (the method's fused training images) and score ``test``."""
-    from ..tasks.downstream import evaluate_detector, finetune_detector
+    from ..engine.finetune import finetune_detector
+    from ..tasks.downstream import evaluate_detector
 
     overlap = set(train.names) & set(test.names)
     if overlap:
@@ -281,12 +263,13 @@ def run_seg(ds_train: FusionDataset, train_paths: dict[str, Path], ds_test: Fusi
 
     ``judge``: ``head`` — Cityscapes weights with a new head for the dataset's classes (its bottom-up decoder is sized
     by the class count, so it starts from scratch); ``merged`` — the whole Cityscapes network kept, its 20 classes
-    merged into MSRS' nine (:class:`ivfuse.engine.tsjnet.MergedSegmenter`, the guide of TSJNet's L_Seg), for masks in
+    merged into MSRS' nine (:class:`ivfuse.tasks.pseudo.MergedSegmenter`, the guide of TSJNet's L_Seg), for masks in
     MSRS' classes such as the pseudo-masks of ``ivfuse masks --kind seg``; ``recipe.seg_epochs = 0`` judges it frozen.
     """
     from ..tasks import ESPNetv2Seg
     from ..tasks.detectors import transfer_matching
-    from ..tasks.downstream import SegmentationSet, evaluate_segmenter, finetune_segmenter
+    from ..engine.finetune import finetune_segmenter
+    from ..tasks.downstream import SegmentationSet, evaluate_segmenter
     from ..weights import weights_path
 
     def seg_set(ds, paths):
@@ -307,7 +290,7 @@ def run_seg(ds_train: FusionDataset, train_paths: dict[str, Path], ds_test: Fusi
     torch.manual_seed(seed)
     city = ESPNetv2Seg.from_checkpoint(weights_path("espnetv2_city"))
     if check_seg_judge(judge) == "merged":
-        from ..engine.tsjnet import MSRS_SEG_CLASSES, MergedSegmenter
+        from ..tasks.pseudo import MSRS_SEG_CLASSES, MergedSegmenter
 
         if tuple(names) != MSRS_SEG_CLASSES:
             raise InputError(f"seg judge 'merged' maps Cityscapes to MSRS' classes; {ds_test.spec.name} has {', '.join(names)}")

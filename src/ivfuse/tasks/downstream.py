@@ -29,21 +29,6 @@ __all__ = [
     "SegmentationSet", "load_segmentation_set", "evaluate_segmenter", "letterbox_batch",
 ]  # fmt: skip
 
-#: moved to :mod:`ivfuse.engine.finetune` (#21 item 1): the loops run on the engine, a layer above the tasks
-_MOVED_TO_ENGINE = ("finetune_detector", "finetune_segmenter")
-
-
-def __getattr__(name: str):
-    """``finetune_detector`` / ``finetune_segmenter`` from their old path, for callers not yet switched to
-    :mod:`ivfuse.engine.finetune` (``cli.py``, ``bench/protocols.py``). This import climbs a layer: it is listed
-    in ``KNOWN_VIOLATIONS`` of ``tests/test_layers.py`` and goes once those callers import the new path."""
-    if name in _MOVED_TO_ENGINE:
-        from ..engine import finetune
-
-        return getattr(finetune, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class DetectionSet:
     """Image paths with their ground-truth boxes (pixel xyxy, dataset class ids) and class names."""
 
