@@ -23,6 +23,7 @@ import os
 import re
 import struct
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -67,17 +68,9 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
     if p.suffix.lower() in (".tif", ".tiff"):
         arr = _read_tiff(p)
     else:
-        try:
-            with warnings.catch_warnings():
-                # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: both are refused here
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(p) as im:  # the header's size is checked before any pixel is decoded
-                    im.load()
-                    arr = _pil_to_array(im, p)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise InputError(f"{p}: {_bomb(e)}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
-            raise InputError(f"{p}: cannot be read as an image ({_short(e)})") from None
+        with _open_pil(p) as im:
+            im.load()
+            arr = _pil_to_array(im, p)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[2] == 4:
@@ -112,15 +105,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         if Image.MAX_IMAGE_PIXELS and shape[0] * shape[1] > Image.MAX_IMAGE_PIXELS:
             raise InputError(f"{p}: {_bomb(Image.DecompressionBombError(f'({shape[0] * shape[1]} pixels)'))}")
         return shape[1], shape[0]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                return im.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"{p}: {_bomb(e)}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
-        raise InputError(f"{p}: cannot be read as an image ({_short(e)})") from None
+    with _open_pil(p) as im:
+        return im.size
 
 
 def read_pair(ir_path: str | os.PathLike, vis_path: str | os.PathLike, ir_norm: str = "minmax"):
@@ -134,6 +120,22 @@ def read_pair(ir_path: str | os.PathLike, vis_path: str | os.PathLike, ir_norm: 
             f"{vis_path}: visible image is {vis.shape[-1]}x{vis.shape[-2]} but infrared is {ir.shape[-1]}x{ir.shape[-2]}"
         )
     return ir, vis
+
+
+@contextmanager
+def _open_pil(p: Path):
+    """``Image.open(p)`` for :func:`read_array` and :func:`image_size`: the header's size is checked before any pixel
+    is decoded (Pillow warns above ``MAX_IMAGE_PIXELS`` and raises above twice that: both are refused here), and
+    every failure inside the block becomes a one-line :class:`InputError` naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                yield im
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"{p}: {_bomb(e)}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
+        raise InputError(f"{p}: cannot be read as an image ({_short(e)})") from None
 
 
 def _bomb(e: Exception) -> str:
