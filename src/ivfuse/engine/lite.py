@@ -5,7 +5,11 @@ MetaFusion's fusion loss (:class:`ivfuse.losses.FusionLoss`: SSIM to both source
 − max(|∇IR|, |∇Y|) |``) on random crops of MSRS dev-train (no labels used), Adam with a cosine learning rate,
 optionally plus a **target-preserving term** (``target.weight > 0``, issue 20: the fused luminance is pulled to the
 infrared image inside the labelled boxes of ``target.classes`` — persons by default — and to the pixel average
-elsewhere; see :func:`box_mask` and :func:`target_loss`), optionally plus **distillation** from a bigger fusion
+elsewhere; see :func:`box_mask` and :func:`target_loss`), optionally plus a **moving judge** (``judge.weight > 0``, issue 20: after the crop epochs, ``judge.epochs`` more on
+whole training pairs, where a COCO detector is fine-tuned on the fused images as training goes on — the bench's
+``retrain`` judge, moving — and its detection loss on the fused image reaches the net; MetaFusion's mutual promotion
+and TIM's task guidance with a judge that adapts to the fusion instead of the frozen COCO one; see
+:meth:`LiteRecipe.judge_step`), optionally plus **distillation** from a bigger fusion
 method (``teacher.method=tim``): an L1 term ``λ_t·|F − T|`` to the teacher's fused luminance T, computed once per
 training pair at full resolution (cached as safetensors) and cropped/flipped with the pair. The shipped model is
 distilled from the task-guided TIM (see ``docs/deployment.md``: the fusion loss alone did not reach the pixel
@@ -20,8 +24,9 @@ import time
 from pathlib import Path
 
 import torch
-from kornia.color import rgb_to_ycbcr
+from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 
+from ..data.labels import Boxes
 from ..errors import InputError, suggest
 from ..losses import FusionLoss
 from ..models.lite import LiteFusionNet
@@ -91,11 +96,23 @@ class LiteRecipe(Recipe):
         if cfg["epochs"] < 1:
             raise InputError(f"config key 'epochs' must be >= 1, got {cfg['epochs']}")
         refuse_held_out(cfg["data"], "data")
-        t, tg = cfg["teacher"], cfg["target"]
+        t, tg, jg = cfg["teacher"], cfg["target"], cfg["judge"]
+        if float(jg["weight"]) < 0 or int(jg["epochs"]) < 0 or int(jg["batch"]) < 1 or int(jg["imgsz"]) < 32:
+            raise InputError("config keys 'judge.weight' and 'judge.epochs' must be >= 0, 'judge.batch' >= 1 and "
+                             f"'judge.imgsz' >= 32, got {jg}")  # fmt: skip
+        if float(jg["weight"]) > 0:
+            from ..tasks.detectors import list_detectors
+
+            if jg["detector"] not in list_detectors():
+                raise suggest(jg["detector"], list_detectors(), "judge detector")
+            if jg["weights"] and not Path(jg["weights"]).is_file():
+                raise InputError(f"{jg['weights']}: judge detector weights file not found")
+            if int(jg["epochs"]) < 1:
+                raise InputError("config key 'judge.epochs' must be >= 1 when 'judge.weight' > 0")
         if float(tg["weight"]) < 0 or float(tg["boost"]) < 0 or float(tg["soften"]) < 0:
             raise InputError("config keys 'target.weight', 'target.boost' and 'target.soften' must be >= 0")
-        if float(tg["weight"]) > 0:
-            if not tg["classes"]:
+        if float(tg["weight"]) > 0 or float(jg["weight"]) > 0:
+            if float(tg["weight"]) > 0 and not tg["classes"]:
                 raise InputError("config key 'target.classes' is empty: name the box classes that keep the IR image")
             if tg["labels"] not in ("infrared", "visible", "union"):
                 raise suggest(tg["labels"], ["infrared", "visible", "union"], "target label set")
@@ -119,25 +136,50 @@ class LiteRecipe(Recipe):
         self.opt = torch.optim.Adam(self.net.parameters(), lr=c["lr"])
         self.step_net = OptimStep(self.opt, clip=c["clip"])
         self.modules, self.optimizers = {"net": self.net}, {"net": self.opt}
-        tg = c["target"]
-        use_target = float(tg["weight"]) > 0
-        specs = [{**d, "labels": d.get("labels", tg["labels"])} for d in c["data"]] if use_target else c["data"]
+        tg, jg = c["target"], c["judge"]
+        use_target, use_judge = float(tg["weight"]) > 0, float(jg["weight"]) > 0
+        what = "target.weight > 0" if use_target else "judge.weight > 0"
+        labelled = use_target or use_judge
+        specs = [{**d, "labels": d.get("labels", tg["labels"])} for d in c["data"]] if labelled else c["data"]
         try:
-            samples = load_samples(specs, with_boxes=use_target)
+            samples = load_samples(specs, with_boxes=labelled)
         except InputError as e:
-            if not use_target:
+            if not labelled:
                 raise
-            raise InputError(f"target.weight > 0 needs detection labels ({tg['labels']}) for every training set: {e}") from None
+            raise InputError(f"{what} needs detection labels ({tg['labels']}) for every training set: {e}") from None
+        if labelled and not any(s["boxes"] is not None for s in samples):
+            raise InputError(f"{what} needs detection labels, and no training pair of {c['data']} has any")
         if use_target:
-            if not any(s["boxes"] is not None for s in samples):
-                raise InputError(f"target.weight > 0 needs detection labels, and no training pair of {c['data']} has any")
             for s in samples:
-                s["target_mask"] = box_mask(s.pop("boxes"), tuple(s["ir"].shape[-2:]), tg["classes"], tg["soften"])
+                s["target_mask"] = box_mask(s["boxes"], tuple(s["ir"].shape[-2:]), tg["classes"], tg["soften"])
+        if use_judge:
+            self._build_judge(samples)
+        for s in samples:  # the crop stage uses no boxes
+            s.pop("boxes", None)
         self.data = BatchSource(samples, c["batch"], [RandomCrop(c["crop"]), RandomFlip()], c.get("max_batches"),
                                 seed=c["seed"])  # fmt: skip
         if c["teacher"]["method"]:
             self.data.prepare("teacher", self._teacher_fn(), teacher_cache_dir(c["teacher"]), progress=self.progress)
         self.total_steps = c["epochs"] * len(self.data)
+
+    def _build_judge(self, samples: list[dict]) -> None:
+        """The moving judge: the detector, its optimiser and a source of whole training pairs with its boxes."""
+        from ..tasks.detectors import DETECTOR_CLIP, create_detector, detector_optimizer
+        from ..tasks.downstream import class_mapping
+
+        jg = self.cfg["judge"]
+        self.D = create_detector(jg["detector"], **({"weights": jg["weights"]} if jg["weights"] else {})).to(self.device)
+        self.opt_d = detector_optimizer(self.D, float(jg["det_lr"]))
+        self.step_d = OptimStep(self.opt_d, clip=DETECTOR_CLIP)
+        names = self.D.class_names
+        judged = []
+        for s in samples:
+            b = s["boxes"]
+            if b is not None:
+                b = b.remap(class_mapping(b.names, names), names)
+            judged.append({**s, "boxes": b if b is not None else Boxes.empty(names)})
+        self.judge_data = BatchSource(judged, int(jg["batch"]), [RandomFlip()], self.cfg.get("max_batches"), seed=self.cfg["seed"])
+        self.modules["D"], self.optimizers["D"] = self.D, self.opt_d
 
     def _teacher_fn(self):
         """``sample -> 1×H×W`` fused luminance of the teacher (fp32, [0, 1]) on the full pair."""
@@ -184,8 +226,46 @@ class LiteRecipe(Recipe):
         self.step_net(loss)
         return {"loss": float(loss.detach()), **parts}
 
+    def judge_step(self, batch: dict, ctx) -> dict:
+        """One step of the judge stage on whole pairs: (1) the net's loss — the crop stage's terms plus ``λ_j`` × the
+        detection loss of the current detector (eval mode: BN statistics fixed; not stepped here) on the fused RGB
+        image letterboxed to ``judge.imgsz`` — steps the net; (2) the detector takes one fine-tuning step (YOLOv5's
+        SGD, train mode) on the same fused images, detached: the judge follows the fusion as the bench's ``retrain``
+        judge would on the final images."""
+        from ..tasks.downstream import letterbox_batch
+
+        jg = self.cfg["judge"]
+        n = len(self.judge_data)
+        t = ctx.get("epoch", 0) * n + ctx.get("batch", 0)
+        for g in self.opt.param_groups:
+            g["lr"] = float(jg["lr"])
+        for g in self.opt_d.param_groups:  # linear warm-up over the first epoch, then constant
+            g["lr"] = float(jg["det_lr"]) * min(1.0, (t + 1) / n)
+        ir, vis = batch["ir"].to(self.device), batch["vis"].to(self.device)
+        ycc = rgb_to_ycbcr(vis)
+        y = ycc[:, :1]
+        out = self.net.fuse_luma(ir, y)
+        loss, parts = self.loss(out, ir, y) if self.loss.weights else (out.new_zeros(()), {})
+        if "target_mask" in batch:
+            lt = target_loss(out, ir, y, batch["target_mask"].to(self.device), float(self.cfg["target"]["boost"]))
+            loss = loss + float(self.cfg["target"]["weight"]) * lt
+            parts["target"] = float(lt.detach())
+        rgb = ycbcr_to_rgb(torch.cat([out, ycc[:, 1:]], 1)).clamp(0, 1)  # what FusionModel.forward returns
+        images, boxes = letterbox_batch(list(rgb), batch["boxes"], int(jg["imgsz"]))
+        self.D.eval()
+        ld, _ = self.D.loss(images, boxes)
+        loss = loss + float(jg["weight"]) * ld
+        self.step_net(loss, inputs=list(self.net.parameters()))
+        self.D.train()
+        ld_train, _ = self.D.loss(images.detach(), boxes)
+        self.step_d(ld_train)
+        return {"loss": float(loss.detach()), **parts, "det": float(ld.detach()), "det_train": float(ld_train.detach())}
+
     def stages(self) -> list[Stage]:
-        return [Stage("train", self.cfg["epochs"], self.data, self.train_step)]
+        st = [Stage("train", self.cfg["epochs"], self.data, self.train_step)]
+        if float(self.cfg["judge"]["weight"]) > 0:
+            st.append(Stage("judge", int(self.cfg["judge"]["epochs"]), self.judge_data, self.judge_step))
+        return st
 
     def validate(self) -> dict:
         return validate_fusion(self.net, self.cfg.get("val") or {}, self.device)
@@ -195,7 +275,7 @@ class LiteRecipe(Recipe):
         meta = {"config": json.dumps({"width": c["width"]}),
                 "training": json.dumps({"recipe": "lite", "data": c["data"], "epochs": c["epochs"], "batch": c["batch"],
                                         "crop": c["crop"], "lr": c["lr"], "loss": c["loss"], "seed": c["seed"],
-                                        "teacher": c["teacher"], "target": c["target"],
+                                        "teacher": c["teacher"], "target": c["target"], "judge": c["judge"],
                                         "device": str(self.device), "threads": torch.get_num_threads(),
                                         "wall_s": round(time.time() - self.t0, 1)}),
                 "metrics": json.dumps(strict_json(self.trainer.metrics.get("val", {}) if self.trainer else {}))}  # fmt: skip
