@@ -77,10 +77,10 @@ def teacher_cache_dir(t: dict) -> Path:
     w = t.get("weights")
     tag = hashlib.sha256(Path(w).read_bytes()).hexdigest()[:12] if w and Path(w).is_file() else "default"
     if not w:  # the shipped default: key by the installed file so a new release does not reuse stale images
-        from importlib import resources
+        from ..models.base import DEFAULT_WEIGHTS, default_weights_path
 
-        f = resources.files("ivfuse") / "weights" / f"{t['method']}_default.safetensors"
-        tag = hashlib.sha256(f.read_bytes()).hexdigest()[:12] if f.is_file() else "default"
+        f = default_weights_path(t["method"]) if t["method"] in DEFAULT_WEIGHTS else None
+        tag = hashlib.sha256(f.read_bytes()).hexdigest()[:12] if f is not None else "default"
     root = Path(os.environ.get("IVFUSE_CACHE", "~/.cache/ivfuse")).expanduser()
     return root / "lite_teacher" / f"{t['method']}-{tag}"
 
@@ -116,9 +116,9 @@ class LiteRecipe(Recipe):
                 raise InputError("config key 'target.classes' is empty: name the box classes that keep the IR image")
             if tg["labels"] not in ("infrared", "visible", "union"):
                 raise suggest(tg["labels"], ["infrared", "visible", "union"], "target label set")
-        if not t["method"] and not float(tg["weight"]) and not any(float(v) for v in cfg["loss"].values()):
-            raise InputError("lite has nothing to learn: every 'loss' weight is 0, 'target.weight' is 0 and no "
-                             "'teacher.method' is set")  # fmt: skip
+        if not t["method"] and not float(tg["weight"]) and not float(jg["weight"]) and not any(float(v) for v in cfg["loss"].values()):
+            raise InputError("lite has nothing to learn: every 'loss' weight is 0, 'target.weight' and 'judge.weight' "
+                             "are 0 and no 'teacher.method' is set")  # fmt: skip
         if t["method"]:
             from ..models import list_models
 
