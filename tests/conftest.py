@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,17 @@ from PIL import Image
 from ivfuse.utils import shared_root
 
 SHARED = shared_root()
+
+
+@pytest.fixture(autouse=True)
+def _ivfuse_logger():
+    """Each test starts with the ``ivfuse`` logger as a fresh process has it: ``ivfuse.cli.main`` run in-process
+    installs a handler and sets the level, which would otherwise leak into later tests' ``caplog``."""
+    log = logging.getLogger("ivfuse")
+    level, handlers = log.level, list(log.handlers)
+    yield
+    log.setLevel(level)
+    log.handlers[:] = handlers
 
 
 def need(rel: str) -> Path:

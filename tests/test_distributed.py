@@ -39,9 +39,10 @@ TOL = 1e-5
 
 WORKER = textwrap.dedent('''
     """torchrun worker: train RECIPE with the JSON config, then save this rank's module states to OUT/rank<r>.pt."""
-    import json, os, sys
+    import json, logging, os, sys
     import torch
     from torch import nn
+    logging.basicConfig(level=logging.INFO, format="ivfuse: %(message)s")  # the resume notice is an INFO record
     from ivfuse.engine import BatchSource, OptimStep, Recipe, Stage, register_recipe, train
     from ivfuse.engine.metafusion import MetaFusionRecipe
     from ivfuse.engine.tim import TIMRecipe

@@ -5,6 +5,7 @@ reproducible downstream fine-tuning, and the train CLI's one-line errors."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -308,7 +309,7 @@ def test_same_seed_runs_are_bitwise_equal_and_differ_from_another_seed(tmp_path,
 
 
 @pytest.mark.parametrize("where", [("search", 1, 2), ("retrain", 0, 1), ("retrain", 2, 3)])
-def test_interrupted_run_resumes_bitwise_equal(tmp_path, search_derive_retrain, where, capsys):
+def test_interrupted_run_resumes_bitwise_equal(tmp_path, search_derive_retrain, where, caplog):
     """Killed inside a stage (also after a module was added between stages), rerun on the same folder: the
     final modules and optimiser states equal an uninterrupted run's exactly."""
     cfg = {"seed": 5, "epochs": 3}
@@ -318,9 +319,10 @@ def test_interrupted_run_resumes_bitwise_equal(tmp_path, search_derive_retrain, 
         train("toy_sdr", cfg, tmp_path / "cut", progress=False)
     search_derive_retrain.fail_at = None
     assert not (tmp_path / "cut" / "final.pt").exists()
-    capsys.readouterr()
-    s = train("toy_sdr", cfg, tmp_path / "cut", progress=False)
-    err = capsys.readouterr().err
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ivfuse"):  # the resume notice is an INFO record of the "ivfuse" logger
+        s = train("toy_sdr", cfg, tmp_path / "cut", progress=False)
+    err = caplog.text
     stage, epoch, _ = where
     pos = f"stage {stage} epoch {epoch}" if epoch else "stage search epoch 3"
     assert f"resuming from {tmp_path / 'cut' / 'last.pt'} after {pos}" in err
@@ -331,12 +333,12 @@ def test_interrupted_run_resumes_bitwise_equal(tmp_path, search_derive_retrain, 
     assert s["history"] == json.loads((tmp_path / "full" / "summary.json").read_text())["history"]
 
 
-def test_resume_policy(tmp_path, search_derive_retrain, capsys):
+def test_resume_policy(tmp_path, search_derive_retrain, caplog):
     train("toy_sdr", {"seed": 0, "epochs": 1}, tmp_path / "r", progress=False)
     with pytest.raises(InputError, match=r"different config \(epochs: 1 -> 2\).*resume=force.*resume=new"):
         train("toy_sdr", {"seed": 0, "epochs": 2}, tmp_path / "r", progress=False)
     s = train("toy_sdr", {"seed": 0, "epochs": 2}, tmp_path / "r", progress=False, resume="force")
-    assert len(s["history"]["search"]) == 2 and "resume=force" in capsys.readouterr().err
+    assert len(s["history"]["search"]) == 2 and [r.levelname for r in caplog.records if "resume=force" in r.message] == ["WARNING"]
     s = train("toy_sdr", {"seed": 0, "epochs": 2}, tmp_path / "r", progress=False, resume="new")
     fresh = train("toy_sdr", {"seed": 0, "epochs": 2}, tmp_path / "fresh", progress=False)
     assert s["history"] == fresh["history"]
@@ -344,7 +346,7 @@ def test_resume_policy(tmp_path, search_derive_retrain, capsys):
         train("toy_sdr", {"seed": 0, "epochs": 2}, tmp_path / "r", progress=False, resume="maybe")
 
 
-def test_trainer_without_folder_and_progress_totals(capsys):
+def test_trainer_without_folder_and_progress_totals(capsys, caplog):
     data = _toy_data(0)
     lin = nn.Linear(4, 1)
     step = OptimStep(torch.optim.SGD(lin.parameters(), lr=0.05))
@@ -357,12 +359,13 @@ def test_trainer_without_folder_and_progress_totals(capsys):
         return {"loss": float(loss.detach())}
 
     tr = Trainer(None, {"lin": lin}, {}, {}, progress=True)
-    tr.run([Stage("fit", 2, data, fn, on_epoch_end=lambda e, ctx: {"double": 2 * ctx["epoch_metrics"]["loss"]})])
+    with caplog.at_level(logging.INFO, logger="ivfuse"):  # the epoch lines are INFO records of the "ivfuse" logger
+        tr.run([Stage("fit", 2, data, fn, on_epoch_end=lambda e, ctx: {"double": 2 * ctx["epoch_metrics"]["loss"]})])
     assert seen == [(e, b) for e in range(2) for b in range(4)]
     assert tr.history["fit"][1]["double"] == pytest.approx(2 * tr.history["fit"][1]["loss"])
     cap = capsys.readouterr()
     assert "/4 " in cap.err  # the bar knows its total (4 batches)
-    assert "[fit] epoch 2/2" in cap.out + cap.err
+    assert [r.message.split(" (")[0] for r in caplog.records] == ["[fit] epoch 1/2", "[fit] epoch 2/2"]
 
 
 # ------------------------------------------------------------------------------------------------ documented example

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 
 import pytest
 import torch
@@ -208,7 +209,7 @@ def _assert_same_states(a, b):
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_same_seed_is_bitwise_equal_and_interrupted_run_resumes_exactly(tmp_path, monkeypatch, capsys):
+def test_same_seed_is_bitwise_equal_and_interrupted_run_resumes_exactly(tmp_path, monkeypatch, caplog):
     """Seeding happens before F/MFE/D are built and the data order is a function of (seed, stage, epoch): two runs
     with one seed end bitwise equal, and a run killed inside mfe_1 and resumed ends bitwise equal to both."""
     need("data/MSRS")
@@ -236,16 +237,16 @@ def test_same_seed_is_bitwise_equal_and_interrupted_run_resumes_exactly(tmp_path
         train_metafusion(cfg, tmp_path / "d", progress=False)
     assert not (tmp_path / "d" / "final.pt").exists() and calls["n"] == 4
     monkeypatch.setattr(MetaFusionRecipe, "step_outer", real)
-    capsys.readouterr()
-    train_metafusion(cfg, tmp_path / "d", progress=False)
-    err = capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="ivfuse"):
+        train_metafusion(cfg, tmp_path / "d", progress=False)
+    err = caplog.text
     assert f"resuming from {tmp_path / 'd' / 'last.pt'} after stage mfe_1 epoch 1" in err
     _assert_same_states(_states(tmp_path / "a" / "final.pt"), _states(tmp_path / "d" / "final.pt"))
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_resume_refuses_changed_config_unless_told(tmp_path, capsys):
+def test_resume_refuses_changed_config_unless_told(tmp_path, caplog):
     need("data/MSRS")
     cfg = _tiny_cfg("sofusion", **{"epochs.det": 0, "val.max": 0})
     train_metafusion(cfg, tmp_path / "run", progress=False)
@@ -254,9 +255,9 @@ def test_resume_refuses_changed_config_unless_told(tmp_path, capsys):
     with pytest.raises(InputError, match=r"different config \(epochs.pretrain: 1 -> 2\).*resume=force"):
         train_metafusion(cfg2, tmp_path / "run", progress=False)
     # resume=force: a longer schedule in the same folder continues after the finished epoch instead of restarting
-    capsys.readouterr()
-    train_metafusion(cfg2, tmp_path / "run", progress=False, resume="force")
-    err = capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="ivfuse"):
+        train_metafusion(cfg2, tmp_path / "run", progress=False, resume="force")
+    err = caplog.text
     assert "resuming from" in err and "stage pretrain_f epoch 1" in err
     rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
     epochs = [int(r["epoch"]) for r in rows if r["stage"] == "pretrain_f"]
@@ -280,7 +281,7 @@ def test_train_cli_prints_resume_and_export(tmp_path, capsys):
     cap = capsys.readouterr()
     assert f"exported the trained model to {exp}" in cap.out and "resuming" not in cap.err
     assert MetaFusionNet.from_checkpoint(exp).width == 0.125
-    assert main(["train", "metafusion", "preset=cpu", f"out={out}", *items, "-q"]) == 0
+    assert main(["train", "metafusion", "preset=cpu", f"out={out}", *items]) == 0  # -q would hide the INFO notice
     assert f"resuming from {out / 'last.pt'} after stage pretrain_f epoch 1" in capsys.readouterr().err
 
 

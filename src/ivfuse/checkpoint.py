@@ -106,7 +106,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             ck = _load(prev)
         except InputError:
             raise e from None
-        log.warning(f"ivfuse: warning: {e}; using the previous checkpoint {prev}")
+        log.warning("%s; using the previous checkpoint %s", e, prev)
         return ck
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import re
 import sys
 from collections.abc import Sequence
@@ -395,11 +396,12 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
     if any(x in ("-h", "--help") for x in [a.method, *a.items]):
         build_parser().parse_args(["train", "--help"])  # prints the usage and exits
-    quiet = a.quiet or any(x in ("-q", "--quiet") for x in a.items)  # the flag may follow the items
-    items = [x for x in a.items if x not in ("-q", "--quiet")]
+    quiet = a.quiet or any(x in _QUIET for x in a.items)  # the flags may follow the items
+    items = [x for x in a.items if x not in (*_QUIET, *_VERBOSE)]
     bad = [x for x in items if x.startswith("-")]
     if bad:
-        raise IvfuseError(f"train: unknown option '{bad[0]}' (items are key=value; the only flag is -q/--quiet)")
+        raise IvfuseError(f"train: unknown option '{bad[0]}' (items are key=value; the only flags are -q/--quiet and "
+                          "-v/--verbose)")  # fmt: skip
     RECIPES.get(a.method)  # unknown method: "did you mean"
     run, overrides = split_items(items)
     cfg = load_config(a.method, run.get("preset"), run.get("config"), overrides)  # keys and types checked here
@@ -579,7 +581,47 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="cpu")
     m.add_argument("-q", "--quiet", action="store_true")
     m.set_defaults(run=_cmd_masks)
+    for sp in sub.choices.values():  # every mode with -q also takes -v
+        if "-q" in sp._option_string_actions and "-v" not in sp._option_string_actions:
+            sp.add_argument("-v", "--verbose", action="store_true", help="also debug messages (e.g. tiling)")
     return p
+
+
+_QUIET, _VERBOSE = ("-q", "--quiet"), ("-v", "--verbose")
+
+
+class _OneLine(logging.Formatter):
+    """``ivfuse: message`` / ``ivfuse: warning: message`` — the errors' one-line style for the package's log records."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        tag = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"ivfuse: {tag}{record.getMessage()}"
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Writes through ``tqdm.write`` so that a record does not break a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging's contract: report, never raise
+            self.handleError(record)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    """The CLI's handler on the ``ivfuse`` logger: INFO by default, WARNING with ``-q``, DEBUG with ``-v``."""
+    items = getattr(args, "items", None) or []
+    quiet = getattr(args, "quiet", False) or any(x in _QUIET for x in items)
+    verbose = getattr(args, "verbose", False) or any(x in _VERBOSE for x in items)
+    log = logging.getLogger("ivfuse")
+    for h in [h for h in log.handlers if isinstance(h, _TqdmHandler)]:  # main() called again (tests, notebooks)
+        log.removeHandler(h)
+    h = _TqdmHandler()
+    h.setFormatter(_OneLine())
+    log.addHandler(h)
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -602,6 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    _setup_logging(args)
     if getattr(args, "command", None) == "downstream" and args.model is None:
         args.model = "yolov5n" if args.task == "detect" else "espnetv2"
     try:

@@ -137,7 +137,7 @@ class BenchCache:
             for p in bad:
                 p.unlink(missing_ok=True)
             if bad:
-                log.warning(f"ivfuse: warning: {d}: {len(bad)} damaged cached fused image(s) deleted and fused again "
+                log.warning(f"{d}: {len(bad)} damaged cached fused image(s) deleted and fused again "
                             f"({', '.join(p.name for p in bad[:4])}{' ...' if len(bad) > 4 else ''})")  # fmt: skip
         return d
 
@@ -162,7 +162,7 @@ class BenchCache:
             if want != _checksum(out):
                 why = "checksum mismatch"
         if why is not None:
-            log.warning(f"ivfuse: warning: {p}: damaged cache entry ({why}); recomputing it")
+            log.warning(f"{p}: damaged cache entry ({why}); recomputing it")
             return None
         self.hits += 1
         return out

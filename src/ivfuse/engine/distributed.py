@@ -86,10 +86,10 @@ def setup(device: str) -> tuple[torch.device | None, bool]:
                 f"or fewer"
             )  # fmt: skip
         if dev.index is not None and dev.index != local:
-            import sys
+            import logging
 
-            print(f"ivfuse: warning: device={device} ignored under torchrun: local rank {local} uses cuda:{local}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            logging.getLogger("ivfuse").warning("device=%s ignored under torchrun: local rank %d uses cuda:%d", device,
+                                                local, local)  # fmt: skip
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if dist.is_initialized():

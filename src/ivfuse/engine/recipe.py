@@ -15,8 +15,8 @@ the :class:`~ivfuse.engine.trainer.Trainer`, validation, ``final.pt``, ``summary
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,21 @@ __all__ = [
     "refuse_held_out",
 ]  # fmt: skip
 
-RECIPES: Registry[type] = Registry("trainable method")
+#: every trainable method: the recipes of ``ivfuse.engine``'s modules (found by :mod:`ivfuse.engine` without a list)
+#: and third-party ones through the entry-point group ``ivfuse.recipes``
+RECIPES: Registry[type] = Registry("trainable method", entry_points="ivfuse.recipes")
 RESUME_MODES = ("auto", "force", "new")
 
 
-def register_recipe(name: str):
-    """Class decorator: ``@register_recipe("metafusion") class MetaFusionRecipe(Recipe): ...``."""
+def register_recipe(name: str, config: str | Path | None = None):
+    """Class decorator: ``@register_recipe("metafusion") class MetaFusionRecipe(Recipe): ...``. ``config``: the
+    defaults YAML of a recipe that lives outside the package (its presets ``<name>_<preset>.yaml`` beside it); the
+    package's own recipes keep theirs in ``ivfuse/configs/<name>.yaml``."""
 
     def deco(cls: type) -> type:
         cls.name = name
+        if config is not None:
+            cls.config_file = Path(config)
         RECIPES.add(name, cls)
         return cls
 
@@ -54,6 +60,8 @@ class Recipe:
     """Base of the training recipes (see module docstring). ``cfg`` is the checked config dict."""
 
     name: str = "recipe"
+    #: defaults YAML of a recipe outside the package (``register_recipe(name, config=FILE)``); ``None``: the package's
+    config_file: Path | None = None
 
     def __init__(self, cfg: dict, device: torch.device | str = "cpu", progress: bool = True) -> None:
         self.cfg, self.device, self.progress = cfg, torch.device(device), progress
@@ -151,8 +159,9 @@ def validate_fusion(model, v: dict, device=None) -> dict:
     return {f"val_{n}": x for n, x in acc.items()}
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+#: the package logger: the CLI prints its records as one ``ivfuse: ...`` line each (``-q``: warnings only); an API user
+#: configures it like any library's (``logging.basicConfig(level=logging.INFO)`` shows the resume notices)
+log = logging.getLogger("ivfuse")
 
 
 def _resume_decision(out: Path, last: Path, cfg: dict, resume: str) -> tuple[dict | None, str | None]:
@@ -162,7 +171,7 @@ def _resume_decision(out: Path, last: Path, cfg: dict, resume: str) -> tuple[dic
     if resume == "new":
         for f in [*_RUN_FILES, *(p.name for p in out.glob("after_*.pt"))]:
             (out / f).unlink(missing_ok=True)
-        _say(f"ivfuse: resume=new: removed the previous run's files in {out}")
+        log.info("resume=new: removed the previous run's files in %s", out)
         return None, None
     ck = load_checkpoint(last)
     changes = _diff(_with_engine_defaults(ck.get("config", {})), _with_engine_defaults(cfg))
@@ -173,7 +182,7 @@ def _resume_decision(out: Path, last: Path, cfg: dict, resume: str) -> tuple[dic
             f"resume=new to start over, or choose another out="
         )  # fmt: skip
     if changes:
-        _say(f"ivfuse: warning: resume=force: continuing {out} with a changed config ({'; '.join(changes[:4])})")
+        log.warning("resume=force: continuing %s with a changed config (%s)", out, "; ".join(changes[:4]))
     return ck, None
 
 
@@ -214,7 +223,7 @@ def train(name: str, cfg: dict, out: str | Path, export: str | Path | None = Non
     if not isinstance(cfg.get("channels_last", False), bool):
         raise InputError(f"config key 'channels_last' must be true or false, got {cfg['channels_last']!r}")
     for w in cls.check(cfg):
-        _say(f"ivfuse: warning: {w}")
+        log.warning("%s", w)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: run folder is a file")
@@ -241,7 +250,7 @@ def train(name: str, cfg: dict, out: str | Path, export: str | Path | None = Non
         if ck is not None:
             tr.resume(ck)
             if dist.is_main():
-                _say(f"ivfuse: resuming from {last} after {tr.position()}")
+                log.info("resuming from %s after %s", last, tr.position())
         metrics = tr.run(rec.stages())
         val = rec.validate() if dist.is_main() else {}  # the replicas are equal: rank 0 validates for all
         metrics["val"] = dist.broadcast_object(val)

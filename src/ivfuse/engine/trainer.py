@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import random
 import time
@@ -40,6 +41,8 @@ from . import distributed as dist
 from ..checkpoint import previous_of
 from .checkpoint import load_checkpoint, save_checkpoint
 from .step import autocast
+
+log = logging.getLogger("ivfuse")
 
 __all__ = ["Stage", "Trainer"]
 
@@ -266,7 +269,7 @@ class Trainer:
                     self.save(f"after_{st.name}.pt")
                 if self.progress:
                     desc = " ".join(f"{k}={v:.4g}" for k, v in epoch_metrics.items() if not math.isnan(v))
-                    tqdm.write(f"[{st.name}] epoch {ep + 1}/{st.epochs} ({dt:.1f} s): {desc}")
+                    log.info("[%s] epoch %d/%d (%.1f s): %s", st.name, ep + 1, st.epochs, dt, desc)
             self._end_stage(st)
         self._saved = None
         return self.metrics
