@@ -71,6 +71,27 @@ def test_the_shipped_weights_are_found():
     assert all(absent_weights(n) == [] for n in SHIPPED)
 
 
+def test_one_default_weights_table_and_one_meaning_of_weights_none(tmp_path):
+    """#21 item 2: the shipped files are registered once (``register_model(name, default_weights=...)``) and found by
+    one function; ``weights=None`` is an untrained network for every learned method (TIM: of a named genotype), and a
+    missing file is a one-line error naming it."""
+    from ivfuse.errors import InputError
+    from ivfuse.models.base import DEFAULT_WEIGHTS, default_weights_path, resolve_weights
+
+    assert sorted(DEFAULT_WEIGHTS) == SHIPPED and all(default_weights_path(n) == _shipped(n) for n in SHIPPED)
+    with pytest.raises(InputError, match="'average' ships no default weights"):
+        default_weights_path("average")
+    with pytest.raises(InputError, match=f"{tmp_path / 'no.pt'}: lite weights file not found"):
+        resolve_weights("lite", tmp_path / "no.pt")
+    for name in SHIPPED:
+        if absent_weights(name):
+            continue
+        shipped = ivfuse.create_model(name).state_dict()
+        fresh = ivfuse.create_model(name, weights=None, **({"genotype": "ivif_light"} if name == "tim" else {}))
+        new = fresh.state_dict()
+        assert any(k not in new or new[k].shape != v.shape or not torch.equal(new[k], v) for k, v in shipped.items()), name
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 @pytest.mark.parametrize("damage", ["truncated", "header", "empty"])
 def test_a_corrupted_shipped_file_fails_not_skips(tmp_path, monkeypatch, name, damage):

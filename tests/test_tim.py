@@ -382,8 +382,10 @@ def test_derive_json_rebuild_round_trip(tmp_path):
 
 
 def test_registry_without_weights_and_bad_files(tmp_path):
-    with pytest.raises(InputError, match="TIM needs trained weights"):
+    with pytest.raises(InputError, match="TIM needs trained weights.*genotype=NAME"):
         create_model("tim", weights=None)
+    m = create_model("tim", weights=None, genotype="ivif_light")  # untrained, of the named genotype
+    assert m.genotype()["stage1"] == load_genotype("ivif_light")["stage1"] and not m.training
     with pytest.raises(InputError, match="not found"):
         create_model("tim", weights=str(tmp_path / "none.pt"))
     bad = tmp_path / "bad.json"

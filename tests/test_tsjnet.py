@@ -187,10 +187,11 @@ def test_na_gradcheck():
 
 # ---------------------------------------------------------------------------------------------- registry
 def test_registration_requires_weights(tmp_path, cpu_net):
-    with pytest.raises(InputError, match="TSJNet needs trained weights"):
-        create_model("tsjnet", weights=None)
-    m = create_model("tsjnet", weights=None, random_init=True)
+    m = create_model("tsjnet", weights=None)  # weights=None: an untrained network, as for every learned method (#21)
     assert isinstance(m, TSJNet) and m.config == VARIANTS["cpu"]
+    assert create_model("tsjnet", weights=None, random_init=True).config == VARIANTS["cpu"]
+    with pytest.raises(InputError, match="random_init=True .* takes weights=None"):
+        create_model("tsjnet", random_init=True)
     p = cpu_net.save(tmp_path / "t.safetensors")
     loaded = create_model("tsjnet", weights=p)
     cpu_net.eval()

@@ -11,11 +11,18 @@ from .recipe import RECIPES, Recipe, check_device, register_recipe, train, valid
 from .step import OptimStep, call_with, seed_everything, virtual_step
 from .trainer import Stage, Trainer
 
-from . import metafusion  # noqa: E402,F401  (registers the recipes; add new recipe modules here)
-from . import tim  # noqa: E402,F401
-from . import tsjnet  # noqa: E402,F401
-from . import lite  # noqa: E402,F401
-from . import occo  # noqa: E402,F401
+
+def _register_recipes() -> None:
+    """Import every module of this package once: each recipe module registers its recipes (``@register_recipe``), so a
+    new method's recipe file is found without a hand-kept list."""
+    import importlib
+    import pkgutil
+
+    for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{m.name}")
+
+
+_register_recipes()
 
 __all__ = [
     "RECIPES", "Recipe", "register_recipe", "train", "check_device", "validate_fusion", "Stage", "Trainer",

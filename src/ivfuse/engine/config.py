@@ -42,13 +42,24 @@ def _read(path: Path | Any) -> dict:
     return data
 
 
-def defaults(method: str) -> dict:
-    """The defaults (and type schema) of ``method``: ``configs/<method>.yaml``."""
+def _defaults_file(method: str):
+    """``configs/<method>.yaml`` of the package, or the file a recipe registered outside it names
+    (``register_recipe(name, config=FILE)``); "did you mean" over both when there is neither."""
     f = _root() / f"{method}.yaml"
-    if not f.is_file():
-        names = sorted(x.name[:-5] for x in _root().iterdir() if x.name.endswith(".yaml") and "_" not in x.name)
-        raise suggest(method, names, "method config")
-    return {**ENGINE_KEYS, **_read(f)}
+    if f.is_file():
+        return f
+    from .recipe import RECIPES
+
+    if method in RECIPES.names() and getattr(RECIPES.get(method), "config_file", None):
+        return Path(RECIPES.get(method).config_file)
+    names = sorted(x.name[:-5] for x in _root().iterdir() if x.name.endswith(".yaml") and "_" not in x.name)
+    raise suggest(method, sorted({*names, *RECIPES.names()}), "method config")
+
+
+def defaults(method: str) -> dict:
+    """The defaults (and type schema) of ``method``: ``configs/<method>.yaml``, or the ``config=`` file of a recipe
+    registered outside the package."""
+    return {**ENGINE_KEYS, **_read(_defaults_file(method))}
 
 
 def load_config(method: str, preset: str | None = None, config: str | Path | None = None,
@@ -62,9 +73,10 @@ def load_config(method: str, preset: str | None = None, config: str | Path | Non
             raise InputError(f"{p}: config file not found")
         cfg = merge(base, check_types(_read(p), base, f"{p}"))
     elif preset:
-        f = _root() / f"{method}_{preset}.yaml"
+        folder = _defaults_file(method).parent  # presets sit beside the defaults: <method>_<preset>.yaml
+        f = folder / f"{method}_{preset}.yaml"
         if not f.is_file():
-            presets = sorted(x.name[len(method) + 1 : -5] for x in _root().iterdir() if x.name.startswith(method + "_"))
+            presets = sorted(x.name[len(method) + 1 : -5] for x in folder.iterdir() if x.name.startswith(method + "_"))
             raise suggest(preset, presets or [method], f"preset of {method}")
         cfg = merge(base, check_types(_read(f), base, f"preset {preset}"))
     else:

@@ -1,10 +1,19 @@
 """Fusion methods: one registry, one file per method family (``ivfuse list methods``)."""
 
-from . import classical, metafusion  # noqa: F401  (registration)
-from . import didfuse, ifcnn, sage, seafusion, tardal  # noqa: F401  (peers, official weights)
-from . import csf, densefuse, pmgi, sdnet, stdfusionnet, u2fusion  # noqa: F401  (TF peers, weights as .npz)
-from . import lite, warm  # noqa: F401  (real-time model, shipped weights; warm_average, issue 20)
-from . import occo, tim, tsjnet  # noqa: F401  (task-driven methods with CPU-trained shipped weights)
 from .base import MODELS, FusionModel, check_pair, create_model, list_models, register_model
+
+
+def _register_models() -> None:
+    """Import every module of this package once: each method file registers its methods (``@register_model``), so a
+    new method's model file is found without a hand-kept list (classical rules, the peers from their official
+    weights, the task-driven methods and ``lite`` with their shipped weights)."""
+    import importlib
+    import pkgutil
+
+    for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{m.name}")
+
+
+_register_models()
 
 __all__ = ["MODELS", "FusionModel", "check_pair", "create_model", "list_models", "register_model"]

@@ -13,6 +13,7 @@ import difflib
 import inspect
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from ..errors import InputError, UnknownNameError
 from ..registry import Registry
 
 __all__ = ["FusionModel", "MODELS", "register_model", "create_model", "list_models", "check_pair", "check_options",
-           "method_options", "read_weights", "load_checked"]
+           "method_options", "read_weights", "load_checked", "DEFAULT_WEIGHTS", "default_weights_path", "resolve_weights"]
 
 def _plugin(name: str, obj: Any) -> Any:
     """An ``ivfuse.methods`` entry point: a :class:`FusionModel` subclass (named ``name``) or a factory."""
@@ -82,16 +83,55 @@ class FusionModel(nn.Module):
         return ycbcr_to_rgb(torch.cat([y, ycc[:, 1:]], 1)).clamp(0, 1)
 
 
-def register_model(name: str) -> Callable:
-    """Register a :class:`FusionModel` subclass or factory under ``name``."""
+#: method name -> file name of its shipped weights in the package's ``weights/`` folder (``register_model(name,
+#: default_weights=FILE)``); :func:`resolve_weights` is the one place that finds them
+DEFAULT_WEIGHTS: dict[str, str] = {}
+
+
+def register_model(name: str, default_weights: str | None = None) -> Callable:
+    """Register a :class:`FusionModel` subclass or factory under ``name``; ``default_weights``: the file name of the
+    method's shipped weights in ``ivfuse/weights/`` (what ``weights="default"`` loads, see :func:`resolve_weights`)."""
 
     def deco(obj):
         if isinstance(obj, type):
             obj.name = name
         MODELS.add(name, obj)
+        if default_weights:
+            DEFAULT_WEIGHTS[name] = default_weights
         return obj
 
     return deco
+
+
+def default_weights_path(method: str) -> Path:
+    """The shipped weights file of ``method`` (registered with ``default_weights=``); an :class:`InputError` when the
+    method ships none or the installed package lacks the file."""
+    from importlib import resources
+
+    if method not in DEFAULT_WEIGHTS:
+        raise InputError(f"method '{method}' ships no default weights; pass weights=FILE")
+    p = Path(str(resources.files("ivfuse") / "weights" / DEFAULT_WEIGHTS[method]))
+    if not p.is_file():
+        raise InputError(f"{p}: the shipped {method} model is missing from the package; train one (ivfuse train "
+                         f"{method} preset=cpu export=FILE) and pass weights=FILE")  # fmt: skip
+    return p
+
+
+def resolve_weights(method: str, weights: str | os.PathLike | None) -> Path | None:
+    """The one meaning of a learned method's ``weights`` option, for every method:
+
+    * ``"default"`` (every factory's default) -> the shipped file (:func:`default_weights_path`);
+    * ``None`` -> ``None``: an **untrained** network (for training code; the methods that cannot build one say so);
+    * anything else -> that file, which must exist (a one-line :class:`InputError` naming it otherwise).
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, str) and weights == "default":
+        return default_weights_path(method)
+    p = Path(weights)
+    if not p.is_file():
+        raise InputError(f"{p}: {method} weights file not found")
+    return p
 
 
 def _scalar_types(annotation: Any, default: Any) -> tuple[type, ...] | None:

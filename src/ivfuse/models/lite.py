@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from .base import FusionModel, load_checked, read_weights, register_model
+from .base import FusionModel, load_checked, read_weights, register_model, resolve_weights
 
 __all__ = ["LiteFusionNet", "lite"]
 
@@ -79,18 +79,9 @@ class LiteFusionNet(FusionModel):
         return load_checked(cls(width=width), {k: v.float() for k, v in sd.items()}, path, "lite")
 
 
-@register_model("lite")
+@register_model("lite", default_weights="lite_default.safetensors")
 def lite(weights: str | os.PathLike | None = "default", width: int = 8) -> LiteFusionNet:
-    """Real-time fusion CNN; default: the shipped trained model. ``weights=None`` gives an untrained net."""
-    if weights == "default":
-        from importlib import resources
-
-        p = resources.files("ivfuse") / "weights" / "lite_default.safetensors"
-        if not p.is_file():
-            raise InputError("the shipped lite model is missing from the package; train one "
-                             "(ivfuse train lite preset=cpu export=F) and pass weights=F")  # fmt: skip
-        with resources.as_file(p) as f:
-            return LiteFusionNet.from_checkpoint(f)
-    if weights is None:
-        return LiteFusionNet(width=width).eval()
-    return LiteFusionNet.from_checkpoint(weights)
+    """Real-time fusion CNN; default: the shipped trained model; ``weights=FILE``: another; ``weights=None``: an
+    untrained net of ``width`` (:func:`~ivfuse.models.base.resolve_weights`)."""
+    path = resolve_weights("lite", weights)
+    return LiteFusionNet(width=width).eval() if path is None else LiteFusionNet.from_checkpoint(path)

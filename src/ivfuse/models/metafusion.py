@@ -33,7 +33,7 @@ from kornia.color import hsv_to_rgb, rgb_to_hsv, rgb_to_ycbcr, ycbcr_to_rgb
 from torch import nn
 
 from ..errors import InputError
-from .base import FusionModel, check_pair, load_checked, read_weights, register_model
+from .base import FusionModel, check_pair, load_checked, read_weights, register_model, resolve_weights
 from .official import KeyTable, check_preset
 
 __all__ = ["MetaFusionNet", "MetaFeatureEmbedding", "FusionBlock", "guide_loss"]
@@ -276,25 +276,16 @@ def guide_loss(fm: Sequence[torch.Tensor], ft: Sequence[torch.Tensor]) -> torch.
     return sum(F.mse_loss(t, m) for m, t in zip(fm, ft))
 
 
-@register_model("metafusion")
+@register_model("metafusion", default_weights="metafusion_default.safetensors")
 def metafusion(weights: str | os.PathLike | None = "default", width: float | None = None, colour: str = "ycbcr",
                preset: str = "ivfuse") -> MetaFusionNet:  # fmt: skip
     """MetaFusion fusion network F (Zhao et al., CVPR 2023); default: ivfuse's trained CPU-scale model.
     ``weights=FILE`` also loads the authors' ``model_weight.pth``; ``preset="official"`` (with that file) reproduces
-    the official ``test.py`` output (512×384, see docs/metafusion.md)."""
+    the official ``test.py`` output (512×384, see docs/metafusion.md). ``weights=None``: an untrained network of
+    ``width`` and ``colour``."""
     check_preset(preset, "metafusion")
-    if weights == "default":
-        from importlib import resources
-
-        p = resources.files("ivfuse") / "weights" / "metafusion_default.safetensors"
-        if not p.is_file():
-            raise InputError("the shipped MetaFusion model is missing from the package; pass weights=FILE")
-        with resources.as_file(p) as f:
-            model = MetaFusionNet.from_checkpoint(f)
-    elif weights is None:
-        model = MetaFusionNet(width=width or 1.0, colour=colour).eval()
-    else:
-        model = MetaFusionNet.from_checkpoint(weights)
+    path = resolve_weights("metafusion", weights)
+    model = MetaFusionNet(width=width or 1.0, colour=colour).eval() if path is None else MetaFusionNet.from_checkpoint(path)
     if preset == "official":
         if model.colour != "hsv" or model.width != 1.0 or model.blocks != 3:
             raise InputError("metafusion: preset='official' needs the official network (4-channel input, width 1, 3 blocks): "

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from .base import FusionModel, check_pair, load_checked, read_weights, register_model
+from .base import FusionModel, check_pair, load_checked, read_weights, register_model, resolve_weights
 from .official import KeyTable, apply_official_preset, batch_stat_norms, check_preset, is_state_dict
 
 __all__ = ["FIFB", "ChannelEmbed", "CrossChannelWeights", "EfficientCrossAttention", "OCCONet", "SpatialWeight"]
@@ -321,20 +321,13 @@ OFFICIAL_KEYS = KeyTable(
 )
 
 
-@register_model("occo")
+@register_model("occo", default_weights="occo_default.safetensors")
 def occo(weights: str | os.PathLike | None = "default", preset: str = "ivfuse") -> OCCONet:
     """OCCO's FIFN (Li et al., 2025); default: ivfuse's CPU-scale model trained with ``ivfuse train occo preset=cpu``
     (``weights=FILE`` / ``--weights`` for another checkpoint, including the authors' file); ``preset="official"``
-    (with the authors' file) reproduces the official ``main.py --test`` output (docs/occo.md)."""
+    (with the authors' file) reproduces the official ``main.py --test`` output (docs/occo.md). ``weights=None``: an
+    untrained network (before #21 it meant the default)."""
     check_preset(preset, "occo")
-    if weights is None or weights == "default":
-        from importlib import resources
-
-        p = resources.files("ivfuse") / "weights" / "occo_default.safetensors"
-        if not p.is_file():
-            raise InputError("the shipped OCCO model is missing from the package; pass weights=FILE (an OCCO checkpoint)")
-        with resources.as_file(p) as f:
-            model = OCCONet.from_checkpoint(f)
-    else:
-        model = OCCONet.from_checkpoint(weights)
+    path = resolve_weights("occo", weights)
+    model = OCCONet().eval() if path is None else OCCONet.from_checkpoint(path)
     return apply_official_preset(model, preset, "occo", "the official script", "FILE")

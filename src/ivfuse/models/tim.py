@@ -62,7 +62,7 @@ from timm.layers.selective_kernel import SelectiveKernelAttn
 from torch import nn
 
 from ..errors import InputError
-from .base import FusionModel, check_pair, load_checked, read_weights, register_model
+from .base import FusionModel, check_pair, load_checked, read_weights, register_model, resolve_weights
 from .official import KeyTable, apply_official_preset, batch_stat_norms, check_preset, is_state_dict, not_weights_error
 
 __all__ = [
@@ -773,26 +773,23 @@ OFFICIAL_KEYS = KeyTable(
 )
 
 
-@register_model("tim")
+@register_model("tim", default_weights="tim_default.safetensors")
 def tim(weights: str | os.PathLike | None = "default", genotype: str | None = None, preset: str = "ivfuse",
         stage2: str | os.PathLike | None = None) -> TIMNet:  # fmt: skip
     """TIM (Liu et al., TPAMI 2024); default: ivfuse's searched, meta-initialised, task-guided CPU-scale model
     (``weights/tim_default.safetensors``, its genotype in the file's metadata); ``weights=FILE`` loads another,
     including the authors' ``weights_1_*.pt`` (``stage2=weights_2_*.pt`` for the full network, found next to it by
-    default); ``preset="official"`` (with the authors' files) reproduces the official test scripts (docs/tim.md)."""
+    default); ``preset="official"`` (with the authors' files) reproduces the official test scripts (docs/tim.md).
+    ``weights=None, genotype=NAME``: an untrained network of that genotype."""
     check_preset(preset, "tim")
+    if weights is None and genotype is None:
+        raise InputError("TIM needs trained weights: use the shipped default (no weights=), pass weights=FILE, or "
+                         "weights=None with genotype=NAME (ivif, ivif_light) for an untrained network")  # fmt: skip
     if weights is None:
-        raise InputError("TIM needs trained weights: use the shipped default (no weights=) or pass weights=FILE")
-    if weights == "default":
-        if stage2 is not None:
-            raise InputError("tim: stage2= applies to the authors' two-file network (weights=weights_1_*.pt)")
-        p = resources.files("ivfuse") / "weights" / "tim_default.safetensors"
-        if not p.is_file():
-            raise InputError("the shipped TIM model is missing from the package; pass weights=FILE")
-        with resources.as_file(p) as f:
-            model = TIMNet.from_checkpoint(f)
-    else:
-        model = TIMNet.from_checkpoint(weights, stage2=stage2)
+        return apply_official_preset(TIMNet(genotype).eval(), preset, "tim", "the official scripts", "weights_1_*.pt")
+    if weights == "default" and stage2 is not None:
+        raise InputError("tim: stage2= applies to the authors' two-file network (weights=weights_1_*.pt)")
+    model = TIMNet.from_checkpoint(resolve_weights("tim", weights), stage2=stage2)
     if genotype is not None:
         want, have = load_genotype(genotype), model.genotype()
         if (have["stage1"], have["stage2"]) != (want["stage1"], want.get("stage2")):

@@ -62,7 +62,7 @@ from timm.models.resnest import ResNestBottleneck
 from torch import nn
 
 from ..errors import InputError
-from .base import FusionModel, check_pair, load_checked, read_weights, register_model
+from .base import FusionModel, check_pair, load_checked, read_weights, register_model, resolve_weights
 from .official import KeyTable
 
 __all__ = [
@@ -794,34 +794,25 @@ OFFICIAL_KEYS = KeyTable(
 )
 
 
-@register_model("tsjnet")
+@register_model("tsjnet", default_weights="tsjnet_default.safetensors")
 def tsjnet(weights: str | os.PathLike | None = "default", variant: str = "cpu", random_init: bool = False,
            preset: str = "ivfuse", **overrides: Any) -> TSJNet:  # fmt: skip
     """TSJNet (Jie et al., arXiv 2402.01212). Default: ivfuse's trained CPU-scale model shipped in the package
     (``weights/tsjnet_default.safetensors``, trained by ``ivfuse train tsjnet preset=cpu``; see docs/tsjnet.md);
-    ``weights=FILE`` loads another checkpoint; ``weights=None, random_init=True`` builds an untrained network
-    (``variant="cpu"|"paper"``) for training code."""
+    ``weights=FILE`` loads another checkpoint; ``weights=None`` builds an untrained network (``variant="cpu"|"paper"``,
+    config ``overrides``) for training code (``random_init=True`` is accepted and no longer needed)."""
     from .official import apply_official_preset, check_preset
 
     check_preset(preset, "tsjnet")
     if preset == "official" and (weights is None or weights == "default"):
         raise InputError("tsjnet: preset='official' reproduces inference.py with the authors' network: pass their "
                          "checkpoint (weights=TSJNet.pth)")  # fmt: skip
-    if weights is None and random_init:
+    path = resolve_weights("tsjnet", weights)
+    if path is None:
         return TSJNet(variant=variant, **overrides)
-    if weights == "default":
-        from importlib import resources
-
-        shipped = resources.files("ivfuse") / "weights" / "tsjnet_default.safetensors"
-        if not shipped.is_file():
-            raise InputError("the shipped TSJNet model is missing from the package; pass weights=FILE")
-        weights = Path(str(shipped))
-    if weights is None:
-        raise InputError(
-            "TSJNet needs trained weights: use the default (weights='default'), pass weights=FILE, "
-            "or weights=None, random_init=True for an untrained network to train"
-        )
+    if random_init:
+        raise InputError("TSJNet: random_init=True builds an untrained network, so it takes weights=None, not a file")
     if overrides:
         raise InputError(f"TSJNet: options {', '.join(sorted(overrides))} cannot be combined with a weights file")
-    model = TSJNet.from_checkpoint(weights)
+    model = TSJNet.from_checkpoint(path)
     return apply_official_preset(model, preset, "tsjnet", "inference.py", "TSJNet.pth")
