@@ -794,6 +794,10 @@ class TSJNet(FusionModel):
         return up(h), up(w)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():  # ONNX export: pad amounts as traced size arithmetic, so any size runs
+            m = self.config.nat_stride  # (sides below min_side are not padded up to it in the graph)
+            h, w = x.shape[-2], x.shape[-1]
+            return F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="replicate")
         H, W = self.padded_size(*x.shape[-2:])
         ph, pw = H - x.shape[-2], W - x.shape[-1]
         return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
