@@ -135,7 +135,6 @@ def _exportable():
 
 #: methods that load but cannot be exported, and why (docs/deployment.md); the test checks the one-line refusal
 NOT_EXPORTABLE = {  # method -> what its one-line refusal must say
-    "tsjnet": "Unfold",  # its forward uses nn.Unfold on inputs of dynamic size, which the TorchScript exporter refuses
     "csf": "amplifies float round-off",  # a softmax of gradient differences / 0.00015: ORT differs by ~1e-3
 }
 
@@ -151,6 +150,14 @@ def test_onnx_export_matches_pytorch(tmp_path, name, learned):
     model = ivfuse.create_model(name)
     diff = onnx_parity(model, OnnxFusionModel(path), sizes=((1, 96, 128), (2, 120, 160)))
     assert diff <= 1e-4, f"{name}: max |torch - onnxruntime| = {diff}"
+
+
+def test_tsjnet_onnx_runs_at_any_size(tmp_path):
+    """TSJNet's neighbourhood attention (tiles from ``arange`` of the map size) and its padding to the NAT stride
+    trace with dynamic sizes: a size that is no multiple of the stride (padded inside the graph) matches PyTorch."""
+    path = export_onnx("tsjnet", tmp_path / "tsjnet.onnx")
+    diff = onnx_parity(ivfuse.create_model("tsjnet"), OnnxFusionModel(path), sizes=((1, 77, 101),))
+    assert diff <= 1e-4, f"tsjnet: max |torch - onnxruntime| = {diff}"
 
 
 def test_every_learned_method_with_weights_is_covered():

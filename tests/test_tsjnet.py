@@ -185,6 +185,34 @@ def test_na_gradcheck():
     assert torch.autograd.gradcheck(lambda a, b, c, r: neighborhood_attention_2d(a, b, c, 3, r), (q, k, v, rpb))
 
 
+@pytest.mark.parametrize("layout", ["ivfuse", "official"])
+def test_fast_inference_path_equals_the_module_path(layout):
+    """Eval mode folds BatchNorm into the convolutions, fuses activations/residual sums into oneDNN convolutions and
+    runs channels-last; it must give the module-by-module result (the same network with the fast-path switches, i.e.
+    the ``training`` flags of all but the BatchNorm/dropout layers, turned on) within 1e-5."""
+    from timm.layers import DropPath
+
+    torch.manual_seed(3)
+    m = TSJNet(variant="cpu", layout=layout)
+    for mod in m.modules():  # non-trivial running statistics, so that folding is really checked
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.1, 0.1)
+    m.eval()
+    g = torch.Generator().manual_seed(0)
+    ir, vis = torch.rand(2, 1, 45, 61, generator=g), torch.rand(2, 3, 45, 61, generator=g)
+    with torch.inference_mode():
+        fast = m(ir, vis)
+    for mod in m.modules():
+        if not isinstance(mod, (torch.nn.BatchNorm2d, torch.nn.Dropout, torch.nn.Dropout2d, DropPath)):
+            mod.training = True
+    with torch.inference_mode():
+        ref = m(ir, vis)
+    assert (fast - ref).abs().max() <= 1e-5
+
+
 # ---------------------------------------------------------------------------------------------- registry
 def test_registration_requires_weights(tmp_path, cpu_net):
     m = create_model("tsjnet", weights=None)  # weights=None: an untrained network, as for every learned method (#21)

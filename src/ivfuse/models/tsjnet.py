@@ -189,9 +189,27 @@ VARIANTS: dict[str, TSJNetConfig] = {
 
 
 # ------------------------------------------------------------------------------------ neighbourhood attention
-def _window_starts(n: int, k: int, device) -> torch.Tensor:
-    """First index of the clamped ``k``-window of every position ``0..n-1`` (NAT / natten, dilation 1)."""
-    return (torch.arange(n, device=device) - k // 2).clamp(0, n - k)
+#: query tile side of :func:`neighborhood_attention_2d` (a tile of ``T×T`` queries attends densely to the
+#: ``(T+k-1)²`` keys that hold all its windows; 8 was fastest for k = 3 and 7 on the CPU)
+NA_TILE = 8
+
+
+def _na_axis(n: int, ks: int, t: int, device) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One axis of the tiled neighbourhood attention: ``(tiles, key index, mask, rpb index)``.
+
+    Queries ``0..n-1`` are cut into ``tiles = ceil(n/t)`` tiles of ``t`` (the last padded). Tile ``u`` reads the
+    ``L = t+k-1`` keys from the window start of its first query: ``key`` (``tiles×L``, absolute indices into the
+    keys padded by ``t-1`` at the end) holds every window of its queries, since window starts grow by at most one
+    per query. ``mask`` (``tiles×t×L``, bool) says which of them lie in each query's clamped window, ``ridx``
+    (``tiles×t×L``) the relative-position-bias index ``key - query + k - 1`` (clamped into range where masked)."""
+    tiles = (n + t - 1) // t
+    q = torch.arange(tiles * t, device=device)
+    start = (q - ks // 2).clamp(min=0).clamp(max=n - ks)  # clamped window start of every (padded) query
+    key = start[::t, None] + torch.arange(t + ks - 1, device=device)  # tiles×L
+    rel = key[:, None, :] - start.view(tiles, t, 1)  # key - window start
+    mask = (rel >= 0) & (rel < ks)
+    ridx = (key[:, None, :] - q.view(tiles, t, 1) + ks - 1).clamp(0, 2 * ks - 2)
+    return tiles, key, mask, ridx
 
 
 def neighborhood_attention_2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int,
@@ -204,6 +222,11 @@ def neighborhood_attention_2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     ``q·k + rpb[h, a - i + k - 1, b - j + k - 1]`` (relative position bias indexed by the key's offset from the
     query, as in natten), followed by a softmax over the window.
 
+    Computed in tiles (no unfolding, no Python loop over pixels): each ``T×T`` tile of queries
+    (:data:`NA_TILE`) takes the ``(T+k-1)²`` keys that contain all its windows as two matrix products with the
+    keys outside each query's window masked to ``-inf`` (they get exactly zero weight). Index tensors come from
+    ``arange`` of the map size, so the function traces to ONNX with dynamic sizes.
+
     Args:
         q, k, v: ``B×heads×H×W×d`` (``q`` already scaled); ``H, W >= kernel_size``.
         kernel_size: odd window size ``k``.
@@ -213,21 +236,31 @@ def neighborhood_attention_2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         ``B×heads×H×W×d``.
     """
     B, nh, H, W, d = q.shape
-    ks = int(kernel_size)
+    ks, t = int(kernel_size), NA_TILE
     if H < ks or W < ks:
         raise InputError(f"neighbourhood attention: a {W}x{H} map is smaller than the {ks}x{ks} window")
-    sh, sw = _window_starts(H, ks, q.device), _window_starts(W, ks, q.device)
-    # all k×k windows as a view (B, nh, H-k+1, W-k+1, d, k, k), then pick each query's clamped window
-    kw = k.unfold(2, ks, 1).unfold(3, ks, 1)[:, :, sh][:, :, :, sw]
-    vw = v.unfold(2, ks, 1).unfold(3, ks, 1)[:, :, sh][:, :, :, sw]
-    logits = torch.einsum("bhijd,bhijdac->bhijac", q, kw)
+    th, key_h, mask_h, ridx_h = _na_axis(H, ks, t, q.device)
+    tw, key_w, mask_w, ridx_w = _na_axis(W, ks, t, q.device)
+    L = t + ks - 1
+    qt = F.pad(q, (0, 0, 0, tw * t - W, 0, th * t - H))
+    qt = qt.view(B, nh, th, t, tw, t, d).permute(0, 1, 2, 4, 3, 5, 6).reshape(B, nh, th * tw, t * t, d)
+
+    def region(x: torch.Tensor) -> torch.Tensor:  # B×nh×tiles×L²×d: the keys (values) of every tile
+        x = F.pad(x, (0, 0, 0, t - 1, 0, t - 1)).index_select(2, key_h.flatten()).index_select(3, key_w.flatten())
+        return x.view(B, nh, th, L, tw, L, d).permute(0, 1, 2, 4, 3, 5, 6).reshape(B, nh, th * tw, L * L, d)
+
+    # additive bias per (head, tile, query, key): rpb inside the window, -inf outside; separable in rows/columns
+    zero = torch.zeros((), dtype=q.dtype, device=q.device)
+    ninf = torch.full((), float("-inf"), dtype=q.dtype, device=q.device)
+    bias = torch.where(mask_h, zero, ninf).view(-1, 1) + torch.where(mask_w, zero, ninf).view(1, -1)
     if rpb is not None:
-        off = torch.arange(ks, device=q.device)
-        rel_h = sh[:, None] + off[None] - torch.arange(H, device=q.device)[:, None] + ks - 1  # H×k
-        rel_w = sw[:, None] + off[None] - torch.arange(W, device=q.device)[:, None] + ks - 1  # W×k
-        logits = logits + rpb[:, rel_h[:, None, :, None], rel_w[None, :, None, :]]  # heads×H×W×k×k
-    attn = logits.flatten(-2).softmax(-1).view_as(logits)
-    return torch.einsum("bhijac,bhijdac->bhijd", attn, vw)
+        bias = bias + rpb.to(q.dtype).index_select(1, ridx_h.flatten()).index_select(2, ridx_w.flatten())
+    else:
+        bias = bias.expand(nh, -1, -1)
+    bias = bias.reshape(nh, th, t, L, tw, t, L).permute(0, 1, 4, 2, 5, 3, 6).reshape(nh, th * tw, t * t, L * L)
+    attn = (qt @ region(k).transpose(-1, -2) + bias).softmax(-1)
+    out = (attn @ region(v)).view(B, nh, th, tw, t, t, d).permute(0, 1, 2, 4, 3, 5, 6)
+    return out.reshape(B, nh, th * t, tw * t, d)[:, :, :H, :W]
 
 
 class NeighborhoodAttention2d(nn.Module):
@@ -389,17 +422,148 @@ class DSM(nn.Module):
         self.up = nn.ConvTranspose2d(c, c, 2, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:  # the same with fused convolutions (see _conv_fused); dropout is the identity
+            y = _run_folded(self.conv_in, x)
+            y = y + _conv_fused(self.coa, y, act=_RELU)
+            a = _conv_fused(self.conv_pool, x, act=_act_of(nn.LeakyReLU(0.2)))
+            return _conv_fused(self.conv_out[1], _run_folded(self.conv_mid, y), other=self._pooled(a, x))
         y = self.conv_in(x)
         y = y + F.relu(self.coa(y))  # COA residual
         conv_branch = self.conv_out(self.conv_mid(y))
-        a = F.leaky_relu(self.conv_pool(x), 0.2)
+        return conv_branch + self._pooled(F.leaky_relu(self.conv_pool(x), 0.2), x)
+
+    def _pooled(self, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         p = F.max_pool2d(a, 2, 2, ceil_mode=True) + F.avg_pool2d(a, 2, 2, ceil_mode=True)
         w = torch.sigmoid(self.fc(p.mean((2, 3))))[:, :, None, None]
-        pooled = self.up(p * w)[..., : x.shape[-2], : x.shape[-1]]
-        return conv_branch + pooled
+        return self.up(p * w)[..., : x.shape[-2], : x.shape[-1]]
 
 
 # ------------------------------------------------------------------------------------------ ResNeSt / decoder
+# Inference (eval mode) takes a faster path with the same result (max |difference| < 1e-6 on MSRS pairs): each
+# BatchNorm2d in eval mode is folded into the convolution before it (the folded weights are recomputed on every
+# call, so they never go stale), the activation (and a residual sum) that follows a convolution runs inside it
+# (oneDNN post-ops, CPU float32 without autograd: exact), and the maps are kept channels-last (oneDNN's faster
+# layout; the NAT's ``B×H×W×C`` permutes are then free). Training mode runs the modules as they are.
+def _bn_foldable(bn: nn.Module) -> bool:
+    return isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.running_var is not None and bn.affine
+
+
+_MKLDNN_OK: bool | None = None
+
+
+def _mkldnn_fusable(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` on ``x`` can run as a oneDNN convolution with fused post-ops (checked once for the op)."""
+    global _MKLDNN_OK
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
+            or torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))):  # fmt: skip
+        return False
+    if _MKLDNN_OK is None:
+        try:
+            xs, ws = torch.arange(18.0).view(1, 2, 3, 3) / 9 - 1, torch.arange(36.0).view(2, 2, 3, 3) / 36 - 0.5
+            got = torch.ops.mkldnn._convolution_pointwise(xs, ws, None, [1, 1], [1, 1], [1, 1], 1, "relu", [], "")
+            _MKLDNN_OK = bool(torch.allclose(got, F.relu(F.conv2d(xs, ws, padding=1)), rtol=0, atol=1e-5))
+        except Exception:  # noqa: BLE001 - no oneDNN or another signature: plain PyTorch ops
+            _MKLDNN_OK = False
+    return _MKLDNN_OK
+
+
+#: activation module -> (oneDNN post-op, its scalars, the plain PyTorch function)
+def _act_of(m: nn.Module) -> tuple[str, list[float], Any] | None:
+    if isinstance(m, nn.ReLU):
+        return "relu", [], F.relu
+    if isinstance(m, nn.ReLU6):
+        return "hardtanh", [0.0, 6.0], F.relu6
+    if isinstance(m, nn.LeakyReLU):
+        slope = m.negative_slope
+        return "leaky_relu", [slope], lambda t: F.leaky_relu(t, slope)
+    if isinstance(m, nn.Sigmoid):
+        return "sigmoid", [], torch.sigmoid
+    return None
+
+
+_RELU = ("relu", [], F.relu)
+_SIGMOID = ("sigmoid", [], torch.sigmoid)
+
+
+def _conv_fused(conv: nn.Conv2d, x: torch.Tensor, bn: nn.Module | None = None, act=None,
+                other: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """``act(bn(conv(x)) + other)`` for inference: an eval ``bn`` folded into the weights, ``other`` (a residual
+    of the output's shape) and ``act`` (an :func:`_act_of` triple) fused into the oneDNN convolution when
+    :func:`_mkldnn_fusable`, else plain PyTorch ops."""
+    w, b = conv.weight, conv.bias
+    if bn is not None:
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        b = bn.bias - bn.running_mean * scale + (b * scale if b is not None else 0)
+        w = w * scale.view(-1, *[1] * (w.ndim - 1))
+    if _mkldnn_fusable(x, conv):
+        args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        if other is not None:
+            return torch.ops.mkldnn._convolution_pointwise(x, other.contiguous(memory_format=torch.channels_last), w, b,
+                                                           *args, "add", 1.0, act[0] if act else None,
+                                                           act[1] if act else [], "")  # fmt: skip
+        return torch.ops.mkldnn._convolution_pointwise(x, w, b, *args, act[0] if act else "none", act[1] if act else [], "")
+    y = conv._conv_forward(x, w, b)
+    if other is not None:
+        y = y + other
+    return act[2](y) if act else y
+
+
+def _run_folded(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Run ``seq`` for inference with every ``Conv2d [-> eval BatchNorm2d] [-> activation]`` as one
+    :func:`_conv_fused` call."""
+    mods, i = list(seq), 0
+    while i < len(mods):
+        m = mods[i]
+        if type(m) is nn.Conv2d:
+            j, bn = i + 1, None
+            if j < len(mods) and _bn_foldable(mods[j]):
+                bn, j = mods[j], j + 1
+            act = _act_of(mods[j]) if j < len(mods) else None
+            x, i = _conv_fused(m, x, bn, act), j + (act is not None)
+        else:
+            x, i = m(x), i + 1
+    return x
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
+def _radix_combine(x: torch.Tensor, att: torch.Tensor, radix: int) -> torch.Tensor:
+    """``Σ_r split_r · att_r`` over the ``radix`` channel splits of ``x`` (``att``: ``B×radix·c×1×1``), keeping
+    ``x``'s memory format."""
+    c = x.shape[1] // radix
+    out = x[:, :c] * att[:, :c]
+    for r in range(1, radix):
+        out = out + x[:, r * c : (r + 1) * c] * att[:, r * c : (r + 1) * c]
+    return out
+
+
+def _timm_bottleneck_eval(blk: ResNestBottleneck, x: torch.Tensor) -> torch.Tensor:
+    """timm's :class:`ResNestBottleneck` / ``SplitAttn`` forward for inference (:func:`_conv_fused`; no
+    ``contiguous()`` back to NCHW). Only the configuration built here (no avd, drop block or drop path)."""
+    out = _conv_fused(blk.conv1, x, blk.bn1, _RELU)
+    sa = blk.conv2
+    y = _conv_fused(sa.conv, out, sa.bn0, _RELU)
+    B, rc = y.shape[:2]
+    r = sa.radix
+    gap = y.mean((2, 3), keepdim=True)
+    if r > 1:  # mean of the sum of the radix splits = sum of their means
+        gap = gap.view(B, r, rc // r, 1, 1).sum(1)
+    att = sa.rsoftmax(sa.fc2(sa.act1(sa.bn1(sa.fc1(gap))))).view(B, -1, 1, 1)
+    out = _radix_combine(y, att, r) if r > 1 else y * att
+    shortcut = x if blk.downsample is None else _run_folded(blk.downsample, x)
+    return _conv_fused(blk.conv3, out, blk.bn3, _RELU, other=shortcut)
+
+
+def _fast_bottleneck(blk: nn.Module) -> bool:
+    if isinstance(blk, _BottleneckOfficial):
+        return True
+    return (isinstance(blk, ResNestBottleneck) and blk.avd_first is None and blk.avd_last is None
+            and blk.drop_path is None and isinstance(blk.bn2, nn.Identity) and isinstance(blk.drop_block, nn.Identity))  # fmt: skip
+
+
 class _SplitAttnOfficial(nn.Module):
     """The official code's split attention (radix ``r``): grouped 3×3 conv ``c → r·c`` (bias) + BN + ReLU; the radix
     splits are summed, pooled, and 1×1 ``c → max(32, r·c/4)`` + BN + ReLU, 1×1 ``→ r·c`` + BN + ReLU (both convs
@@ -417,6 +581,13 @@ class _SplitAttnOfficial(nn.Module):
                                  nn.ReLU(inplace=True))  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            x = _run_folded(self.radix_conv, x)
+            b, rc = x.shape[:2]
+            gap = x.mean((2, 3), keepdim=True).view(b, self.radix, rc // self.radix, 1, 1).sum(1)
+            att = _run_folded(self.fc2, _run_folded(self.fc1, gap))
+            att = att.view(b, 1, self.radix, -1).transpose(1, 2).softmax(1).reshape(b, -1, 1, 1)
+            return _radix_combine(x, att, self.radix)
         x = self.radix_conv(x)
         b, rc = x.shape[:2]
         splits = torch.split(x, rc // self.radix, 1)
@@ -437,6 +608,10 @@ class _BottleneckOfficial(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            shortcut = x if self.downsample is None else _run_folded(self.downsample, x)
+            conv3, bn3 = self.conv3
+            return _conv_fused(conv3, self.conv2(_run_folded(self.conv1, x)), bn3, _RELU, other=shortcut)
         out = self.conv3(self.conv2(self.conv1(x)))
         return F.relu(out + (x if self.downsample is None else self.downsample(x)))
 
@@ -471,7 +646,12 @@ class ResNeStBlock(nn.Module):
         self.out_channels = out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.stem(x))
+        if self.training:
+            return self.blocks(self.stem(x))
+        x = _run_folded(self.stem, _channels_last(x))
+        for blk in self.blocks:
+            x = _timm_bottleneck_eval(blk, x) if isinstance(blk, ResNestBottleneck) and _fast_bottleneck(blk) else blk(x)
+        return x
 
 
 class SpatialAttention(nn.Module):
@@ -484,9 +664,9 @@ class SpatialAttention(nn.Module):
         self.conv = nn.Conv2d(channels, heads, 1, groups=heads)  # = one 1×1 conv per head
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        att = torch.sigmoid(self.conv(x))
+        att = torch.sigmoid(self.conv(x)) if self.training else _conv_fused(self.conv, x, act=_SIGMOID)
         B, C, H, W = x.shape
-        y = (x.view(B, self.heads, C // self.heads, H, W) * att[:, :, None]).view(B, C, H, W)
+        y = (x.reshape(B, self.heads, C // self.heads, H, W) * att[:, :, None]).reshape(B, C, H, W)
         return y, att
 
 
@@ -507,7 +687,11 @@ class TSJEncoder(nn.Module):
         self.detail = DSM(c, cfg.dsm_reduction, cfg.dsm_dropout)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.convs(self.resnest(self.embed(x)))
+        x = self.embed(x)
+        if self.training:
+            f = self.convs(self.resnest(x))
+        else:  # channels-last from here on, fused convolutions (see the ResNeSt section)
+            f = _run_folded(self.convs, self.resnest(_channels_last(x)))
         return self.base(f), self.detail(f)
 
 
@@ -528,8 +712,13 @@ class TSJDecoder(nn.Module):
 
     def forward(self, base: torch.Tensor, detail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = base + detail if self.merge == "sum" else torch.cat([base, detail], 1)
-        x, att = self.attention(x)
-        return torch.sigmoid(self.out(self.resnest(self.reduce(x)))), att
+        if self.training:
+            x, att = self.attention(x)
+            return torch.sigmoid(self.out(self.resnest(self.reduce(x)))), att
+        x, att = self.attention(_channels_last(x))
+        h = self.resnest(self.reduce(x))
+        conv, act, last = self.out
+        return _conv_fused(last, _conv_fused(conv, h, act=_act_of(act)), act=_SIGMOID), att
 
 
 # ------------------------------------------------------------------------------------------------ the network
@@ -605,6 +794,10 @@ class TSJNet(FusionModel):
         return up(h), up(w)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():  # ONNX export: pad amounts as traced size arithmetic, so any size runs
+            m = self.config.nat_stride  # (sides below min_side are not padded up to it in the graph)
+            h, w = x.shape[-2], x.shape[-1]
+            return F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="replicate")
         H, W = self.padded_size(*x.shape[-2:])
         ph, pw = H - x.shape[-2], W - x.shape[-1]
         return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
