@@ -783,6 +783,67 @@ def test_recipe_training_killed_in_checkpoint_writes_resumes_to_the_same_weights
     assert want and all(want.values()) and _bitwise_equal(got, want)
 
 
+def _torchrun_cmd(out: Path, items: list[str]) -> list[str]:
+    """``torchrun --standalone --nproc_per_node 2 --max-restarts 1 -m ivfuse train lite``: gloo on the CPU."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--max-restarts", "1",
+            "-m", "ivfuse", "train", "lite", "-q", f"out={out}", *items]  # fmt: skip
+
+
+def _workers(tag: str) -> dict[int, str]:
+    """pid -> ``RANK`` of the torchrun workers whose environment holds ``IVFUSE_TEST_TAG=tag`` (not the agent)."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        try:
+            env = (d / "environ").read_bytes().split(b"\0") if d.name.isdigit() else []
+        except OSError:
+            continue
+        if f"IVFUSE_TEST_TAG={tag}".encode() in env:
+            rank = [e[5:].decode() for e in env if e.startswith(b"RANK=")]
+            if rank:
+                found[int(d.name)] = rank[0]
+    return found
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the torchrun workers through /proc")
+def test_torchrun_worker_killed_mid_epoch_restarts_and_resumes_to_the_same_weights(tmp_path):
+    """``torchrun --nproc_per_node 2 --max-restarts 1 -m ivfuse train lite`` (gloo, CPU): rank 1 SIGKILLed once the
+    first epoch's checkpoint exists (in the next epoch). torchrun stops rank 0, restarts both, they resume from
+    ``last.pt`` and the final weights equal an uninterrupted 2-process run's bit for bit. Before the restart store
+    of ``ivfuse.engine.distributed`` the restarted workers hung in gloo's connection (stale keys in torchrun's store)."""
+    import signal
+    import subprocess
+    import time
+    import uuid
+
+    from conftest import need
+
+    need("data/MSRS")
+    items = [*LITE, "epochs=6", "max_batches=3"]  # longer epochs: the kill lands inside one
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    p = subprocess.run(_torchrun_cmd(ref, items), capture_output=True, text=True, env=_env(), timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    tag = uuid.uuid4().hex
+    proc = subprocess.Popen(_torchrun_cmd(run, items), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(IVFUSE_TEST_TAG=tag))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and not (run / "last.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        victims = [pid for pid, rank in _workers(tag).items() if rank == "1"]
+        assert proc.poll() is None and len(victims) == 1, "the run ended before its first checkpoint"
+        os.kill(victims[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert f"local_rank: 1 (pid: {victims[0]})" in err and "exitcode: -9" in err, err[-3000:]  # torchrun saw the kill
+    assert len([line for line in err.splitlines() if line.startswith(f"ivfuse: resuming from {run / 'last.pt'}")]) == 1
+    assert _bitwise_equal(_modules(run / "final.pt"), _modules(ref / "final.pt"))
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+
+
 # -- folder fusion: SIGKILL mid-folder, resume with --skip-existing ---------------------------------------------------
 
 
