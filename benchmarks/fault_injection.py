@@ -17,7 +17,7 @@ rerun with ``--skip-existing``, compare every output's bytes).
 
 Run from the repository root (MSRS under ../shared)::
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/fault_injection.py --kills 10 [--recipes lite,metafusion,fuse]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/fault_injection.py --kills 10 [--recipes lite,metafusion,tim,occo,tsjnet,fuse]
 
 Columns: kill points tried; killed (the process died of the SIGKILL before finishing); resumed (the rerun finished
 with status 0, after saying ``resuming from`` when a checkpoint existed); equal (final weights or images bitwise equal
