@@ -17,7 +17,7 @@ rerun with ``--skip-existing``, compare every output's bytes).
 
 Run from the repository root (MSRS under ../shared)::
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/fault_injection.py --kills 10 [--recipes lite,metafusion,fuse]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/fault_injection.py --kills 10 [--recipes lite,metafusion,tim,occo,tsjnet,fuse]
 
 Columns: kill points tried; killed (the process died of the SIGKILL before finishing); resumed (the rerun finished
 with status 0, after saying ``resuming from`` when a checkpoint existed); equal (final weights or images bitwise equal
@@ -46,6 +46,17 @@ RECIPES = {
                    "data.batch=2", "data.det_batch=2", "data.max_batches=2", "epochs.pretrain=2", "epochs.det=1",
                    "epochs.mfe=2", "inner.every=2", "inner.updates=1", "rounds=1", "val.max=0",
                    "data.train=[{name: msrs, split: train}]", "detector.weights=scratch"],
+    # TIM's whole chain (search -> derive -> meta_init -> train, two epochs each) at width 8 on 32 x 32 crops
+    "tim": ["preset=cpu", "net.width=8", "search.cg_iters=1", "search.max_batches=1", "data.max_batches=1",
+            "data.batch=1", "data.crop=[32, 32]", "data.det_crop=[64, 64]", "meta.steps=2", "meta.inner_steps=1",
+            "val.max=0", "epochs.search=2", "epochs.meta_init=2", "epochs.train=2",
+            "data.meta=[{name: llvip, split: all, task: llvip}, {name: tno, split: all, task: tno}]"],
+    # OCCO with the contrastive loss on 2 pairs (MobileSAM masks computed once into {tmp}'s cache by the first run)
+    "occo": ["preset=cpu", "max_pairs=2", "crop=[32, 32]", "batch=2", "epochs=3", "val.max=0",
+             "masks.cache={tmp}/occo-masks"],
+    # TSJNet's cpu variant with both guides (pseudo-masks cached in {tmp} by the first run)
+    "tsjnet": ["preset=cpu", "data.max_pairs=2", "data.batch=2", "data.crop=[64, 64]", "data.max_batches=1",
+               "epochs=3", "val.max=0", "seg.cache={tmp}/tsjnet-masks"],
 }  # fmt: skip
 
 
@@ -56,7 +67,9 @@ def env(**extra) -> dict:
 
 
 def train_cmd(method: str, out: Path) -> list[str]:
-    return [sys.executable, "-m", "ivfuse", "train", method, "-q", f"out={out}", *RECIPES[method]]
+    """The training command; ``{tmp}`` in an item is the benchmark's temporary folder (the parent of ``out``)."""
+    items = [i.replace("{tmp}", str(out.parent)) for i in RECIPES[method]]
+    return [sys.executable, "-m", "ivfuse", "train", method, "-q", f"out={out}", *items]
 
 
 def run_killed(cmd: list[str], e: dict, started: Path, delay: float | None) -> int:
@@ -91,10 +104,10 @@ def bench_recipe(method: str, n: int, rng: random.Random, tmp: Path) -> dict:
     t0 = time.monotonic()
     subprocess.run(train_cmd(method, ref), check=True, stdout=subprocess.DEVNULL, env=env())
     t_ref = time.monotonic() - t0
-    import json
+    import torch
 
-    hist = json.loads((ref / "summary.json").read_text())["history"]
-    saves = sum(len(h) for h in hist.values()) + len(hist)  # last.pt writes: one per epoch and one per stage end
+    prog = torch.load(ref / "last.pt", map_location="cpu", weights_only=True)["progress"]
+    saves = sum(prog["done"].values()) + len(prog["ended"])  # last.pt writes: one per epoch and one per stage end
     want = modules(ref / "final.pt")
     # how long the training itself lasts (from the run folder appearing to the end): the time-kill window
     probe = tmp / f"{method}-probe"
@@ -195,7 +208,8 @@ def bench_fuse(n: int, rng: random.Random, tmp: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kills", type=int, default=10, help="random kill points per recipe (default 10)")
-    ap.add_argument("--recipes", default="lite,metafusion,fuse", help="comma-separated: lite, metafusion, fuse")
+    ap.add_argument("--recipes", default="lite,metafusion,tim,occo,tsjnet,fuse",
+                    help="comma-separated: lite, metafusion, tim, occo, tsjnet, fuse")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     rng = random.Random(a.seed)

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import shutil
 import struct
 import sys
 import tempfile
@@ -714,6 +715,137 @@ def test_metafusion_training_killed_in_a_torn_write_resumes_to_the_same_weights(
     assert set(want) >= {"F", "MFE"} and _bitwise_equal(got, want)
 
 
+#: tiny runs of the other recipes (the same as benchmarks/fault_injection.py's; ``{tmp}``: the test's folder, where
+#: the first run caches OCCO's MobileSAM masks and TSJNet's pseudo-masks for the others)
+RECIPES = {
+    # TIM's whole chain: search (2 epochs) -> derive (adds the derived network) -> meta_init (2) -> train (2)
+    "tim": ["preset=cpu", "net.width=8", "search.cg_iters=1", "search.max_batches=1", "data.max_batches=1",
+            "data.batch=1", "data.crop=[32, 32]", "data.det_crop=[64, 64]", "meta.steps=2", "meta.inner_steps=1",
+            "val.max=0", "epochs.search=2", "epochs.meta_init=2", "epochs.train=2",
+            "data.meta=[{name: llvip, split: all, task: llvip}, {name: tno, split: all, task: tno}]"],
+    # OCCO with its contrastive loss (VGG16) on 2 pairs, 3 epochs
+    "occo": ["preset=cpu", "max_pairs=2", "crop=[32, 32]", "batch=2", "epochs=3", "val.max=0",
+             "masks.cache={tmp}/occo-masks"],
+    # TSJNet's cpu variant, both guides (YOLOv5n, ESPNetv2 pseudo-masks), 3 epochs of one batch, LR on a plateau
+    "tsjnet": ["preset=cpu", "data.max_pairs=2", "data.batch=2", "data.crop=[64, 64]", "data.max_batches=1",
+               "epochs=3", "val.max=0", "seg.cache={tmp}/tsjnet-masks"],
+}  # fmt: skip
+
+#: the faults of each recipe's test, one killed run each, in order; the n-th write counts in that run (a resumed run
+#: starts counting again). TIM's writes of last.pt: search epochs 1-2, search end, derive end, meta_init epochs 1-2,
+#: meta_init end, train epochs 1-2, train end; OCCO's and TSJNet's: epochs 1-3, end.
+KILLS = {
+    "tim": ["last.pt:5:torn", "last.pt:3:kill"],  # torn in meta_init (back to the derive end), killed at its end
+    "occo": ["last.pt:2:torn", "last.pt:2:kill"],
+    "tsjnet": ["last.pt:2:kill", "last.pt:1:torn"],  # the torn write is the resumed run's first
+}
+
+NEEDS = {
+    "tim": ["data/MSRS", "data/LLVIP_sample", "data/TNO", "weights/yolov5n_coco_v6.1_state_dict.pt"],
+    "occo": ["data/MSRS", "weights/mobile_sam.pt", "weights/vgg16_features_imagenet_fp16.pth"],
+    "tsjnet": ["data/MSRS", "weights/yolov5n_coco_v6.1_state_dict.pt", "weights/espnetv2_s2.0_cityscapes_1024x512.pth"],
+}
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_training_killed_in_checkpoint_writes_resumes_to_the_same_weights(recipe, tmp_path):
+    """``ivfuse train tim|occo|tsjnet`` on a tiny config, SIGKILLed twice (one torn write of ``last.pt``, one kill
+    inside the temporary file of a write; see ``KILLS``), each time rerun into the same folder: every rerun resumes
+    (after a torn write: from ``last.prev.pt``, with one warning), and the final weights of every module equal an
+    uninterrupted run's bit for bit (TIM: including the network derived after the search and the restored
+    architecture weights; TSJNet: including the LR schedule on a plateau)."""
+    from conftest import need
+
+    for rel in NEEDS[recipe]:
+        need(rel)
+    items = [i.replace("{tmp}", str(tmp_path)) for i in RECIPES[recipe]]
+    ref = tmp_path / "ref"
+    p = _train_proc(recipe, ref, items)  # the reference in a child too: same threads (1) as the killed runs
+    assert p.returncode == 0, p.stderr[-2000:]
+    run = tmp_path / "run"
+    torn_before = False
+    for i, fault in enumerate(KILLS[recipe]):
+        p = _train_proc(recipe, run, items, IVFUSE_FAULT_WRITE=fault)
+        assert p.returncode == -9, (fault, p.stderr[-2000:])  # SIGKILL
+        assert not (run / "final.pt").exists()
+        warn = [line for line in p.stderr.splitlines() if "warning" in line and "last.pt" in line]
+        if torn_before:
+            assert len(warn) == 1 and f"using the previous checkpoint {run / 'last.prev.pt'}" in warn[0], p.stderr
+        else:
+            assert not warn, p.stderr
+        assert ("resuming from" in p.stderr) == (i > 0), p.stderr[-2000:]
+        torn_before = fault.endswith(":torn")
+    p = _train_proc(recipe, run, items)
+    assert p.returncode == 0 and "resuming from" in p.stderr, p.stderr[-2000:]
+    assert ("using the previous checkpoint" in p.stderr) == torn_before, p.stderr[-2000:]
+    got, want = _modules(run / "final.pt"), _modules(ref / "final.pt")
+    assert want and all(want.values()) and _bitwise_equal(got, want)
+
+
+def _torchrun_cmd(out: Path, items: list[str]) -> list[str]:
+    """``torchrun --standalone --nproc_per_node 2 --max-restarts 1 -m ivfuse train lite``: gloo on the CPU."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--max-restarts", "1",
+            "-m", "ivfuse", "train", "lite", "-q", f"out={out}", *items]  # fmt: skip
+
+
+def _workers(tag: str) -> dict[int, str]:
+    """pid -> ``RANK`` of the torchrun workers whose environment holds ``IVFUSE_TEST_TAG=tag`` (not the agent)."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        try:
+            env = (d / "environ").read_bytes().split(b"\0") if d.name.isdigit() else []
+        except OSError:
+            continue
+        if f"IVFUSE_TEST_TAG={tag}".encode() in env:
+            rank = [e[5:].decode() for e in env if e.startswith(b"RANK=")]
+            if rank:
+                found[int(d.name)] = rank[0]
+    return found
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the torchrun workers through /proc")
+def test_torchrun_worker_killed_mid_epoch_restarts_and_resumes_to_the_same_weights(tmp_path):
+    """``torchrun --nproc_per_node 2 --max-restarts 1 -m ivfuse train lite`` (gloo, CPU): rank 1 SIGKILLed once the
+    first epoch's checkpoint exists (in the next epoch). torchrun stops rank 0, restarts both, they resume from
+    ``last.pt`` and the final weights equal an uninterrupted 2-process run's bit for bit. Before the restart store
+    of ``ivfuse.engine.distributed`` the restarted workers hung in gloo's connection (stale keys in torchrun's store)."""
+    import signal
+    import subprocess
+    import time
+    import uuid
+
+    from conftest import need
+
+    need("data/MSRS")
+    items = [*LITE, "epochs=6", "max_batches=4"]  # longer epochs: the kill lands inside one
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    p = subprocess.run(_torchrun_cmd(ref, items), capture_output=True, text=True, env=_env(), timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    tag = uuid.uuid4().hex
+    proc = subprocess.Popen(_torchrun_cmd(run, items), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(IVFUSE_TEST_TAG=tag))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and not (run / "last.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        victims = [pid for pid, rank in _workers(tag).items() if rank == "1"]
+        assert proc.poll() is None and len(victims) == 1, "the run ended before its first checkpoint"
+        os.kill(victims[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert f"local_rank: 1 (pid: {victims[0]})" in err and "exitcode: -9" in err, err[-3000:]  # torchrun saw the kill
+    resumed = [line for line in err.splitlines() if line.startswith(f"ivfuse: resuming from {run / 'last.pt'}")]
+    assert len(resumed) == 1, err[-3000:]
+    assert 1 <= int(resumed[0].rsplit(" ", 1)[1]) < 6, resumed  # "... after stage train epoch N": killed mid-run
+    assert _bitwise_equal(_modules(run / "final.pt"), _modules(ref / "final.pt"))
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+
+
 # -- folder fusion: SIGKILL mid-folder, resume with --skip-existing ---------------------------------------------------
 
 
@@ -750,3 +882,152 @@ def test_fuse_folder_killed_midway_resumes_with_skip_existing_to_the_same_bytes(
     assert _outputs(out) == want
     assert {n: (out / n).stat().st_mtime_ns for n in done} == before  # the finished ones were not fused again
     assert not [x for x in out.iterdir() if x.name.startswith(".")]  # the staging folder of the killed run is gone
+
+
+# -- a full disk: RLIMIT_FSIZE in a child process, and ENOSPC in the middle of a training ----------------------------
+
+
+def _fsize_limit(limit: int):
+    """``preexec_fn`` of a child whose files cannot grow past ``limit`` bytes: a write beyond fails with ``EFBIG``
+    (``SIGXFSZ`` ignored, as a full disk's ``ENOSPC`` fails a write instead of killing the process)."""
+
+    def limit_child() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_child
+
+
+def _ivfuse_proc(*args, limit: int | None = None, **env):
+    """``python -m ivfuse ARGS`` in a child (one thread), its files limited to ``limit`` bytes when given."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "ivfuse", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(**env), timeout=600,
+                          preexec_fn=_fsize_limit(limit) if limit else None)  # fmt: skip
+
+
+def _disk_full_error(stderr: str, path: Path) -> str:
+    """The one error line of a run stopped by a full disk, naming ``path``; no traceback."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("ivfuse: error: ")]
+    assert len(lines) == 1 and stderr.rstrip().endswith(lines[0]), stderr[-3000:]
+    assert lines[0].startswith(f"ivfuse: error: {path}: cannot be written (") and "free space and rerun" in lines[0], lines
+    return lines[0]
+
+
+def _hidden(folder: Path) -> list[str]:
+    """Temporary files and staging folders (``.name*``) left anywhere under ``folder``."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*"))
+
+
+def test_disk_full_in_fuse_folder_is_a_one_line_error_and_a_rerun_completes(tmp_path):
+    """``ivfuse fuse`` on a folder whose third output cannot be written (its PNG is larger than the file-size limit,
+    the first two are small): exit status 2 and one line naming ``OUT/p2.png`` and the two finished images kept;
+    ``OUT`` holds only those two, complete and equal to an uninterrupted run's, no temporary file or staging folder.
+    A rerun without the limit (``--skip-existing``) completes and every output equals the uninterrupted run's."""
+    ir, vi = tmp_path / "d" / "ir", tmp_path / "d" / "vi"
+    ir.mkdir(parents=True)
+    vi.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):  # p0, p1 flat (fused PNG ~100 bytes), p2 noise (~9 kB)
+        a = rng.integers(0, 256, (48, 64), dtype=np.uint8) if i == 2 else np.full((48, 64), 40 * i, np.uint8)
+        Image.fromarray(a).save(ir / f"p{i}.png")
+        Image.fromarray(np.stack([a] * 3, -1)).save(vi / f"p{i}.png")
+    args = ["fuse", "--ir", ir, "--vis", vi, "--method", "average", "-q"]
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    p = _ivfuse_proc(*args, "-o", ref)
+    assert p.returncode == 0, p.stderr
+    want = _outputs(ref)
+    assert len(want) == 3 and max(len(want[n]) for n in ("p0.png", "p1.png")) < 2000 < len(want["p2.png"])
+    p = _ivfuse_proc(*args, "-o", out, limit=2000)
+    assert p.returncode == 2
+    err = _disk_full_error(p.stderr, out / "p2.png")
+    assert "File too large" in err and f"2 finished images kept in {out} (resume with --skip-existing)" in err
+    assert _outputs(out) == {n: want[n] for n in ("p0.png", "p1.png")} and not _hidden(out)
+    p = _ivfuse_proc(*args, "-o", out, "--skip-existing")
+    assert p.returncode == 0, p.stderr
+    assert _outputs(out) == want and not _hidden(out)
+
+
+@pytest.mark.realdata
+def test_disk_full_in_bench_is_a_one_line_error_and_a_rerun_completes(tmp_path):
+    """``ivfuse bench`` (``average`` on 2 MSRS dev-val pairs) with files limited to 20 kB: the first fused image
+    (~300 kB) cannot be cached; then, its cache complete, limited to 70 kB: a figure of the report (~80 kB) cannot be
+    written. Each time exit status 2, one line naming the file, no temporary file, every cache entry that exists
+    checks out. A rerun without the limit completes with a ``results.json`` equal to an uninterrupted run's (apart
+    from timings)."""
+    from conftest import need
+
+    from ivfuse.bench.cache import CHECKSUM_KEY, _checksum, valid_png
+
+    need("data/MSRS")
+    args = ["bench", "--methods", "average", "--data", "msrs:dev-val", "--limit", "2", "--protocols", "fusion",
+            "--no-speed", "--no-references", "-q"]  # fmt: skip
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    p = _ivfuse_proc(*args, "--out", ref)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+    def results(folder: Path) -> dict:
+        r = json.loads((folder / "results.json").read_text().replace(str(folder), "OUT"))  # fused_dirs
+        for k in ("command", "cache", "wall_seconds", "finished"):  # how, where and when it ran
+            r["meta"].pop(k)
+        return _untimed(r)
+
+    def check_cache() -> None:
+        for r in (out / "cache").rglob("*.json"):
+            d = json.loads(r.read_text())
+            assert d.pop(CHECKSUM_KEY) == _checksum(d), r
+        assert all(valid_png(q) for q in (out / "cache").rglob("*.png"))
+        assert not _hidden(out), _hidden(out)
+
+    p = _ivfuse_proc(*args, "--out", out, limit=20_000)
+    assert p.returncode == 2
+    pngs = sorted((out / "cache" / "fused").rglob("*"))
+    assert "File too large" in _disk_full_error(p.stderr, pngs[-1] / "00016N.png")  # the first pair in name order
+    assert not list((out / "cache").rglob("*.png")) and not (out / "results.json").exists()
+    check_cache()
+    p = _ivfuse_proc(*args, "--out", out)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert results(out) == results(ref)
+    (out / "report.html").unlink()
+    shutil.rmtree(out / "assets")
+    p = _ivfuse_proc(*args, "--out", out, limit=70_000)  # cached results reused; the report's box plot is ~80 kB
+    assert p.returncode == 2
+    _disk_full_error(p.stderr, out / "assets" / "msrs_dev-val_fusion_box.png")
+    check_cache()
+    assert results(out) == results(ref) and not (out / "report.html").exists()
+    p = _ivfuse_proc(*args, "--out", out)
+    assert p.returncode == 0 and (out / "report.html").is_file(), p.stderr[-2000:]
+
+
+@pytest.mark.realdata
+def test_disk_full_in_training_is_a_one_line_error_and_a_rerun_resumes_to_the_same_weights(tmp_path):
+    """``ivfuse train lite`` (tiny): with files limited to 20 kB the first checkpoint (the starting state,
+    ``last.prev.pt``, ~100 kB) cannot be written: exit status 2, one line naming it, only ``config.json`` left. With
+    the disk filling up inside the 3rd write of ``last.pt`` (``IVFUSE_FAULT_WRITE=last.pt:3:enospc``: half of the
+    temporary file written, then ``ENOSPC``): one line naming ``last.pt``, its temporary file removed, ``last.pt``
+    the intact epoch-2 checkpoint. A rerun resumes from it and ends bitwise equal to an uninterrupted run."""
+    from conftest import need
+
+    from ivfuse.checkpoint import load_checkpoint
+
+    need("data/MSRS")
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    p = _ivfuse_proc("train", "lite", "-q", f"out={run}", *LITE, limit=20_000)
+    assert p.returncode == 2
+    assert "File too large" in _disk_full_error(p.stderr, run / "last.prev.pt")
+    assert sorted(f.name for f in run.iterdir()) == ["config.json"]
+    p = _ivfuse_proc("train", "lite", "-q", f"out={run}", *LITE, IVFUSE_FAULT_WRITE="last.pt:3:enospc")
+    assert p.returncode == 2
+    assert "No space left on device" in _disk_full_error(p.stderr, run / "last.pt")
+    assert not _hidden(run) and not (run / "final.pt").exists()
+    assert load_checkpoint(run / "last.pt")["progress"]["done"] == {"train": 2}
+    p = _train_proc("lite", ref, LITE)
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = _train_proc("lite", run, LITE)
+    assert p.returncode == 0 and "resuming from" in p.stderr and "warning" not in p.stderr, p.stderr[-2000:]
+    assert _bitwise_equal(_modules(run / "final.pt"), _modules(ref / "final.pt"))

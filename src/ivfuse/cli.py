@@ -652,6 +652,13 @@ def _main(argv: Sequence[str] | None) -> int:
     except IvfuseError as e:
         print(f"ivfuse: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk met by a write that does not go through ivfuse.utils.atomic_write_bytes
+        from .utils import DISK_FULL, write_error
+
+        if e.errno not in DISK_FULL:
+            raise
+        print(f"ivfuse: error: {write_error(e.filename or 'a file', e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:
         print("ivfuse: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return 130

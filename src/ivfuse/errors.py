@@ -15,6 +15,7 @@ __all__ = [
     "InputError",
     "PairingError",
     "UnknownNameError",
+    "OutputError",
     "IvfuseWarning",
     "warn",
     "suggest",
@@ -40,6 +41,16 @@ class UnknownNameError(IvfuseError, KeyError):
     """An unknown method, metric, dataset or option name was requested."""
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
+
+
+class OutputError(IvfuseError, OSError):
+    """An output file cannot be written (disk full, file-size limit, no permission); nothing half-written is left.
+
+    Also an :class:`OSError` (``errno``, ``strerror`` and ``filename`` of the failed write), so code that catches
+    write errors keeps working."""
+
+    def __str__(self) -> str:  # OSError would otherwise print "[Errno N] ..." once errno is set
         return self.args[0]
 
 

@@ -39,10 +39,10 @@ import torch
 
 from .data.images import IMAGE_EXTENSIONS, image_size, read_pair, write_image
 from .data.pairing import pair_by_stem
-from .errors import InputError, IvfuseError, PairingError, warn
+from .errors import InputError, IvfuseError, OutputError, PairingError, warn
 from .models import FusionModel, create_model
 from .tiling import check_memory, check_tile, fuse_tiled
-from .utils import check_device
+from .utils import check_device, write_error
 
 __all__ = [
     "AMP_DTYPES",
@@ -418,7 +418,12 @@ def fuse_folder(
 
     def keep(key: str, fused: torch.Tensor) -> None:
         dest = out_dir / f"{key}{ext}"
-        os.replace(write_image(stage / dest.name, fused), dest)
+        try:
+            os.replace(write_image(stage / dest.name, fused), dest)
+        except OSError as e:  # a full disk: name the output, not the staging file; the staging folder goes below
+            e = write_error(dest, e)
+            kept = f"; {len(written)} finished images kept in {out_dir} (resume with --skip-existing)" if written else ""
+            raise OutputError(f"{e}{kept}") from None
         written.append(dest)
 
     try:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, OutputError
 
-__all__ = ["atomic_write_text", "atomic_write_bytes", "shared_root", "sha256sum", "resolve_file", "check_device"]
+__all__ = ["atomic_write_text", "atomic_write_bytes", "write_error", "shared_root", "sha256sum", "resolve_file", "check_device"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = False) -> Path:
@@ -17,10 +18,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Fal
 
     A killed process leaves either the old file or the new one, never a mix (at worst a hidden ``.<name>.*``
     temporary file). ``durable=True`` also ``fsync`` the file before the rename and the folder after it, so that
-    the new file survives a power loss (checkpoints; the cost is one disk flush per write).
+    the new file survives a power loss (checkpoints; the cost is one disk flush per write). A write that fails (full
+    disk, file-size limit, no permission) removes its temporary file and raises a one-line
+    :class:`~ivfuse.errors.OutputError` naming ``path`` (:func:`write_error`); the old file, if any, is untouched.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(p, e) from None
     fault = _fault(p) if _FAULT_ENV in os.environ else None
     if fault == "torn":  # the rename reached the disk but half of the data did not (a power loss without fsync)
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
@@ -28,13 +34,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Fal
             f.write(data[: len(data) // 2])
         os.replace(tmp, p)
         _die()
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    except OSError as e:
+        raise write_error(p, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             if fault == "kill":  # killed inside the write: half of the temporary file written
                 f.write(data[: len(data) // 2])
                 f.flush()
                 _die()
+            if fault == "enospc":  # the disk fills up inside the write: half of the temporary file written
+                f.write(data[: len(data) // 2])
+                f.flush()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
             f.write(data)
             if durable:
                 f.flush()
@@ -43,13 +56,33 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Fal
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            raise write_error(p, e) from None
         raise
     if durable:
         _fsync_dir(p.parent)
     return p
+
+
+#: errno values of a full disk: no space, quota exceeded, file-size limit (``RLIMIT_FSIZE``, ``ulimit -f``)
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> OutputError:
+    """The one-line :class:`~ivfuse.errors.OutputError` for a failed write of ``path``, e.g.
+    ``out/p0.png: cannot be written (File too large: the disk is full or a file-size limit is reached); nothing
+    half-written was left, free space and rerun``."""
+    why = e.strerror or type(e).__name__
+    if e.errno in DISK_FULL:
+        why += ": the disk is full or a file-size limit is reached); nothing half-written was left, free space and rerun"
+    else:
+        why += ")"
+    err = OutputError(f"{path}: cannot be written ({why}")
+    err.errno, err.strerror, err.filename = e.errno, e.strerror, str(path)
+    return err
 
 
 def _fsync_dir(d: Path) -> None:
@@ -69,7 +102,8 @@ def _fsync_dir(d: Path) -> None:
 #: ``IVFUSE_FAULT_WRITE=<file name>:<n>:<kill|torn>`` SIGKILLs this process inside its n-th atomic write of a file of
 #: that name (1-based): ``kill`` after half of the temporary file is written, ``torn`` after a file with half of the
 #: data has been renamed over the destination (what a power loss can leave when the rename reached the disk and the
-#: data did not).
+#: data did not). ``enospc`` does not kill: the write fails with ``ENOSPC`` after half of the temporary file is
+#: written (a disk that fills up in the middle of a run; ``RLIMIT_FSIZE`` can only stop every file above one size).
 _FAULT_ENV = "IVFUSE_FAULT_WRITE"
 _fault_counts: dict[str, int] = {}
 
@@ -80,7 +114,7 @@ def _fault(p: Path) -> str | None:
         n = int(n)
     except ValueError:
         return None
-    if p.name != name or mode not in ("kill", "torn"):
+    if p.name != name or mode not in ("kill", "torn", "enospc"):
         return None
     _fault_counts[name] = _fault_counts.get(name, 0) + 1
     return mode if _fault_counts[name] == n else None

@@ -100,9 +100,35 @@ def setup(device: str) -> tuple[torch.device | None, bool]:
         if k not in os.environ:
             raise InputError(f"WORLD_SIZE={world} but {k} is not set: launch with torchrun (see docs/engine.md)")
     backend = "nccl" if dev.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30),
-                            device_id=dev if dev.type == "cuda" else None)  # fmt: skip
+    timeout = datetime.timedelta(minutes=30)
+    store = _restart_store(world, timeout)
+    kw = {"store": store, "rank": int(os.environ["RANK"]), "world_size": world} if store is not None else {}
+    dist.init_process_group(backend, timeout=timeout, device_id=dev if dev.type == "cuda" else None, **kw)
     return dev, True
+
+
+def _restart_store(world: int, timeout: datetime.timedelta) -> Any:
+    """The store of the process group of a worker that torchrun may have restarted (``--max-restarts``), or ``None``
+    (plain ``env://`` initialisation).
+
+    torchrun's workers share the elastic agent's TCP store (``TORCHELASTIC_USE_AGENT_STORE=True``, the default of the
+    c10d rendezvous) and it outlives a restart: the workers of the restarted group found the addresses the killed
+    group had published under the same keys, and gloo's full-mesh connection waited for dead peers (found by
+    ``tests/test_faults.py``, about 2 restarts in 3 hung until the 30-minute timeout; pytorch/pytorch#135712 is the
+    same with NCCL). Each restart's keys get their own prefix here, ``TORCHELASTIC_RESTART_COUNT``. That count is
+    kept by each node's agent, so it is only the same on every rank on a single node; on several nodes (where it can
+    differ after a node loss) nothing is prefixed and docs/engine.md says to launch with
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``: then every rendezvous round gets a new store.
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in env:
+        return None
+    if env.get("LOCAL_WORLD_SIZE") != str(world):  # several nodes: the restart counts may differ between them
+        return None
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _, _ = next(rendezvous("env://", int(env["RANK"]), world, timeout=timeout))
+    return dist.PrefixStore(f"ivfuse/restart{env['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def teardown(created: bool) -> None:

@@ -21,10 +21,13 @@ are averaged over the ranks (the loss of the global batch), and every step runs 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, write_error
 from . import distributed as dist
 from ..checkpoint import previous_of
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -201,12 +204,20 @@ class Trainer:
         f = self.out / "log.csv"
         new = not f.exists()
         stamp = f"{time.time():.1f}"
-        with f.open("a", newline="") as fh:
-            w = csv.writer(fh)
-            if new:
-                w.writerow(["time", "stage", "epoch", "key", "value"])
-            for k in sorted(set(row) - {"stage", "epoch"}):
-                w.writerow([stamp, row["stage"], row["epoch"], k, row[k]])
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        if new:
+            w.writerow(["time", "stage", "epoch", "key", "value"])
+        for k in sorted(set(row) - {"stage", "epoch"}):
+            w.writerow([stamp, row["stage"], row["epoch"], k, row[k]])
+        size = 0 if new else f.stat().st_size
+        try:
+            with f.open("a", newline="") as fh:
+                fh.write(buf.getvalue())
+        except OSError as e:  # a full disk: cut the half-written rows off again, one line naming the file
+            with contextlib.suppress(OSError):
+                os.truncate(f, size)
+            raise write_error(f, e) from None
 
     def _end_stage(self, st: Stage) -> None:
         if st.name in self.ended:
