@@ -195,22 +195,28 @@ def test_real_tno_and_msrs(capsys, tmp_path):
 
 def test_cli_logging_levels_and_one_line_records(capsys):
     """#21 item 5: the library logs to the ``ivfuse`` logger; the CLI prints each record as one ``ivfuse: ...`` line
-    (warnings tagged), INFO by default, WARNING with ``-q`` (also after ``train``'s items), DEBUG with ``-v``."""
+    (warnings tagged), INFO by default, notices (resume) and warnings with ``-q`` (also after ``train``'s items),
+    DEBUG with ``-v``."""
     import logging
 
     from ivfuse.cli import _setup_logging, build_parser
 
     log = logging.getLogger("ivfuse")
     fuse = ["fuse", "--ir", "a.png", "--vis", "b.png", "-o", "c.png"]
-    for extra, level in (([], logging.INFO), (["-q"], logging.WARNING), (["-v"], logging.DEBUG)):
+    from ivfuse.utils import NOTICE
+
+    for extra, level in (([], logging.INFO), (["-q"], NOTICE), (["-v"], logging.DEBUG)):
         _setup_logging(build_parser().parse_args(fuse + extra))
         assert log.level == level and sum(type(h).__name__ == "_TqdmHandler" for h in log.handlers) == 1
     _setup_logging(build_parser().parse_args(["train", "lite", "epochs=1", "-q"]))
-    assert log.level == logging.WARNING
-    _setup_logging(build_parser().parse_args(["train", "lite", "epochs=1"]))
+    assert log.level == NOTICE
     capsys.readouterr()
-    log.info("resuming from %s after %s", "run/last.pt", "stage train epoch 1")
+    log.info("[train] epoch 1/2: hidden by -q")
+    log.log(NOTICE, "resuming from %s after %s", "run/last.pt", "stage train epoch 1")
     log.warning("resume=force: continuing %s", "run")
-    log.debug("not shown at INFO")
     assert capsys.readouterr().err.splitlines() == ["ivfuse: resuming from run/last.pt after stage train epoch 1",
                                                      "ivfuse: warning: resume=force: continuing run"]  # fmt: skip
+    _setup_logging(build_parser().parse_args(["train", "lite", "epochs=1"]))
+    log.info("[train] epoch 1/2 (0.1 s): loss=1")
+    log.debug("not shown at INFO")
+    assert capsys.readouterr().err.splitlines() == ["ivfuse: [train] epoch 1/2 (0.1 s): loss=1"]

@@ -281,7 +281,7 @@ def test_train_cli_prints_resume_and_export(tmp_path, capsys):
     cap = capsys.readouterr()
     assert f"exported the trained model to {exp}" in cap.out and "resuming" not in cap.err
     assert MetaFusionNet.from_checkpoint(exp).width == 0.125
-    assert main(["train", "metafusion", "preset=cpu", f"out={out}", *items]) == 0  # -q would hide the INFO notice
+    assert main(["train", "metafusion", "preset=cpu", f"out={out}", *items, "-q"]) == 0  # -q keeps the resume notice
     assert f"resuming from {out / 'last.pt'} after stage pretrain_f epoch 1" in capsys.readouterr().err
 
 

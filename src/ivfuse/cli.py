@@ -594,7 +594,7 @@ class _OneLine(logging.Formatter):
     """``ivfuse: message`` / ``ivfuse: warning: message`` — the errors' one-line style for the package's log records."""
 
     def format(self, record: logging.LogRecord) -> str:
-        tag = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        tag = "" if logging.INFO <= record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
         return f"ivfuse: {tag}{record.getMessage()}"
 
 
@@ -611,7 +611,10 @@ class _TqdmHandler(logging.StreamHandler):
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    """The CLI's handler on the ``ivfuse`` logger: INFO by default, WARNING with ``-q``, DEBUG with ``-v``."""
+    """The CLI's handler on the ``ivfuse`` logger: INFO by default, notices (resume) and warnings with ``-q``
+    (:data:`ivfuse.utils.NOTICE`), DEBUG with ``-v``."""
+    from .utils import NOTICE
+
     items = getattr(args, "items", None) or []
     quiet = getattr(args, "quiet", False) or any(x in _QUIET for x in items)
     verbose = getattr(args, "verbose", False) or any(x in _VERBOSE for x in items)
@@ -621,7 +624,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
     h = _TqdmHandler()
     h.setFormatter(_OneLine())
     log.addHandler(h)
-    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.DEBUG if verbose else NOTICE if quiet else logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,12 @@ from pathlib import Path
 
 from .errors import InputError, OutputError
 
-__all__ = ["atomic_write_text", "atomic_write_bytes", "write_error", "shared_root", "sha256sum", "resolve_file", "check_device"]
+__all__ = ["atomic_write_text", "atomic_write_bytes", "write_error", "shared_root", "sha256sum", "resolve_file", "check_device",
+           "NOTICE"]
+
+#: log level of the ``ivfuse`` logger's notices that change what a run does (resuming from a checkpoint, removing a
+#: previous run): between INFO (progress: epoch lines) and WARNING, so that ``-q`` hides progress but not them
+NOTICE = 25
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = False) -> Path:

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..registry import Registry
-from ..utils import atomic_write_text
+from ..utils import NOTICE, atomic_write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .step import seed_everything
 from .trainer import Stage, Trainer
@@ -159,8 +159,8 @@ def validate_fusion(model, v: dict, device=None) -> dict:
     return {f"val_{n}": x for n, x in acc.items()}
 
 
-#: the package logger: the CLI prints its records as one ``ivfuse: ...`` line each (``-q``: warnings only); an API user
-#: configures it like any library's (``logging.basicConfig(level=logging.INFO)`` shows the resume notices)
+#: the package logger: the CLI prints its records as one ``ivfuse: ...`` line each (``-q``: notices and warnings only);
+#: an API user configures it like any library's (``logging.basicConfig(level=logging.INFO)`` shows the resume notices)
 log = logging.getLogger("ivfuse")
 
 
@@ -171,7 +171,7 @@ def _resume_decision(out: Path, last: Path, cfg: dict, resume: str) -> tuple[dic
     if resume == "new":
         for f in [*_RUN_FILES, *(p.name for p in out.glob("after_*.pt"))]:
             (out / f).unlink(missing_ok=True)
-        log.info("resume=new: removed the previous run's files in %s", out)
+        log.log(NOTICE, "resume=new: removed the previous run's files in %s", out)
         return None, None
     ck = load_checkpoint(last)
     changes = _diff(_with_engine_defaults(ck.get("config", {})), _with_engine_defaults(cfg))
@@ -250,7 +250,7 @@ def train(name: str, cfg: dict, out: str | Path, export: str | Path | None = Non
         if ck is not None:
             tr.resume(ck)
             if dist.is_main():
-                log.info("resuming from %s after %s", last, tr.position())
+                log.log(NOTICE, "resuming from %s after %s", last, tr.position())
         metrics = tr.run(rec.stages())
         val = rec.validate() if dist.is_main() else {}  # the replicas are equal: rank 0 validates for all
         metrics["val"] = dist.broadcast_object(val)
