@@ -715,21 +715,19 @@ def test_metafusion_training_killed_in_a_torn_write_resumes_to_the_same_weights(
     assert set(want) >= {"F", "MFE"} and _bitwise_equal(got, want)
 
 
-#: tiny runs of the other recipes (the same as benchmarks/fault_injection.py's; ``{tmp}``: the test's folder, where
-#: the first run caches OCCO's MobileSAM masks and TSJNet's pseudo-masks for the others)
-RECIPES = {
-    # TIM's whole chain: search (2 epochs) -> derive (adds the derived network) -> meta_init (2) -> train (2)
-    "tim": ["preset=cpu", "net.width=8", "search.cg_iters=1", "search.max_batches=1", "data.max_batches=1",
-            "data.batch=1", "data.crop=[32, 32]", "data.det_crop=[64, 64]", "meta.steps=2", "meta.inner_steps=1",
-            "val.max=0", "epochs.search=2", "epochs.meta_init=2", "epochs.train=2",
-            "data.meta=[{name: llvip, split: all, task: llvip}, {name: tno, split: all, task: tno}]"],
-    # OCCO with its contrastive loss (VGG16) on 2 pairs, 3 epochs
-    "occo": ["preset=cpu", "max_pairs=2", "crop=[32, 32]", "batch=2", "epochs=3", "val.max=0",
-             "masks.cache={tmp}/occo-masks"],
-    # TSJNet's cpu variant, both guides (YOLOv5n, ESPNetv2 pseudo-masks), 3 epochs of one batch, LR on a plateau
-    "tsjnet": ["preset=cpu", "data.max_pairs=2", "data.batch=2", "data.crop=[64, 64]", "data.max_batches=1",
-               "epochs=3", "val.max=0", "seg.cache={tmp}/tsjnet-masks"],
-}  # fmt: skip
+def _bench_recipes() -> dict[str, list[str]]:
+    """The tiny runs of tim, occo and tsjnet: ``benchmarks/fault_injection.py``'s ``RECIPES`` (one definition; ``{tmp}``:
+    the test's folder, where the first run caches OCCO's MobileSAM masks and TSJNet's pseudo-masks for the others)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fault_injection.py"
+    spec = importlib.util.spec_from_file_location("fault_injection", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.RECIPES
+
+
+RECIPES = {k: v for k, v in _bench_recipes().items() if k in ("tim", "occo", "tsjnet")}
 
 #: the faults of each recipe's test, one killed run each, in order; the n-th write counts in that run (a resumed run
 #: starts counting again). TIM's writes of last.pt: search epochs 1-2, search end, derive end, meta_init epochs 1-2,
