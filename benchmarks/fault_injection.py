@@ -205,11 +205,75 @@ def bench_fuse(n: int, rng: random.Random, tmp: Path) -> dict:
     return row
 
 
+def bench_results(folder: Path) -> dict:
+    """A bench's ``results.json`` without what differs between equal runs: how, where and when it ran, and every
+    wall-clock field (``*seconds``, ``*_s``, ``*time*``)."""
+    import json
+
+    def untimed(x):
+        if isinstance(x, dict):
+            return {k: untimed(v) for k, v in x.items() if not (k.endswith(("seconds", "_s")) or "time" in k)}
+        return [untimed(v) for v in x] if isinstance(x, list) else x
+
+    r = json.loads((folder / "results.json").read_text().replace(str(folder), "OUT"))
+    for k in ("command", "cache", "wall_seconds", "finished"):
+        r["meta"].pop(k, None)
+    return untimed(r)
+
+
+def bench_bench(n: int, rng: random.Random, tmp: Path) -> dict:
+    """``ivfuse bench`` (average and gff on 3 MSRS dev-val pairs: fusion, zero-shot and a 1-epoch retrain) killed at a
+    random moment — while fusing, inside a protocol, or inside a cache entry's write — then rerun into the same
+    ``--out``: its ``results.json`` must equal an uninterrupted run's (timing fields aside)."""
+    base = [sys.executable, "-m", "ivfuse", "bench", "--methods", "average,gff", "--data", "msrs:dev-val", "--limit", "3",
+            "--train-limit", "4", "--epochs", "1", "--imgsz", "160", "--protocols", "fusion,zero,retrain", "--no-speed",
+            "--no-references", "--baseline", "none", "-q"]  # fmt: skip
+    ref = tmp / "bench-ref"
+    t0 = time.monotonic()
+    subprocess.run([*base, "--out", str(ref)], check=True, stdout=subprocess.DEVNULL, env=env())
+    t_ref = time.monotonic() - t0
+    want = bench_results(ref)
+    entries = len(list((ref / "cache" / "results").rglob("*.json")))
+    probe = tmp / "bench-probe"  # the kill window: from the --out folder appearing to the end
+    p = subprocess.Popen([*base, "--out", str(probe)], stdout=subprocess.DEVNULL, env=env())
+    while p.poll() is None and not probe.exists():
+        time.sleep(0.02)
+    t1 = time.monotonic()
+    p.wait()
+    window = time.monotonic() - t1
+    shutil.rmtree(probe)
+    row = {"recipe": "bench (2 methods, 3 pairs)", "tried": 0, "killed": 0, "resumed": 0, "equal": 0, "torn": 0,
+           "torn_detected": 0, "kinds": {}, "ref_s": t_ref, "window_s": window}  # fmt: skip
+    for i in range(n):
+        out = tmp / f"bench-{i}"
+        kind = rng.choice(["time", "time", "write"])
+        e, delay = env(), None
+        if kind == "time":
+            delay = rng.uniform(0, window)
+        else:  # inside the write of a result entry (its file name is a hash: the n-th .json write of any name)
+            e = env(IVFUSE_FAULT_WRITE=f"*.json:{rng.randint(1, entries)}:kill")
+        rc = run_killed([*base, "--out", str(out)], e, out, delay)
+        row["tried"] += 1
+        row["kinds"][kind] = row["kinds"].get(kind, 0) + 1
+        row["killed"] += rc == -signal.SIGKILL
+        r = subprocess.run([*base, "--out", str(out)], capture_output=True, text=True, env=env())
+        ok = r.returncode == 0
+        row["resumed"] += ok
+        eq = ok and bench_results(out) == want
+        row["equal"] += eq
+        print(f"  bench #{i + 1}: {kind}{f' at {delay:.2f} s' if delay is not None else ' ' + e['IVFUSE_FAULT_WRITE']}"
+              f" -> exit {rc}, rerun {'ok' if ok else 'FAILED'}, {'equal' if eq else 'DIFFERENT'}", flush=True)  # fmt: skip
+        if not (ok and eq):
+            print(r.stderr[-1500:], flush=True)
+        shutil.rmtree(out)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kills", type=int, default=10, help="random kill points per recipe (default 10)")
-    ap.add_argument("--recipes", default="lite,metafusion,tim,occo,tsjnet,fuse",
-                    help="comma-separated: lite, metafusion, tim, occo, tsjnet, fuse")
+    ap.add_argument("--recipes", default="lite,metafusion,tim,occo,tsjnet,fuse,bench",
+                    help="comma-separated: lite, metafusion, tim, occo, tsjnet, fuse, bench")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     rng = random.Random(a.seed)
@@ -218,7 +282,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ivfuse-faults-") as d:
         for r in a.recipes.split(","):
             print(f"{r}:", flush=True)
-            rows.append(bench_fuse(a.kills, rng, Path(d)) if r == "fuse" else bench_recipe(r, a.kills, rng, Path(d)))
+            kind = {"fuse": bench_fuse, "bench": bench_bench}.get(r)
+            rows.append(kind(a.kills, rng, Path(d)) if kind else bench_recipe(r, a.kills, rng, Path(d)))
     print("\n| recipe | kill points tried | killed | resumed | equal | torn writes detected | kinds | uninterrupted run |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

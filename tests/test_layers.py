@@ -59,7 +59,7 @@ def test_checker_sees_function_level_imports_of_the_real_package():
     where = {(i.importer, i.target): i.where for i in L.imports(SRC)}
     assert where[("ivfuse.cli", "ivfuse.engine")] == "function"  # `from .engine import RECIPES, train` in a handler
     assert where[("ivfuse", "ivfuse.fusion")] == "lazy"  # the root package's lazy re-exports
-    assert where[("ivfuse.engine", "ivfuse.engine.tsjnet")] == "module"  # `from . import tsjnet`
+    assert where[("ivfuse.engine", "ivfuse.engine.recipe")] == "module"  # `from .recipe import RECIPES, ...`
 
 
 def test_a_deliberate_climbing_import_fails(tmp_path):

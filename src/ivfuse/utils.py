@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
 import os
 import tempfile
@@ -105,7 +106,7 @@ def _fsync_dir(d: Path) -> None:
 
 #: fault injection for the tests (tests/test_faults.py, benchmarks/fault_injection.py), inactive unless set:
 #: ``IVFUSE_FAULT_WRITE=<file name>:<n>:<kill|torn>`` SIGKILLs this process inside its n-th atomic write of a file of
-#: that name (1-based): ``kill`` after half of the temporary file is written, ``torn`` after a file with half of the
+#: that name (1-based; the name may be a glob, ``*.json``: the n-th write of any match): ``kill`` after half of the temporary file is written, ``torn`` after a file with half of the
 #: data has been renamed over the destination (what a power loss can leave when the rename reached the disk and the
 #: data did not). ``enospc`` does not kill: the write fails with ``ENOSPC`` after half of the temporary file is
 #: written (a disk that fills up in the middle of a run; ``RLIMIT_FSIZE`` can only stop every file above one size).
@@ -119,7 +120,7 @@ def _fault(p: Path) -> str | None:
         n = int(n)
     except ValueError:
         return None
-    if p.name != name or mode not in ("kill", "torn", "enospc"):
+    if not fnmatch.fnmatchcase(p.name, name) or mode not in ("kill", "torn", "enospc"):
         return None
     _fault_counts[name] = _fault_counts.get(name, 0) + 1
     return mode if _fault_counts[name] == n else None
