@@ -5,12 +5,12 @@ MetaFusion's fusion loss (:class:`ivfuse.losses.FusionLoss`: SSIM to both source
 − max(|∇IR|, |∇Y|) |``) on random crops of MSRS dev-train (no labels used), Adam with a cosine learning rate,
 optionally plus a **target-preserving term** (``target.weight > 0``, issue 20: the fused luminance is pulled to the
 infrared image inside the labelled boxes of ``target.classes`` — persons by default — and to the pixel average
-elsewhere; see :func:`box_mask` and :func:`target_loss`), optionally plus a **moving judge** (``judge.weight > 0``, issue 20: after the crop epochs, ``judge.epochs`` more on
-whole training pairs, where a COCO detector is fine-tuned on the fused images as training goes on — the bench's
-``retrain`` judge, moving — and its detection loss on the fused image reaches the net; MetaFusion's mutual promotion
-and TIM's task guidance with a judge that adapts to the fusion instead of the frozen COCO one; see
-:meth:`LiteRecipe.judge_step`), optionally plus **distillation** from a bigger fusion
-method (``teacher.method=tim``): an L1 term ``λ_t·|F − T|`` to the teacher's fused luminance T, computed once per
+elsewhere; see :func:`box_mask` and :func:`target_loss`), optionally plus a **moving judge** (``judge.weight > 0``,
+issue 20: after the crop epochs, ``judge.epochs`` more on whole training pairs, where a COCO detector is fine-tuned
+on the fused images as training goes on — the bench's ``retrain`` judge, moving — and its detection loss on the fused
+image reaches the net; MetaFusion's mutual promotion and TIM's task guidance with a judge that adapts to the fusion
+instead of the frozen COCO one; see :meth:`LiteRecipe.judge_step`), optionally plus **distillation** from a bigger
+fusion method (``teacher.method=tim``): an L1 term ``λ_t·|F − T|`` to the teacher's fused luminance T, computed once per
 training pair at full resolution (cached as safetensors) and cropped/flipped with the pair. The shipped model is
 distilled from the task-guided TIM (see ``docs/deployment.md``: the fusion loss alone did not reach the pixel
 average's zero-shot mAP50). The export (safetensors) carries the config, data, epochs, seed, teacher, wall time and
@@ -116,7 +116,8 @@ class LiteRecipe(Recipe):
                 raise InputError("config key 'target.classes' is empty: name the box classes that keep the IR image")
             if tg["labels"] not in ("infrared", "visible", "union"):
                 raise suggest(tg["labels"], ["infrared", "visible", "union"], "target label set")
-        if not t["method"] and not float(tg["weight"]) and not float(jg["weight"]) and not any(float(v) for v in cfg["loss"].values()):
+        learns = t["method"] or float(tg["weight"]) or float(jg["weight"]) or any(float(v) for v in cfg["loss"].values())
+        if not learns:
             raise InputError("lite has nothing to learn: every 'loss' weight is 0, 'target.weight' and 'judge.weight' "
                              "are 0 and no 'teacher.method' is set")  # fmt: skip
         if t["method"]:
@@ -178,7 +179,8 @@ class LiteRecipe(Recipe):
             if b is not None:
                 b = b.remap(class_mapping(b.names, names), names)
             judged.append({**s, "boxes": b if b is not None else Boxes.empty(names)})
-        self.judge_data = BatchSource(judged, int(jg["batch"]), [RandomFlip()], self.cfg.get("max_batches"), seed=self.cfg["seed"])
+        self.judge_data = BatchSource(judged, int(jg["batch"]), [RandomFlip()], self.cfg.get("max_batches"),
+                                      seed=self.cfg["seed"])  # fmt: skip
         self.modules["D"], self.optimizers["D"] = self.D, self.opt_d
 
     def _teacher_fn(self):
