@@ -86,6 +86,17 @@ def run_killed(cmd: list[str], e: dict, started: Path, delay: float | None) -> i
     return p.wait()
 
 
+def kill_window(cmd: list[str], started: Path) -> float:
+    """Seconds from ``started`` appearing to the end of an uninterrupted run of ``cmd``: the window in which a
+    ``time`` kill lands inside the work (the caller removes the probe's output)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env())
+    while p.poll() is None and not started.exists():
+        time.sleep(0.02)
+    t1 = time.monotonic()
+    p.wait()
+    return time.monotonic() - t1
+
+
 def modules(path: Path) -> dict:
     import torch
 
@@ -111,13 +122,7 @@ def bench_recipe(method: str, n: int, rng: random.Random, tmp: Path) -> dict:
     want = modules(ref / "final.pt")
     # how long the training itself lasts (from the run folder appearing to the end): the time-kill window
     probe = tmp / f"{method}-probe"
-    t0 = time.monotonic()
-    p = subprocess.Popen(train_cmd(method, probe), stdout=subprocess.DEVNULL, env=env())
-    while p.poll() is None and not (probe / "config.json").exists():
-        time.sleep(0.02)
-    t1 = time.monotonic()
-    p.wait()
-    window = time.monotonic() - t1
+    window = kill_window(train_cmd(method, probe), probe / "config.json")
     shutil.rmtree(probe)
     row = {"recipe": method, "tried": 0, "killed": 0, "resumed": 0, "equal": 0, "torn": 0, "torn_detected": 0,
            "kinds": {}, "ref_s": t_ref, "window_s": window}  # fmt: skip
@@ -169,12 +174,7 @@ def bench_fuse(n: int, rng: random.Random, tmp: Path) -> dict:
     want = {p.name: p.read_bytes() for p in ref.iterdir()}
     t0 = time.monotonic()
     probe = tmp / "fz-probe"
-    p = subprocess.Popen([*base, "-o", str(probe)], stdout=subprocess.DEVNULL, env=env())
-    while p.poll() is None and not probe.exists():
-        time.sleep(0.01)
-    t1 = time.monotonic()
-    p.wait()
-    window = time.monotonic() - t1
+    window = kill_window([*base, "-o", str(probe)], probe)
     shutil.rmtree(probe)
     row = {"recipe": "fuse (folder, 24 pairs)", "tried": 0, "killed": 0, "resumed": 0, "equal": 0, "torn": 0,
            "torn_detected": 0, "kinds": {}, "ref_s": time.monotonic() - t0, "window_s": window, "partial": 0}  # fmt: skip
@@ -234,13 +234,8 @@ def bench_bench(n: int, rng: random.Random, tmp: Path) -> dict:
     t_ref = time.monotonic() - t0
     want = bench_results(ref)
     entries = len(list((ref / "cache" / "results").rglob("*.json")))
-    probe = tmp / "bench-probe"  # the kill window: from the --out folder appearing to the end
-    p = subprocess.Popen([*base, "--out", str(probe)], stdout=subprocess.DEVNULL, env=env())
-    while p.poll() is None and not probe.exists():
-        time.sleep(0.02)
-    t1 = time.monotonic()
-    p.wait()
-    window = time.monotonic() - t1
+    probe = tmp / "bench-probe"
+    window = kill_window([*base, "--out", str(probe)], probe)
     shutil.rmtree(probe)
     row = {"recipe": "bench (2 methods, 3 pairs)", "tried": 0, "killed": 0, "resumed": 0, "equal": 0, "torn": 0,
            "torn_detected": 0, "kinds": {}, "ref_s": t_ref, "window_s": window}  # fmt: skip
