@@ -97,6 +97,17 @@ def kill_window(cmd: list[str], started: Path) -> float:
     return time.monotonic() - t1
 
 
+def say(label: str, i: int, kind: str, delay: float | None, fault: str, rc: int, ok: bool, eq: bool, stderr: str = "",
+        done: str = "") -> None:  # fmt: skip
+    """One kill point's line (``label #i: kind at ... -> exit rc, [done, ]rerun ok, equal``); the rerun's stderr tail
+    when it failed or differed."""
+    at = f" at {delay:.2f} s" if delay is not None else f" {fault}"
+    print(f"  {label} #{i + 1}: {kind}{at} -> exit {rc}, {done}rerun {'ok' if ok else 'FAILED'}, "
+          f"{'equal' if eq else 'DIFFERENT'}", flush=True)  # fmt: skip
+    if stderr and not (ok and eq):
+        print(stderr[-1500:], flush=True)
+
+
 def modules(path: Path) -> dict:
     import torch
 
@@ -148,10 +159,7 @@ def bench_recipe(method: str, n: int, rng: random.Random, tmp: Path) -> dict:
         if kind == "torn" and killed:
             row["torn"] += 1
             row["torn_detected"] += "using the previous checkpoint" in r.stderr
-        print(f"  {method} #{i + 1}: {kind}{f' at {delay:.2f} s' if delay is not None else ' ' + e.get('IVFUSE_FAULT_WRITE', '')}"
-              f" -> exit {rc}, rerun {'ok' if ok else 'FAILED'}, {'equal' if eq else 'DIFFERENT'}", flush=True)  # fmt: skip
-        if not (ok and eq):
-            print(r.stderr[-1500:], flush=True)
+        say(method, i, kind, delay, e.get("IVFUSE_FAULT_WRITE", ""), rc, ok, eq, r.stderr)
         shutil.rmtree(out)
     return row
 
@@ -198,9 +206,7 @@ def bench_fuse(n: int, rng: random.Random, tmp: Path) -> dict:
         got = {q.name: q.read_bytes() for q in out.iterdir() if q.is_file()}
         eq = ok and got == want and not [q for q in out.iterdir() if q.name.startswith(".")]
         row["equal"] += eq
-        print(f"  fuse #{i + 1}: {kind}{f' at {delay:.2f} s' if delay is not None else ' ' + e['IVFUSE_FAULT_WRITE']}"
-              f" -> exit {rc}, {len(done)} of {k} done, rerun {'ok' if ok else 'FAILED'}, {'equal' if eq else 'DIFFERENT'}",
-              flush=True)  # fmt: skip
+        say("fuse", i, kind, delay, e.get("IVFUSE_FAULT_WRITE", ""), rc, ok, eq, done=f"{len(done)} of {k} done, ")
         shutil.rmtree(out)
     return row
 
@@ -256,10 +262,7 @@ def bench_bench(n: int, rng: random.Random, tmp: Path) -> dict:
         row["resumed"] += ok
         eq = ok and bench_results(out) == want
         row["equal"] += eq
-        print(f"  bench #{i + 1}: {kind}{f' at {delay:.2f} s' if delay is not None else ' ' + e['IVFUSE_FAULT_WRITE']}"
-              f" -> exit {rc}, rerun {'ok' if ok else 'FAILED'}, {'equal' if eq else 'DIFFERENT'}", flush=True)  # fmt: skip
-        if not (ok and eq):
-            print(r.stderr[-1500:], flush=True)
+        say("bench", i, kind, delay, e.get("IVFUSE_FAULT_WRITE", ""), rc, ok, eq, r.stderr)
         shutil.rmtree(out)
     return row
 
