@@ -199,3 +199,32 @@ def test_lite_moving_judge_trains_the_detector_and_reaches_the_net(tmp_path):
     assert any(not torch.equal(coco[k], moved[k]) for k in coco if k.endswith("weight"))
     a, b = runs[0.02]["net"], runs[2.0]["net"]
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lite_learned_loss_is_trained_by_the_moving_judge(tmp_path):
+    """preset=meta (issue 20, C4): the loss generator starts at uniform weights (the crop stage logs w_ir = 1/2), the
+    meta stage's detection loss, taken after a virtual step of the net, moves the generator's weights and the judge's,
+    and the net is trained by the learned loss alone; an unknown judge mode is refused with a suggestion."""
+    need("data/MSRS")
+    need("weights/yolov5n_coco_v6.1_state_dict.pt")
+    with pytest.raises(UnknownNameError, match="did you mean .meta."):
+        train("lite", load_config("lite", "meta", overrides=["judge.mode=mta"]), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    over = ["epochs=1", "max_batches=2", "crop=[96, 96]", "val.max=0", "width=4", "judge.epochs=1", "judge.batch=2",
+            "judge.imgsz=128", "judge.gen_width=4"]
+    out = tmp_path / "run"
+    train("lite", load_config("lite", "meta", overrides=over), out, progress=False)
+    hist = json.loads((out / "summary.json").read_text())["history"]
+    assert hist["train"][0]["learned_w_ir"] == pytest.approx(0.5)
+    j = hist["judge"][0]
+    assert {"det", "det_train", "intensity", "gradient", "w_ir"} <= set(j) and j["det"] > 0
+    mods = torch.load(out / "final.pt", weights_only=True)["modules"]
+    assert mods["G"]["out.weight"].abs().sum() > 0  # the meta-gradient reached the generator's zero-started layer
+    coco = ivfuse.tasks.create_detector("yolov5n").state_dict()
+    assert any(not torch.equal(coco[k], mods["D"][k]) for k in coco if k.endswith("weight"))
+    w = ivfuse.losses.LossGenerator(4)
+    w.load_state_dict(mods["G"])
+    ir, y = torch.rand(1, 1, 40, 52), torch.rand(1, 1, 40, 52)
+    wts = w(ir, y)
+    assert wts.shape == (1, 2, 40, 52) and torch.allclose(wts.sum(1), torch.ones(1, 40, 52))
+    assert not torch.allclose(wts, torch.full_like(wts, 0.5))

@@ -9,7 +9,9 @@ elsewhere; see :func:`box_mask` and :func:`target_loss`), optionally plus a **mo
 issue 20: after the crop epochs, ``judge.epochs`` more on whole training pairs, where a COCO detector is fine-tuned
 on the fused images as training goes on — the bench's ``retrain`` judge, moving — and its detection loss on the fused
 image reaches the net; MetaFusion's mutual promotion and TIM's task guidance with a judge that adapts to the fusion
-instead of the frozen COCO one; see :meth:`LiteRecipe.judge_step`), optionally plus **distillation** from a bigger
+instead of the frozen COCO one; see :meth:`LiteRecipe.judge_step`) or, with ``judge.mode=meta``, a **learnable fusion
+loss** trained by that judge (TDFusion's idea, issue 20 C4: :mod:`ivfuse.losses.learned`, :meth:`LiteRecipe.
+meta_step` — the detection loss reaches the net only through the loss it learns), optionally plus **distillation** from a bigger
 fusion method (``teacher.method=tim``): an L1 term ``λ_t·|F − T|`` to the teacher's fused luminance T, computed once per
 training pair at full resolution (cached as safetensors) and cropped/flipped with the pair. The shipped model is
 distilled from the task-guided TIM (see ``docs/deployment.md``: the fusion loss alone did not reach the pixel
@@ -24,11 +26,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 
 from ..data.labels import Boxes
 from ..errors import InputError, suggest
-from ..losses import FusionLoss
+from ..losses import FusionLoss, LossGenerator, learned_fusion_loss
 from ..models.lite import LiteFusionNet
 from .checkpoint import export_safetensors
 from .data import BatchSource, RandomCrop, RandomFlip, load_samples
@@ -109,6 +112,14 @@ class LiteRecipe(Recipe):
                 raise InputError(f"{jg['weights']}: judge detector weights file not found")
             if int(jg["epochs"]) < 1:
                 raise InputError("config key 'judge.epochs' must be >= 1 when 'judge.weight' > 0")
+        if jg["mode"] not in ("loss", "meta"):
+            raise suggest(jg["mode"], ["loss", "meta"], "judge mode")
+        if jg["mode"] == "meta" and float(jg["weight"]) > 0:
+            if float(jg["meta_lr"]) <= 0 or float(jg["inner_lr"]) <= 0 or int(jg["gen_width"]) < 1:
+                raise InputError("config keys 'judge.meta_lr' and 'judge.inner_lr' must be > 0 and 'judge.gen_width' "
+                                 f">= 1 for judge.mode=meta, got {jg}")
+            if float(jg["gradient"]) < 0:
+                raise InputError(f"config key 'judge.gradient' must be >= 0, got {jg['gradient']}")
         if float(tg["weight"]) < 0 or float(tg["boost"]) < 0 or float(tg["soften"]) < 0:
             raise InputError("config keys 'target.weight', 'target.boost' and 'target.soften' must be >= 0")
         if float(tg["weight"]) > 0 or float(jg["weight"]) > 0:
@@ -155,6 +166,12 @@ class LiteRecipe(Recipe):
                 s["target_mask"] = box_mask(s["boxes"], tuple(s["ir"].shape[-2:]), tg["classes"], tg["soften"])
         if use_judge:
             self._build_judge(samples)
+        self.G = None
+        if use_judge and jg["mode"] == "meta":  # the learnable fusion loss (C4): trains the net in every stage
+            self.G = LossGenerator(int(jg["gen_width"])).to(self.device)
+            self.opt_g = torch.optim.Adam(self.G.parameters(), lr=float(jg["meta_lr"]))
+            self.step_g = OptimStep(self.opt_g, clip=c["clip"])
+            self.modules["G"], self.optimizers["G"] = self.G, self.opt_g
         for s in samples:  # the crop stage uses no boxes
             s.pop("boxes", None)
         self.data = BatchSource(samples, c["batch"], [RandomCrop(c["crop"]), RandomFlip()], c.get("max_batches"),
@@ -225,6 +242,12 @@ class LiteRecipe(Recipe):
             lt = (out - batch["teacher"].to(self.device)).abs().mean()
             loss = loss + self.cfg["teacher"]["weight"] * lt
             parts["teacher"] = float(lt.detach())
+        if self.G is not None:  # the learned loss at the generator's current state (its start: w_ir = w_vis = 1/2)
+            with torch.no_grad():
+                w = self.G(ir, y)
+            ll, lparts = learned_fusion_loss(out, ir, y, w, float(self.cfg["judge"]["gradient"]))
+            loss = loss + ll
+            parts.update({f"learned_{k}": v for k, v in lparts.items()})
         self.step_net(loss)
         return {"loss": float(loss.detach()), **parts}
 
@@ -236,13 +259,10 @@ class LiteRecipe(Recipe):
         judge would on the final images."""
         from ..tasks.downstream import letterbox_batch
 
+        if self.G is not None:
+            return self.meta_step(batch, ctx)
         jg = self.cfg["judge"]
-        n = len(self.judge_data)
-        t = ctx.get("epoch", 0) * n + ctx.get("batch", 0)
-        for g in self.opt.param_groups:
-            g["lr"] = float(jg["lr"])
-        for g in self.opt_d.param_groups:  # linear warm-up over the first epoch, then constant
-            g["lr"] = float(jg["det_lr"]) * min(1.0, (t + 1) / n)
+        self._judge_lrs(ctx)
         ir, vis = batch["ir"].to(self.device), batch["vis"].to(self.device)
         ycc = rgb_to_ycbcr(vis)
         y = ycc[:, :1]
@@ -262,6 +282,73 @@ class LiteRecipe(Recipe):
         ld_train, _ = self.D.loss(images.detach(), boxes)
         self.step_d(ld_train)
         return {"loss": float(loss.detach()), **parts, "det": float(ld.detach()), "det_train": float(ld_train.detach())}
+
+    def _judge_lrs(self, ctx) -> None:
+        """The judge stage's rates: the net's constant ``judge.lr``; the detector's ``judge.det_lr`` with a linear
+        warm-up over the first epoch (a function of epoch and batch: resumes exactly)."""
+        jg = self.cfg["judge"]
+        n = len(self.judge_data)
+        t = ctx.get("epoch", 0) * n + ctx.get("batch", 0)
+        for g in self.opt.param_groups:
+            g["lr"] = float(jg["lr"])
+        for g in self.opt_d.param_groups:
+            g["lr"] = float(jg["det_lr"]) * min(1.0, (t + 1) / n)
+
+    def meta_step(self, batch: dict, ctx) -> dict:
+        """One step of the judge stage with ``judge.mode=meta`` (TDFusion's meta-learning, arXiv:2412.03240 Sec. 3):
+
+        1. **outer update of the loss generator G**: the net takes a *virtual* SGD step (``judge.inner_lr``) on the
+           learned loss of G's current weights, kept in the graph; the moving judge's detection loss (eval mode, BN
+           statistics fixed) on the fused images of the virtually updated net is back-propagated through that step
+           into G, and only G is stepped (Adam, ``judge.meta_lr``). The virtual and the task batch are the same
+           batch (TDFusion's meta-train/meta-test split is not reproduced: with 171 pairs ivfuse keeps every pair in
+           both);
+        2. **the net's step** on the learned loss with the updated G (no detection loss reaches the net directly);
+        3. **the judge's step**: one fine-tuning step of the detector (train mode) on the net's fused images, as in
+           :meth:`judge_step`.
+
+        Logged: the learned loss's terms, ``w_ir`` (mean infrared weight) and ``w_ir_person`` (the mean inside the
+        labelled persons), the task loss after the virtual step (``det``) and the judge's training loss."""
+        from torch.func import functional_call
+
+        from ..tasks.downstream import letterbox_batch
+
+        jg = self.cfg["judge"]
+        self._judge_lrs(ctx)
+        lam, grad_w, imgsz = float(jg["weight"]), float(jg["gradient"]), int(jg["imgsz"])
+        ir, vis = batch["ir"].to(self.device), batch["vis"].to(self.device)
+        ycc = rgb_to_ycbcr(vis)
+        y = ycc[:, :1]
+        # the virtual step and the task loss at the judge's resolution (the detector sees the pair letterboxed to
+        # imgsz anyway; the double backward through the net costs (640/416)^2 ≈ 2.4x more at full size)
+        r = min(1.0, imgsz / max(ir.shape[-2:]))
+        small = [F.interpolate(t, scale_factor=r, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+                 if r < 1 else t for t in (ir, vis)]
+        sy = rgb_to_ycbcr(small[1])[:, :1]
+        params = dict(self.net.named_parameters())
+        w = self.G(small[0], sy)
+        lf, _ = learned_fusion_loss(self.net.fuse_luma(small[0], sy), small[0], sy, w, grad_w)
+        grads = torch.autograd.grad(lf, list(params.values()), create_graph=True)
+        virtual = {k: p - float(jg["inner_lr"]) * g for (k, p), g in zip(params.items(), grads)}
+        sboxes = [Boxes(b.xyxy * r, b.labels, b.names) for b in batch["boxes"]]
+        images, boxes = letterbox_batch(list(functional_call(self.net, virtual, tuple(small))), sboxes, imgsz)
+        self.D.eval()
+        lt, _ = self.D.loss(images, boxes)
+        self.step_g(lam * lt, inputs=list(self.G.parameters()))
+        with torch.no_grad():
+            w = self.G(ir, y)
+            person = torch.stack([box_mask(b, tuple(ir.shape[-2:]), ["person"]) for b in batch["boxes"]]).to(w)
+        out = self.net.fuse_luma(ir, y)
+        loss, parts = learned_fusion_loss(out, ir, y, w, grad_w)
+        self.step_net(loss)
+        rgb = ycbcr_to_rgb(torch.cat([out.detach(), ycc[:, 1:]], 1)).clamp(0, 1)
+        images, boxes = letterbox_batch(list(rgb), batch["boxes"], imgsz)
+        self.D.train()
+        ld_train, _ = self.D.loss(images, boxes)
+        self.step_d(ld_train)
+        if person.sum() > 0:
+            parts["w_ir_person"] = float((w[:, :1] * person).sum() / person.sum())
+        return {"loss": float(loss.detach()), **parts, "det": float(lt.detach()), "det_train": float(ld_train.detach())}
 
     def stages(self) -> list[Stage]:
         st = [Stage("train", self.cfg["epochs"], self.data, self.train_step)]
