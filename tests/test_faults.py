@@ -680,10 +680,19 @@ def test_lite_training_killed_anywhere_resumes_to_the_same_weights(tmp_path, cap
     p = _train_proc("lite", run, LITE)
     assert p.returncode == 0 and "warning" not in p.stderr and "resuming from" in p.stderr, p.stderr[-2000:]
     assert _bitwise_equal(_modules(run / "final.pt"), _modules(ref / "final.pt"))
+    # the 3rd epoch's rows were logged just before the kill in its checkpoint write: the resume cut them, so log.csv
+    # has every row once, as the uninterrupted run's (times aside)
+    assert _log_rows(run) == _log_rows(ref) and len(_log_rows(ref)) > 3
     changed = _modules(ref / "final.pt")  # the comparison can fail: one weight one ulp away is not equal
     t = changed["net"]["stem.weight"].view(-1)
     t[0] = torch.nextafter(t[0], torch.tensor(1.0))
     assert not _bitwise_equal(_modules(run / "final.pt"), changed)
+
+
+def _log_rows(run):
+    """log.csv's rows without the wall-clock columns (time, and each epoch's seconds)."""
+    rows = [line.split(",", 1)[1] for line in (run / "log.csv").read_text().splitlines()[1:]]
+    return [r for r in rows if r.split(",")[2] != "seconds"]
 
 
 #: a tiny MetaFusion run (the stages pretrain_f, det_1, mfe_1 with an inner update), detector from scratch

@@ -163,7 +163,14 @@ class Trainer:
             "history": self.history,
             "timings": self.timings,
             "rng": _rng_state(),
+            # log.csv's size at this checkpoint (its rows are written just before): a resume cuts the rows that the
+            # redone work would write a second time (a kill between an epoch's log row and its checkpoint)
+            "log_bytes": self._log_bytes(),
         }
+
+    def _log_bytes(self) -> int:
+        f = self.out / "log.csv" if self.out is not None else None
+        return f.stat().st_size if f is not None and f.exists() else 0
 
     def save(self, name: str = "last.pt") -> Path | None:
         """Write a checkpoint (rank 0 only under torchrun; the replicas are identical)."""
@@ -189,6 +196,9 @@ class Trainer:
         self.history = {k: list(v) for k, v in ck.get("history", {}).items()}
         self.timings = dict(ck.get("timings", {}))
         _set_rng_state(ck["rng"])
+        keep = ck.get("log_bytes")
+        if keep is not None and dist.is_main() and self._log_bytes() > keep:
+            os.truncate(self.out / "log.csv", keep)
 
     def position(self) -> str:
         """Where a run stands: ``"stage mfe_1 epoch 3"`` (the last completed epoch)."""
@@ -202,7 +212,7 @@ class Trainer:
         if self.out is None or not dist.is_main():
             return
         f = self.out / "log.csv"
-        new = not f.exists()
+        new = not f.exists() or f.stat().st_size == 0  # (a resume to the run's start cuts it to nothing)
         stamp = f"{time.time():.1f}"
         buf = io.StringIO()
         w = csv.writer(buf)
