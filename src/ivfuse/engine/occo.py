@@ -26,7 +26,6 @@ number of processes (not only the summation order, as for batch-mean losses), so
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from ..models.occo import OCCONet
 from .checkpoint import export_safetensors
 from .data import BatchSource, RandomFlip, load_samples
 from .distributed import refuse_distributed
-from .recipe import Recipe, register_recipe, strict_json, validate_fusion
+from .recipe import Recipe, register_recipe
 from .step import OptimStep
 from .trainer import Stage
 
@@ -186,8 +185,8 @@ class OCCORecipe(Recipe):
         return vis if vis.shape[1] == 1 else rgb_to_ycbcr(vis)[:, :1]
 
     def train_step(self, batch: dict, ctx) -> dict:
-        ir, vis = batch["ir"].to(self.device), batch["vis"].to(self.device)
-        obj = batch["objects"].to(self.device).float()
+        ir, vis, obj = self.on_device(batch, "ir", "vis", "objects")
+        obj = obj.float()
         y = self.luma(vis)
         out = self.net.fuse_luma(ir, y)  # raw output: no min-max normalisation
         loss, parts = self.loss(out, ir, y, obj[:, :1], obj[:, 1:2])
@@ -197,16 +196,9 @@ class OCCORecipe(Recipe):
     def stages(self) -> list[Stage]:
         return [Stage("train", self.cfg["epochs"], self.batches, self.train_step)]
 
-    def validate(self) -> dict:
-        return validate_fusion(self.net, self.cfg.get("val") or {}, self.device)
-
     def export(self, path: str | Path) -> Path:
         c = self.cfg
-        meta = {
-            "config": json.dumps({"channels": list(c["model"]["channels"]), "heads": list(c["model"]["heads"])}),
-            "training": json.dumps({"data": c["data"], "max_pairs": c["max_pairs"], "masks": c["masks"], "crop": c["crop"],
-                                    "batch": c["batch"], "lr": c["lr"], "epochs": c["epochs"],
-                                    "max_batches": c["max_batches"], "loss": c["loss"], "seed": c["seed"]}),
-            "metrics": json.dumps(strict_json(self.trainer.metrics.get("val", {}) if self.trainer else {})),
-        }  # fmt: skip
+        config = {"channels": list(c["model"]["channels"]), "heads": list(c["model"]["heads"])}
+        meta = self.export_metadata(config, max_pairs=c["max_pairs"], masks=c["masks"], crop=c["crop"],
+                                    batch=c["batch"], lr=c["lr"], max_batches=c["max_batches"], loss=c["loss"])
         return export_safetensors(path, self.net.state_dict(), meta)

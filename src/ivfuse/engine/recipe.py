@@ -5,8 +5,13 @@ A *recipe* (a :class:`Recipe` subclass registered with :func:`register_recipe`) 
 * ``check(cfg) -> [warnings]`` (classmethod) — refuse impossible configurations before anything is written;
 * ``build()`` — create ``self.modules`` and ``self.optimizers`` (dicts) and load data; runs *after* seeding;
 * ``stages() -> [Stage]`` — the schedule (:class:`~ivfuse.engine.trainer.Stage`);
-* ``validate() -> {metric: float}`` — metrics at the end of training (embedded in ``summary.json``/exports);
-* ``export(path)`` — the deployable weights (e.g. a safetensors file the fusion model loads).
+* ``validate() -> {metric: float}`` — metrics at the end of training (embedded in ``summary.json``/exports); the
+  default scores the network named by ``fusion_attr`` with :func:`validate_fusion` and the config's ``val`` section;
+* ``export(path)`` — the deployable weights (e.g. a safetensors file the fusion model loads), with the metadata of
+  :meth:`Recipe.export_metadata`.
+
+What every recipe repeats lives on :class:`Recipe`: :meth:`~Recipe.on_device` (batch tensors to the run's device),
+the default :meth:`~Recipe.validate` and :meth:`~Recipe.export_metadata`.
 
 :func:`train` does the rest for every method: device check, resume policy, seeding *before* any module is built,
 the :class:`~ivfuse.engine.trainer.Trainer`, validation, ``final.pt``, ``summary.json`` and the export.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +68,15 @@ class Recipe:
     name: str = "recipe"
     #: defaults YAML of a recipe outside the package (``register_recipe(name, config=FILE)``); ``None``: the package's
     config_file: Path | None = None
+    #: the attribute that holds the fusion network the default :meth:`validate` scores (absent or ``None``: no metrics)
+    fusion_attr: str = "net"
 
     def __init__(self, cfg: dict, device: torch.device | str = "cpu", progress: bool = True) -> None:
         self.cfg, self.device, self.progress = cfg, torch.device(device), progress
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, Any] = {}
         self.trainer: Trainer | None = None  # set by train() before the stages run
+        self.t0 = time.time()  # the export's ``wall_s`` counts from here (train() builds the recipe right away)
 
     @classmethod
     def check(cls, cfg: dict) -> list[str]:
@@ -81,10 +90,33 @@ class Recipe:
         raise NotImplementedError(f"recipe '{self.name}' must implement stages()")
 
     def validate(self) -> dict[str, float]:
-        return {}
+        """Fusion metrics of ``self.<fusion_attr>`` on the config's ``val`` section (:func:`validate_fusion`; ``{}``
+        without a network or a ``val`` section)."""
+        net = getattr(self, self.fusion_attr, None)
+        return {} if net is None else validate_fusion(net, self.cfg.get("val") or {}, self.device)
 
     def export(self, path: str | Path) -> Path:
         raise InputError(f"recipe '{self.name}' has nothing to export")
+
+    # -- what every recipe repeats ----------------------------------------------------------------------------------
+    def on_device(self, batch: dict, *keys: str) -> tuple[torch.Tensor, ...]:
+        """The tensors ``batch[key]`` (default ``"ir"``, ``"vis"``) on the run's device, in that order:
+        ``ir, vis = self.on_device(batch)``."""
+        return tuple(batch[k].to(self.device) for k in keys or ("ir", "vis"))
+
+    def export_metadata(self, config: dict | None = None, **training: Any) -> dict[str, str]:
+        """Safetensors metadata of an export (JSON strings): ``config`` (the network's, what its loader builds; left
+        out when ``None``), ``training`` = ``recipe``, ``data``, ``epochs``, ``seed``, ``device``, ``threads``,
+        ``wall_s`` and the recipe's own ``training`` items (which may replace the common ones, e.g. ``data``), and
+        ``metrics`` (the validation metrics, strict JSON)."""
+        c, tr = self.cfg, self.trainer
+        run = {"recipe": self.name, "data": c.get("data"), "epochs": c.get("epochs"), "seed": c.get("seed", 0),
+               "device": str(self.device), "threads": torch.get_num_threads()}
+        run["wall_s"] = round(time.time() - self.t0, 1)
+        meta = {} if config is None else {"config": json.dumps(config)}
+        meta["training"] = json.dumps(strict_json({**run, **training}))
+        meta["metrics"] = json.dumps(strict_json(tr.metrics.get("val", {}) if tr else {}))
+        return meta
 
 
 def check_device(name: str) -> torch.device:

@@ -59,7 +59,7 @@ from ..utils import atomic_write_text
 from .checkpoint import export_safetensors
 from .data import BatchSource, RandomCrop, RandomFlip, derive_seed, load_samples
 from . import distributed as _dist
-from .recipe import Recipe, register_recipe, strict_json, validate_fusion
+from .recipe import Recipe, register_recipe
 from .step import OptimStep
 from .trainer import Stage
 
@@ -206,7 +206,7 @@ class TIMRecipe(Recipe):
 
     # -- pieces ----------------------------------------------------------------------------------------------------
     def _pair(self, batch: dict):
-        ir, vis = batch["ir"].to(self.device), batch["vis"].to(self.device)
+        ir, vis = self.on_device(batch)
         ycc = rgb_to_ycbcr(vis)
         return ir, ycc[:, :1], ycc
 
@@ -338,26 +338,15 @@ class TIMRecipe(Recipe):
         _dist.all_reduce_buffers([m for m in (self.supernet, self.net) if m is not None])
 
     # -- end of training -------------------------------------------------------------------------------------------
-    def validate(self) -> dict:
-        if self.net is None:
-            return {}
-        return validate_fusion(self.net, self.cfg.get("val") or {}, self.device)
-
     def export(self, path: str | Path) -> Path:
         if self.net is None:
             raise InputError("TIM: nothing to export before the derive stage")
         c, tr = self.cfg, self.trainer
-        meta = {
-            "genotype": json.dumps(self.genotype_),
-            "width": str(c["net"]["width"]),
-            "config": json.dumps(c),
-            "training": json.dumps({"stages": list(tr.done) if tr else [], "epochs": c["epochs"],
-                                    "data": c["data"], "seed": c["seed"], "guidance": c["guidance"],
-                                    "cell": c["cell"], "init": c["init"],
-                                    "time_s": {k: round(v, 1) for k, v in (tr.timings if tr else {}).items()},
-                                    "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}),
-            "metrics": json.dumps(strict_json(tr.metrics.get("val", {}) if tr else {})),
-        }  # fmt: skip
+        meta = {"genotype": json.dumps(self.genotype_), "width": str(c["net"]["width"])}  # what TIMNet loads
+        meta.update(self.export_metadata(c, stages=list(tr.done) if tr else [], guidance=c["guidance"],
+                                         cell=c["cell"], init=c["init"],
+                                         time_s={k: round(v, 1) for k, v in (tr.timings if tr else {}).items()},
+                                         exported=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
         return export_safetensors(path, self.net.state_dict(), meta)
 
 

@@ -36,7 +36,7 @@ from ..tasks.pseudo import (  # moved to tasks/ (#21); re-exported: public here 
     CITYSCAPES_TO_MSRS, MSRS_SEG_CLASSES, PSEUDO_SOURCES, MergedSegmenter, map_to_msrs, pseudo_mask,
 )  # fmt: skip
 from .data import BatchSource, RandomCrop, RandomFlip, load_samples
-from .recipe import Recipe, register_recipe, strict_json, train, validate_fusion
+from .recipe import Recipe, register_recipe, strict_json, train
 from .step import OptimStep, autocast
 from .trainer import Stage
 
@@ -150,7 +150,7 @@ class TSJNetRecipe(Recipe):
     def losses(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """``(L, parts)`` of one batch (with the guides the config switches on)."""
         dev = self.device
-        ir, vis = batch["ir"].to(dev), batch["vis"].to(dev)
+        ir, vis = self.on_device(batch)
         boxes = masks = None
         if self.uses_det:
             from ..data.labels import Boxes
@@ -179,18 +179,11 @@ class TSJNetRecipe(Recipe):
         return [Stage("train", self.cfg["epochs"], self.data, self.train_step, on_epoch_end=self.on_epoch_end)]
 
     # -- end of training ----------------------------------------------------------------------------------------
-    def validate(self) -> dict:
-        return validate_fusion(self.net, self.cfg.get("val") or {}, self.device)
-
     def export(self, path: str | Path) -> Path:
-        cfg = self.cfg
-        tr = self.trainer
-        meta = {
-            "training": json.dumps({k: cfg[k] for k in ("variant", "guidance", "loss", "detector", "segmenter", "seg",
-                                                          "data", "optim", "epochs", "seed", "amp")}),
-            "metrics": json.dumps(strict_json(tr.metrics.get("val", {}) if tr else {})),
-            "time_s": json.dumps(strict_json(tr.timings if tr else {})),
-        }  # fmt: skip
+        cfg, tr = self.cfg, self.trainer
+        own = ("variant", "guidance", "loss", "detector", "segmenter", "seg", "optim", "amp")
+        meta = self.export_metadata(None, **{k: cfg[k] for k in own})  # the network config: TSJNet.save writes it
+        meta["time_s"] = json.dumps(strict_json(tr.timings if tr else {}))
         if str(path).endswith("_fp16.safetensors") or cfg["export_fp16"]:
             net = TSJNet(variant=None, config=self.net.config)
             net.load_state_dict(self.net.state_dict())
