@@ -15,8 +15,12 @@ from ivfuse.models.base import load_state
 
 def _state() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {"stem.weight": torch.randn(4, 2, 3, 3, generator=g), "stem.bias": torch.randn(4, generator=g),
-            "bn.num_batches_tracked": torch.tensor(7), "half.weight": torch.randn(3, generator=g).half()}  # fmt: skip
+    return {
+        "stem.weight": torch.randn(4, 2, 3, 3, generator=g),
+        "stem.bias": torch.randn(4, generator=g),
+        "bn.num_batches_tracked": torch.tensor(7),
+        "half.weight": torch.randn(3, generator=g).half(),
+    }
 
 
 CFG = {"width": 4, "colour": "ycbcr"}
@@ -38,10 +42,16 @@ def _write(tmp_path, fmt: str, sd: dict):
     return f, {"module": "F", "section": "fusion"} if fmt == "checkpoint" else {}
 
 
-@pytest.mark.parametrize("fmt, kind, config", [
-    ("safetensors", "export", CFG), ("safetensors_bare", "raw", None), ("checkpoint", "checkpoint", CFG),
-    ("container", "container", CFG), ("bare", "raw", None),
-])  # fmt: skip
+FORMATS = [
+    ("safetensors", "export", CFG),
+    ("safetensors_bare", "raw", None),
+    ("checkpoint", "checkpoint", CFG),
+    ("container", "container", CFG),
+    ("bare", "raw", None),
+]
+
+
+@pytest.mark.parametrize("fmt, kind, config", FORMATS)
 def test_every_container_round_trips(tmp_path, fmt, kind, config):
     sd = _state()
     f, kw = _write(tmp_path, fmt, sd)
@@ -63,8 +73,10 @@ def test_checkpoint_config_whole_or_section(tmp_path):
     assert set(load_state(f, "toy", module="D").state) == {"x"}
 
 
-@pytest.mark.parametrize("data, suffix", [(b"not a checkpoint", "safetensors"), (b"PK\x03\x04 truncated", "pt"),
-                                          (b"", "pt")])  # fmt: skip
+BROKEN = [(b"not a checkpoint", "safetensors"), (b"PK\x03\x04 truncated", "pt"), (b"", "pt")]
+
+
+@pytest.mark.parametrize("data, suffix", BROKEN)
 def test_corrupted_file_is_one_line_naming_it(tmp_path, data, suffix):
     f = tmp_path / f"broken.{suffix}"
     f.write_bytes(data)
@@ -113,8 +125,11 @@ def test_models_load_the_same_weights_from_every_container(tmp_path, method, mod
     ref = create_model(method)
     sd = {k: v.clone() for k, v in ref.state_dict().items()}
     cfg = {"width": ref.width} if method == "lite" else {"width": ref.width, "colour": ref.colour, "blocks": ref.blocks}
-    files = {"container.pt": {"state_dict": sd, "config": cfg}, "bare.pt": sd,
-             "checkpoint.pt": {"modules": {module: sd}, "config": {section: cfg} if section else cfg}}  # fmt: skip
+    files = {
+        "container.pt": {"state_dict": sd, "config": cfg},
+        "bare.pt": sd,
+        "checkpoint.pt": {"modules": {module: sd}, "config": {section: cfg} if section else cfg},
+    }
     for name, obj in files.items():
         torch.save(obj, tmp_path / name)
     save_file(sd, str(tmp_path / "export.safetensors"), metadata={"config": json.dumps(cfg)})

@@ -49,6 +49,7 @@ from ..losses import FusionLoss
 from ..models.metafusion import MetaFeatureEmbedding, MetaFusionNet, guide_loss
 from ..tasks.detectors import DETECTOR_CLIP, create_detector, detector_optimizer
 from .checkpoint import export_safetensors
+from .config import CROP, Limit
 from .data import BatchSource, RandomCrop, load_samples
 from .recipe import Recipe, refuse_held_out, register_recipe, train
 from .step import OptimStep, call_with, virtual_step
@@ -64,17 +65,14 @@ class MetaFusionRecipe(Recipe):
     """F, MFE, D, their optimisers, data and the stage list from a config dict (see configs/metafusion.yaml)."""
 
     fusion_attr = "F"  # what validate() scores and export() writes
+    limits = {"epochs.*": Limit(min=0), "rounds": Limit(min=1), "target.intensity": Limit(min=0),
+              "target.det": Limit(min=0), "data.crop": CROP}
 
     @classmethod
     def check(cls, cfg: dict) -> list[str]:
         if cfg["mode"] not in MODES:
             raise suggest(cfg["mode"], MODES, "MetaFusion mode")
         ep, inner = cfg["epochs"], cfg["inner"]
-        for k, v in ep.items():
-            if v < 0:
-                raise InputError(f"config key 'epochs.{k}' must be >= 0, got {v}")
-        if cfg["rounds"] < 1:
-            raise InputError(f"config key 'rounds' must be >= 1, got {cfg['rounds']}")
         if cfg["mode"] == "metafusion" and ep["mfe"] > 0 and inner["updates"] > 0:
             if inner["every"] < 1:
                 raise InputError(f"config key 'inner.every' must be >= 1, got {inner['every']}")
@@ -88,12 +86,8 @@ class MetaFusionRecipe(Recipe):
             raise suggest(t["source"], ("ir", "max"), "target.source")
         if t["detector"] not in ("d", "frozen"):
             raise suggest(t["detector"], ("d", "frozen"), "target.detector")
-        if t["intensity"] < 0 or t["det"] < 0:
-            raise InputError(f"config keys 'target.intensity'/'target.det' must be >= 0, got {t['intensity']}/{t['det']}")
         for key in ("train", "detection"):
             refuse_held_out(cfg["data"][key], f"data.{key}")
-        if len(cfg["data"]["crop"]) != 2:
-            raise InputError(f"config key 'data.crop' must be [height, width], got {cfg['data']['crop']}")
         return []
 
     def build(self) -> None:

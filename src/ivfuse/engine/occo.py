@@ -36,6 +36,7 @@ from ..errors import InputError
 from ..losses.occo import OMEGAS, OCCOLoss
 from ..models.occo import OCCONet
 from .checkpoint import export_safetensors
+from .config import Limit
 from .data import BatchSource, RandomFlip, load_samples
 from .distributed import refuse_distributed
 from .recipe import Recipe, register_recipe
@@ -121,16 +122,11 @@ def masks_from_dir(folder: str | Path, sample: dict) -> torch.Tensor:
 class OCCORecipe(Recipe):
     """FIFN, OCCOLoss, Adam and the object-crop batch source from a config dict (configs/occo.yaml)."""
 
+    limits = {"crop": Limit(min=32, items=("height", "width"), why="VGG relu5"), "epochs": Limit(min=0),
+              "lr": Limit(above=0)}
+
     @classmethod
     def check(cls, cfg: dict) -> list[str]:
-        if len(cfg["crop"]) != 2 or min(cfg["crop"]) < 32:
-            raise InputError(
-                f"config key 'crop' must be [height, width] with both >= 32 (VGG relu5), got {cfg['crop']}"
-            )
-        if cfg["epochs"] < 0:
-            raise InputError(f"config key 'epochs' must be >= 0, got {cfg['epochs']}")
-        if cfg["lr"] <= 0:
-            raise InputError(f"config key 'lr' must be > 0, got {cfg['lr']}")
         if cfg["loss"]["vgg"] not in ("vgg16", "vgg19"):
             raise InputError(f"config key 'loss.vgg' must be vgg16 or vgg19, got {cfg['loss']['vgg']!r}")
         if cfg["loss"]["vgg"] == "vgg19" and cfg["loss"]["contrastive"] and not cfg["loss"]["vgg_weights"]:

@@ -2,7 +2,10 @@
 
 A *recipe* (a :class:`Recipe` subclass registered with :func:`register_recipe`) says what a method trains:
 
-* ``check(cfg) -> [warnings]`` (classmethod) — refuse impossible configurations before anything is written;
+* ``limits`` — ranges and shapes of config keys (``{"epochs.*": Limit(min=0), "data.crop": CROP}``), checked with
+  the types when the config is loaded and again by :func:`train`;
+* ``check(cfg) -> [warnings]`` (classmethod) — refuse impossible configurations before anything is written (what
+  ``limits`` cannot say: checks that depend on several keys, names);
 * ``build()`` — create ``self.modules`` and ``self.optimizers`` (dicts) and load data; runs *after* seeding;
 * ``stages() -> [Stage]`` — the schedule (:class:`~ivfuse.engine.trainer.Stage`);
 * ``validate() -> {metric: float}`` — metrics at the end of training (embedded in ``summary.json``/exports); the
@@ -29,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import Limit, check_limits
 from ..errors import InputError
 from ..registry import Registry
 from ..utils import NOTICE, atomic_write_text
@@ -68,6 +72,9 @@ class Recipe:
     name: str = "recipe"
     #: defaults YAML of a recipe outside the package (``register_recipe(name, config=FILE)``); ``None``: the package's
     config_file: Path | None = None
+    #: ranges and shapes of config keys (:class:`~ivfuse.config.Limit`; ``"epochs.*"`` matches every key under
+    #: ``epochs``), checked by :func:`~ivfuse.engine.config.load_config` and :func:`train` before :meth:`check`
+    limits: dict[str, Limit] = {}
     #: the attribute that holds the fusion network the default :meth:`validate` scores (absent or ``None``: no metrics)
     fusion_attr: str = "net"
 
@@ -254,6 +261,7 @@ def train(name: str, cfg: dict, out: str | Path, export: str | Path | None = Non
     check_amp(amp, device)  # fp16 on CPU is refused (one line, before anything is written)
     if not isinstance(cfg.get("channels_last", False), bool):
         raise InputError(f"config key 'channels_last' must be true or false, got {cfg['channels_last']!r}")
+    check_limits(cfg, getattr(cls, "limits", {}))
     for w in cls.check(cfg):
         log.warning("%s", w)
     out = Path(out)

@@ -57,6 +57,7 @@ from ..models.tim import TIMNet, TIMSupernet, load_genotype, validate_genotype
 from ..models.tim_search import METHODS, Architect
 from ..utils import atomic_write_text
 from .checkpoint import export_safetensors
+from .config import CROP, Limit
 from .data import BatchSource, RandomCrop, RandomFlip, derive_seed, load_samples
 from . import distributed as _dist
 from .recipe import Recipe, register_recipe
@@ -126,6 +127,8 @@ class _TaskStream:
 class TIMRecipe(Recipe):
     """Supernet, detector, data and the stage list from a config dict (see ``configs/tim.yaml``)."""
 
+    limits = {"epochs.*": Limit(min=0), "data.crop": CROP, "data.det_crop": CROP, "meta.inner_steps": Limit(min=1)}
+
     @classmethod
     def check(cls, cfg: dict) -> list[str]:
         for key, allowed in (("stage", STAGES), ("cell", CELLS), ("init", INITS)):
@@ -133,14 +136,6 @@ class TIMRecipe(Recipe):
                 raise suggest(cfg[key], allowed, f"TIM {key}")
         if cfg["search"]["method"] not in METHODS:
             raise suggest(cfg["search"]["method"], METHODS, "architecture gradient method")
-        for k, v in cfg["epochs"].items():
-            if v < 0:
-                raise InputError(f"config key 'epochs.{k}' must be >= 0, got {v}")
-        for k in ("crop", "det_crop"):
-            if len(cfg["data"][k]) != 2:
-                raise InputError(f"config key 'data.{k}' must be [height, width], got {cfg['data'][k]}")
-        if cfg["meta"]["inner_steps"] < 1:
-            raise InputError(f"config key 'meta.inner_steps' must be >= 1, got {cfg['meta']['inner_steps']}")
         load_genotype(cfg["net"]["layout"])  # unknown layout: one-line error now
         warn = []
         if cfg["cell"] == "hand" and cfg["epochs"]["search"]:
