@@ -64,7 +64,7 @@ MODES = ("metafusion", "sofusion", "cofusion")
 class MetaFusionRecipe(Recipe):
     """F, MFE, D, their optimisers, data and the stage list from a config dict (see configs/metafusion.yaml)."""
 
-    fusion_attr = "F"  # what validate() scores and export() writes
+    fusion_attr = "F"  # the network the default validate() scores
     limits = {"epochs.*": Limit(min=0), "rounds": Limit(min=1), "target.intensity": Limit(min=0),
               "target.det": Limit(min=0), "data.crop": CROP}
 
