@@ -85,6 +85,46 @@ def test_metafusion_config_types_presets_and_user_files(tmp_path):
     assert run == {"out": "runs/x", "resume": "force", "preset": "cpu"} and ov == ["epochs.det=0"]
 
 
+def test_ranges_and_shapes_of_the_schema_are_one_line_errors_naming_the_key(tmp_path):
+    from ivfuse.config import Limit, check_limits
+
+    cases = [
+        ("metafusion", "epochs.mfe=-1", "'epochs.mfe' must be >= 0, got -1"),
+        ("metafusion", "rounds=0", "'rounds' must be >= 1, got 0"),
+        ("metafusion", "data.crop=[96]", "'data.crop' must be [height, width], got [96]"),
+        ("occo", "crop=[16, 64]", "'crop' must be [height, width] with both >= 32 (VGG relu5), got [16, 64]"),
+        ("occo", "lr=0", "'lr' must be > 0, got 0.0"),
+        ("tim", "data.det_crop=[1, 2, 3]", "'data.det_crop' must be [height, width], got [1, 2, 3]"),
+        ("tim", "meta.inner_steps=0", "'meta.inner_steps' must be >= 1, got 0"),
+        ("tsjnet", "data.crop=[64]", "'data.crop' must be [height, width] or null (full size), got [64]"),
+    ]
+    for method, bad, msg in cases:
+        with pytest.raises(InputError) as e:
+            load_config(method, "cpu", overrides=[bad])
+        assert str(e.value) == f"config key {msg}"
+    assert load_config("tsjnet", "cpu", overrides=["data.crop=null"])["data"]["crop"] is None
+    # a hand-built config dict meets the same limits in train(), before anything is written
+    cfg = load_config("metafusion", "cpu")
+    cfg["epochs"]["det"] = -2
+    with pytest.raises(InputError, match=re.escape("config key 'epochs.det' must be >= 0, got -2")):
+        train("metafusion", cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    # the Limit itself: bounds, list shapes, null, non-numbers; keys the config lacks are skipped
+    lim = {"a": Limit(min=0, max=1), "b.*": Limit(above=0), "c": Limit(items=("h", "w"), min=2, null=True)}
+    check_limits({"a": 1, "b": {"x": 0.5, "y": 3}, "c": None}, lim)
+    check_limits({"c": [2, 3.5]}, lim)
+    cases = [
+        ({"a": 1.5}, "'a' must be >= 0 and <= 1, got 1.5"),
+        ({"b": {"y": 0}}, "'b.y' must be > 0, got 0"),
+        ({"c": [2, 1]}, "'c' must be [h, w] with both >= 2 or null, got [2, 1]"),
+        ({"c": [True, 3]}, "'c' must be [h, w]"),
+        ({"a": "x"}, "'a' must be >= 0 and <= 1, got x"),
+    ]
+    for cfg, msg in cases:
+        with pytest.raises(InputError, match=re.escape(msg)):
+            check_limits(cfg, lim)
+
+
 # ------------------------------------------------------------------------------------------------ step helpers
 def test_optim_step_accumulation_equals_one_big_batch():
     torch.manual_seed(0)

@@ -11,14 +11,19 @@ otherwise), and every value must have the default's type (``int`` / ``float`` / 
 ``dict``; an ``int`` is accepted and converted where the default is a ``float``; a default of ``null`` accepts
 anything). Errors are :class:`~ivfuse.errors.InputError` with one line naming the key.
 
+:func:`check_limits` adds ranges and shapes (:class:`Limit`: a lower/upper bound, a ``[height, width]`` list) that a
+recipe declares for its keys (``Recipe.limits``), with the same one-line errors.
+
 This module imports no torch, so the CLI can check options before anything heavy is loaded.
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,8 @@ import yaml
 
 from .errors import InputError, suggest
 
-__all__ = ["Loader", "parse_value", "parse_items", "read_yaml", "merge", "flatten", "check_types", "apply_overrides"]
+__all__ = ["Loader", "parse_value", "parse_items", "read_yaml", "merge", "flatten", "check_types", "apply_overrides",
+           "Limit", "check_limits"]
 
 
 class Loader(yaml.SafeLoader):
@@ -160,3 +166,64 @@ def apply_overrides(cfg: Mapping, overrides: Iterable[str] | Mapping[str, Any], 
         old = node.get(parts[-1])
         node[parts[-1]] = merge(old, val) if isinstance(old, Mapping) and isinstance(val, Mapping) else val
     return cfg
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Range and shape of one config value, checked after its type (:func:`check_limits`).
+
+    Attributes:
+        min: inclusive lower bound of a number, or of every item of a list;
+        above: exclusive lower bound (``lr``: ``above=0``);
+        max: inclusive upper bound;
+        items: the names of a list's items: the value must be a list of that many numbers (``("height", "width")``);
+        null: ``None`` is allowed too;
+        why: a note for the message (``"VGG relu5"``).
+    """
+
+    min: float | None = None
+    above: float | None = None
+    max: float | None = None
+    items: tuple[str, ...] | None = None
+    null: bool = False
+    why: str = ""
+
+    def describe(self) -> str:
+        """What the value must be: ``>= 0``, ``[height, width] with both >= 32 (VGG relu5)``, ``[height, width] or
+        null``."""
+        pairs = ((">=", self.min), (">", self.above), ("<=", self.max))
+        bounds = [f"{op} {_num(b)}" for op, b in pairs if b is not None]
+        if self.items is None:
+            text = " and ".join(bounds)
+        else:
+            each = "both" if len(self.items) == 2 else "each"
+            text = f"[{', '.join(self.items)}]" + (f" with {each} {' and '.join(bounds)}" if bounds else "")
+        return text + (" or null" if self.null else "") + (f" ({self.why})" if self.why else "")
+
+    def ok(self, value: Any) -> bool:
+        if value is None:
+            return self.null
+        if self.items is not None:
+            return isinstance(value, list) and len(value) == len(self.items) and all(map(self._in_range, value))
+        return self._in_range(value)
+
+    def _in_range(self, v: Any) -> bool:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return False
+        low = (self.min is None or v >= self.min) and (self.above is None or v > self.above)
+        return low and (self.max is None or v <= self.max)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def check_limits(cfg: Mapping, limits: Mapping[str, Limit], where: str = "config") -> None:
+    """Every value of ``cfg`` whose dotted key matches a key of ``limits`` (``epochs.*`` matches every key under
+    ``epochs``; keys ``cfg`` lacks are skipped) within that :class:`Limit`; else a one-line :class:`InputError`:
+    ``config key 'epochs.pretrain' must be >= 0, got -1``."""
+    flat = flatten(cfg)
+    for pattern, limit in limits.items():
+        for key in [k for k in flat if fnmatch.fnmatchcase(k, pattern)] if "*" in pattern else [pattern]:
+            if key in flat and not limit.ok(flat[key]):
+                raise InputError(f"{where} key '{key}' must be {limit.describe()}, got {flat[key]}")

@@ -4,7 +4,10 @@
 
 The method's ``configs/<method>.yaml`` is the schema: presets, user files and overrides may only use its keys
 (unknown keys are an error with a "did you mean" hint) with the types of its values (``epochs.pretrain=abc`` or
-``data.crop=96`` are errors naming the key; ``5e-4`` is a float). Parsing is :mod:`ivfuse.config`'s, shared with
+``data.crop=96`` are errors naming the key; ``5e-4`` is a float). The method's recipe adds ranges and shapes
+(``Recipe.limits``: ``{"epochs.*": Limit(min=0), "data.crop": CROP}``), checked here after the types and again by
+:func:`~ivfuse.engine.train` (``epochs.pretrain=-1`` or ``data.crop=[96]`` are one-line errors naming the key), so
+that recipes' ``check()`` keeps only what depends on several keys. Parsing is :mod:`ivfuse.config`'s, shared with
 ``--opt``.
 """
 
@@ -14,13 +17,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import apply_overrides, check_types, flatten, merge, parse_items, read_yaml
+from ..config import Limit, apply_overrides, check_limits, check_types, flatten, merge, parse_items, read_yaml
 from ..errors import InputError, suggest
 
-__all__ = ["load_config", "apply_overrides", "flatten", "defaults", "split_items", "RUN_KEYS", "ENGINE_KEYS"]
+__all__ = ["load_config", "apply_overrides", "flatten", "defaults", "split_items", "limits", "RUN_KEYS", "ENGINE_KEYS",
+           "Limit", "CROP", "check_limits"]
 
 #: ``ivfuse train`` items that are run options rather than config keys.
 RUN_KEYS = ("preset", "config", "out", "export", "resume")
+
+#: a ``[height, width]`` crop (two numbers)
+CROP = Limit(items=("height", "width"))
 
 #: Keys every method's config has (the engine's, see docs/engine.md "Distributed and mixed precision"): training
 #: mixed precision ``amp: none|bf16|fp16`` and channels-last layout of modules and 4-D batch tensors.
@@ -62,10 +69,17 @@ def defaults(method: str) -> dict:
     return {**ENGINE_KEYS, **_read(_defaults_file(method))}
 
 
+def limits(method: str) -> dict[str, Limit]:
+    """The ranges and shapes that the recipe of ``method`` declares for its config keys (``{}`` without a recipe)."""
+    from .recipe import RECIPES
+
+    return dict(getattr(RECIPES.get(method), "limits", {})) if method in RECIPES.names() else {}
+
+
 def load_config(method: str, preset: str | None = None, config: str | Path | None = None,
                 overrides: list[str] | dict | None = None) -> dict:  # fmt: skip
     """Defaults of ``method``, optionally a preset (``<method>_<preset>.yaml``) or a user file, then overrides;
-    every layer is checked against the defaults' keys and types."""
+    every layer is checked against the defaults' keys and types, the result against the recipe's :func:`limits`."""
     base = defaults(method)
     if config is not None:
         p = Path(config)
@@ -81,7 +95,9 @@ def load_config(method: str, preset: str | None = None, config: str | Path | Non
         cfg = merge(base, check_types(_read(f), base, f"preset {preset}"))
     else:
         cfg = base
-    return apply_overrides(cfg, overrides or [], defaults=base)
+    cfg = apply_overrides(cfg, overrides or [], defaults=base)
+    check_limits(cfg, limits(method))
+    return cfg
 
 
 def split_items(items: list[str]) -> tuple[dict[str, str], list[str]]:

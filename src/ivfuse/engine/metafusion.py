@@ -39,7 +39,6 @@ phase not being sped up.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -50,8 +49,9 @@ from ..losses import FusionLoss
 from ..models.metafusion import MetaFeatureEmbedding, MetaFusionNet, guide_loss
 from ..tasks.detectors import DETECTOR_CLIP, create_detector, detector_optimizer
 from .checkpoint import export_safetensors
+from .config import CROP, Limit
 from .data import BatchSource, RandomCrop, load_samples
-from .recipe import Recipe, refuse_held_out, register_recipe, strict_json, train, validate_fusion
+from .recipe import Recipe, refuse_held_out, register_recipe, train
 from .step import OptimStep, call_with, virtual_step
 from .trainer import Stage
 
@@ -64,16 +64,15 @@ MODES = ("metafusion", "sofusion", "cofusion")
 class MetaFusionRecipe(Recipe):
     """F, MFE, D, their optimisers, data and the stage list from a config dict (see configs/metafusion.yaml)."""
 
+    fusion_attr = "F"  # the network the default validate() scores
+    limits = {"epochs.*": Limit(min=0), "rounds": Limit(min=1), "target.intensity": Limit(min=0),
+              "target.det": Limit(min=0), "data.crop": CROP}
+
     @classmethod
     def check(cls, cfg: dict) -> list[str]:
         if cfg["mode"] not in MODES:
             raise suggest(cfg["mode"], MODES, "MetaFusion mode")
         ep, inner = cfg["epochs"], cfg["inner"]
-        for k, v in ep.items():
-            if v < 0:
-                raise InputError(f"config key 'epochs.{k}' must be >= 0, got {v}")
-        if cfg["rounds"] < 1:
-            raise InputError(f"config key 'rounds' must be >= 1, got {cfg['rounds']}")
         if cfg["mode"] == "metafusion" and ep["mfe"] > 0 and inner["updates"] > 0:
             if inner["every"] < 1:
                 raise InputError(f"config key 'inner.every' must be >= 1, got {inner['every']}")
@@ -87,12 +86,8 @@ class MetaFusionRecipe(Recipe):
             raise suggest(t["source"], ("ir", "max"), "target.source")
         if t["detector"] not in ("d", "frozen"):
             raise suggest(t["detector"], ("d", "frozen"), "target.detector")
-        if t["intensity"] < 0 or t["det"] < 0:
-            raise InputError(f"config keys 'target.intensity'/'target.det' must be >= 0, got {t['intensity']}/{t['det']}")
         for key in ("train", "detection"):
             refuse_held_out(cfg["data"][key], f"data.{key}")
-        if len(cfg["data"]["crop"]) != 2:
-            raise InputError(f"config key 'data.crop' must be [height, width], got {cfg['data']['crop']}")
         return []
 
     def build(self) -> None:
@@ -138,9 +133,6 @@ class MetaFusionRecipe(Recipe):
                                        seed) if self.det_pairs else None  # fmt: skip
 
     # -- pieces -------------------------------------------------------------------------------------------------
-    def _pair(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch["ir"].to(self.device), batch["vis"].to(self.device)
-
     def _lum(self, vis: torch.Tensor) -> torch.Tensor:
         return self.F.split(vis)[1]
 
@@ -165,14 +157,14 @@ class MetaFusionRecipe(Recipe):
 
     # -- stage steps --------------------------------------------------------------------------------------------
     def step_pretrain(self, batch: dict, ctx) -> dict:
-        ir, vis = self._pair(batch)
+        ir, vis = self.on_device(batch)
         y, _, _ = self.F(ir, vis, with_features=True)
         loss, parts = self.fusion_loss(y, ir, vis, batch.get("boxes"))
         self.step_f(loss)
         return {"L_f": float(loss.detach()), **parts}
 
     def step_det(self, batch: dict, ctx) -> dict:
-        ir, vis = self._pair(batch)
+        ir, vis = self.on_device(batch)
         with torch.no_grad():
             fused = self.F(ir, vis)
         self.D.train()
@@ -181,7 +173,7 @@ class MetaFusionRecipe(Recipe):
         return {"L_det": float(loss.detach()), **parts}
 
     def step_outer(self, batch: dict, ctx) -> dict:
-        ir, vis = self._pair(batch)
+        ir, vis = self.on_device(batch)
         y, fused, feats = self.F(ir, vis, with_features=True)
         lf, _ = self.fusion_loss(y, ir, vis, batch.get("boxes"))
         fm, ft = self.MFE(feats, self.det_features(fused.detach()))
@@ -198,7 +190,7 @@ class MetaFusionRecipe(Recipe):
         return out
 
     def step_cofusion(self, batch: dict, ctx) -> dict:
-        ir, vis = self._pair(batch)
+        ir, vis = self.on_device(batch)
         y, fused, _ = self.F(ir, vis, with_features=True)
         lf, _ = self.fusion_loss(y, ir, vis, batch.get("boxes"))
         self.D.eval()
@@ -213,8 +205,8 @@ class MetaFusionRecipe(Recipe):
         reaches MFE only through θ_F'. ``first_order=True`` cuts that second-order path — then MFE receives no
         gradient, which the tests use to show that the update really flows through θ_F'.
         """
-        ir1, vis1 = self._pair(meta_train)
-        ir2, vis2 = self._pair(meta_test)
+        ir1, vis1 = self.on_device(meta_train)
+        ir2, vis2 = self.on_device(meta_test)
         _, fused1, feats1 = self.F(ir1, vis1, with_features=True)
         fm, ft = self.MFE(feats1, self.det_features(fused1.detach()))
         virtual = virtual_step(self.F, guide_loss(fm, ft), self.cfg["optim"]["lr_inner"], first_order=first_order)
@@ -270,18 +262,12 @@ class MetaFusionRecipe(Recipe):
         return fn
 
     # -- end of training ----------------------------------------------------------------------------------------
-    def validate(self) -> dict:
-        return validate_fusion(self.F, self.cfg.get("val") or {}, self.device)
-
     def export(self, path: str | Path) -> Path:
-        cfg = self.cfg
-        meta = {"config": json.dumps({"width": cfg["fusion"]["width"], "colour": cfg["fusion"]["colour"], "blocks": 3}),
-                "training": json.dumps({"mode": cfg["mode"], "levels": cfg["levels"], "data": cfg["data"]["train"],
-                                        "detection_data": cfg["data"]["detection"], "detector": cfg["detector"],
-                                        "epochs": cfg["epochs"], "rounds": cfg["rounds"], "loss": cfg["loss"],
-                                        "target": cfg["target"],
-                                        "seed": cfg.get("seed", 0)}),
-                "metrics": json.dumps(strict_json(self.trainer.metrics.get("val", {}) if self.trainer else {}))}  # fmt: skip
+        c = self.cfg
+        config = {"width": c["fusion"]["width"], "colour": c["fusion"]["colour"], "blocks": 3}
+        meta = self.export_metadata(config, data=c["data"]["train"], detection_data=c["data"]["detection"],
+                                    mode=c["mode"], levels=c["levels"], detector=c["detector"], rounds=c["rounds"],
+                                    loss=c["loss"], target=c["target"])
         return export_safetensors(path, self.F.state_dict(), meta)
 
 

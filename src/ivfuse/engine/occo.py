@@ -26,7 +26,6 @@ number of processes (not only the summation order, as for batch-mean losses), so
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -37,9 +36,10 @@ from ..errors import InputError
 from ..losses.occo import OMEGAS, OCCOLoss
 from ..models.occo import OCCONet
 from .checkpoint import export_safetensors
+from .config import Limit
 from .data import BatchSource, RandomFlip, load_samples
 from .distributed import refuse_distributed
-from .recipe import Recipe, register_recipe, strict_json, validate_fusion
+from .recipe import Recipe, register_recipe
 from .step import OptimStep
 from .trainer import Stage
 
@@ -122,16 +122,11 @@ def masks_from_dir(folder: str | Path, sample: dict) -> torch.Tensor:
 class OCCORecipe(Recipe):
     """FIFN, OCCOLoss, Adam and the object-crop batch source from a config dict (configs/occo.yaml)."""
 
+    limits = {"crop": Limit(min=32, items=("height", "width"), why="VGG relu5"), "epochs": Limit(min=0),
+              "lr": Limit(above=0)}
+
     @classmethod
     def check(cls, cfg: dict) -> list[str]:
-        if len(cfg["crop"]) != 2 or min(cfg["crop"]) < 32:
-            raise InputError(
-                f"config key 'crop' must be [height, width] with both >= 32 (VGG relu5), got {cfg['crop']}"
-            )
-        if cfg["epochs"] < 0:
-            raise InputError(f"config key 'epochs' must be >= 0, got {cfg['epochs']}")
-        if cfg["lr"] <= 0:
-            raise InputError(f"config key 'lr' must be > 0, got {cfg['lr']}")
         if cfg["loss"]["vgg"] not in ("vgg16", "vgg19"):
             raise InputError(f"config key 'loss.vgg' must be vgg16 or vgg19, got {cfg['loss']['vgg']!r}")
         if cfg["loss"]["vgg"] == "vgg19" and cfg["loss"]["contrastive"] and not cfg["loss"]["vgg_weights"]:
@@ -186,8 +181,8 @@ class OCCORecipe(Recipe):
         return vis if vis.shape[1] == 1 else rgb_to_ycbcr(vis)[:, :1]
 
     def train_step(self, batch: dict, ctx) -> dict:
-        ir, vis = batch["ir"].to(self.device), batch["vis"].to(self.device)
-        obj = batch["objects"].to(self.device).float()
+        ir, vis, obj = self.on_device(batch, "ir", "vis", "objects")
+        obj = obj.float()
         y = self.luma(vis)
         out = self.net.fuse_luma(ir, y)  # raw output: no min-max normalisation
         loss, parts = self.loss(out, ir, y, obj[:, :1], obj[:, 1:2])
@@ -197,16 +192,9 @@ class OCCORecipe(Recipe):
     def stages(self) -> list[Stage]:
         return [Stage("train", self.cfg["epochs"], self.batches, self.train_step)]
 
-    def validate(self) -> dict:
-        return validate_fusion(self.net, self.cfg.get("val") or {}, self.device)
-
     def export(self, path: str | Path) -> Path:
         c = self.cfg
-        meta = {
-            "config": json.dumps({"channels": list(c["model"]["channels"]), "heads": list(c["model"]["heads"])}),
-            "training": json.dumps({"data": c["data"], "max_pairs": c["max_pairs"], "masks": c["masks"], "crop": c["crop"],
-                                    "batch": c["batch"], "lr": c["lr"], "epochs": c["epochs"],
-                                    "max_batches": c["max_batches"], "loss": c["loss"], "seed": c["seed"]}),
-            "metrics": json.dumps(strict_json(self.trainer.metrics.get("val", {}) if self.trainer else {})),
-        }  # fmt: skip
+        config = {"channels": list(c["model"]["channels"]), "heads": list(c["model"]["heads"])}
+        meta = self.export_metadata(config, max_pairs=c["max_pairs"], masks=c["masks"], crop=c["crop"],
+                                    batch=c["batch"], lr=c["lr"], max_batches=c["max_batches"], loss=c["loss"])
         return export_safetensors(path, self.net.state_dict(), meta)

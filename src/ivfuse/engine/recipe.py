@@ -2,11 +2,19 @@
 
 A *recipe* (a :class:`Recipe` subclass registered with :func:`register_recipe`) says what a method trains:
 
-* ``check(cfg) -> [warnings]`` (classmethod) — refuse impossible configurations before anything is written;
+* ``limits`` — ranges and shapes of config keys (``{"epochs.*": Limit(min=0), "data.crop": CROP}``), checked with
+  the types when the config is loaded and again by :func:`train`;
+* ``check(cfg) -> [warnings]`` (classmethod) — refuse impossible configurations before anything is written (what
+  ``limits`` cannot say: checks that depend on several keys, names);
 * ``build()`` — create ``self.modules`` and ``self.optimizers`` (dicts) and load data; runs *after* seeding;
 * ``stages() -> [Stage]`` — the schedule (:class:`~ivfuse.engine.trainer.Stage`);
-* ``validate() -> {metric: float}`` — metrics at the end of training (embedded in ``summary.json``/exports);
-* ``export(path)`` — the deployable weights (e.g. a safetensors file the fusion model loads).
+* ``validate() -> {metric: float}`` — metrics at the end of training (embedded in ``summary.json``/exports); the
+  default scores the network named by ``fusion_attr`` with :func:`validate_fusion` and the config's ``val`` section;
+* ``export(path)`` — the deployable weights (e.g. a safetensors file the fusion model loads), with the metadata of
+  :meth:`Recipe.export_metadata`.
+
+What every recipe repeats lives on :class:`Recipe`: :meth:`~Recipe.on_device` (batch tensors to the run's device),
+the default :meth:`~Recipe.validate` and :meth:`~Recipe.export_metadata`.
 
 :func:`train` does the rest for every method: device check, resume policy, seeding *before* any module is built,
 the :class:`~ivfuse.engine.trainer.Trainer`, validation, ``final.pt``, ``summary.json`` and the export.
@@ -17,12 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..config import Limit, check_limits
 from ..errors import InputError
 from ..registry import Registry
 from ..utils import NOTICE, atomic_write_text
@@ -62,12 +72,18 @@ class Recipe:
     name: str = "recipe"
     #: defaults YAML of a recipe outside the package (``register_recipe(name, config=FILE)``); ``None``: the package's
     config_file: Path | None = None
+    #: ranges and shapes of config keys (:class:`~ivfuse.config.Limit`; ``"epochs.*"`` matches every key under
+    #: ``epochs``), checked by :func:`~ivfuse.engine.config.load_config` and :func:`train` before :meth:`check`
+    limits: dict[str, Limit] = {}
+    #: the attribute that holds the fusion network the default :meth:`validate` scores (absent or ``None``: no metrics)
+    fusion_attr: str = "net"
 
     def __init__(self, cfg: dict, device: torch.device | str = "cpu", progress: bool = True) -> None:
         self.cfg, self.device, self.progress = cfg, torch.device(device), progress
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, Any] = {}
         self.trainer: Trainer | None = None  # set by train() before the stages run
+        self.t0 = time.time()  # the export's ``wall_s`` counts from here (train() builds the recipe right away)
 
     @classmethod
     def check(cls, cfg: dict) -> list[str]:
@@ -81,10 +97,33 @@ class Recipe:
         raise NotImplementedError(f"recipe '{self.name}' must implement stages()")
 
     def validate(self) -> dict[str, float]:
-        return {}
+        """Fusion metrics of ``self.<fusion_attr>`` on the config's ``val`` section (:func:`validate_fusion`; ``{}``
+        without a network or a ``val`` section)."""
+        net = getattr(self, self.fusion_attr, None)
+        return {} if net is None else validate_fusion(net, self.cfg.get("val") or {}, self.device)
 
     def export(self, path: str | Path) -> Path:
         raise InputError(f"recipe '{self.name}' has nothing to export")
+
+    # -- what every recipe repeats ----------------------------------------------------------------------------------
+    def on_device(self, batch: dict, *keys: str) -> tuple[torch.Tensor, ...]:
+        """The tensors ``batch[key]`` (default ``"ir"``, ``"vis"``) on the run's device, in that order:
+        ``ir, vis = self.on_device(batch)``."""
+        return tuple(batch[k].to(self.device) for k in keys or ("ir", "vis"))
+
+    def export_metadata(self, config: dict | None = None, **training: Any) -> dict[str, str]:
+        """Safetensors metadata of an export (JSON strings): ``config`` (the network's, what its loader builds; left
+        out when ``None``), ``training`` = ``recipe``, ``data``, ``epochs``, ``seed``, ``device``, ``threads``,
+        ``wall_s`` and the recipe's own ``training`` items (which may replace the common ones, e.g. ``data``), and
+        ``metrics`` (the validation metrics, strict JSON)."""
+        c, tr = self.cfg, self.trainer
+        run = {"recipe": self.name, "data": c.get("data"), "epochs": c.get("epochs"), "seed": c.get("seed", 0),
+               "device": str(self.device), "threads": torch.get_num_threads()}
+        run["wall_s"] = round(time.time() - self.t0, 1)
+        meta = {} if config is None else {"config": json.dumps(config)}
+        meta["training"] = json.dumps(strict_json({**run, **training}))
+        meta["metrics"] = json.dumps(strict_json(tr.metrics.get("val", {}) if tr else {}))
+        return meta
 
 
 def check_device(name: str) -> torch.device:
@@ -222,6 +261,7 @@ def train(name: str, cfg: dict, out: str | Path, export: str | Path | None = Non
     check_amp(amp, device)  # fp16 on CPU is refused (one line, before anything is written)
     if not isinstance(cfg.get("channels_last", False), bool):
         raise InputError(f"config key 'channels_last' must be true or false, got {cfg['channels_last']!r}")
+    check_limits(cfg, getattr(cls, "limits", {}))
     for w in cls.check(cfg):
         log.warning("%s", w)
     out = Path(out)

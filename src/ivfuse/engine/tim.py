@@ -57,9 +57,10 @@ from ..models.tim import TIMNet, TIMSupernet, load_genotype, validate_genotype
 from ..models.tim_search import METHODS, Architect
 from ..utils import atomic_write_text
 from .checkpoint import export_safetensors
+from .config import CROP, Limit
 from .data import BatchSource, RandomCrop, RandomFlip, derive_seed, load_samples
 from . import distributed as _dist
-from .recipe import Recipe, register_recipe, strict_json, validate_fusion
+from .recipe import Recipe, register_recipe
 from .step import OptimStep
 from .trainer import Stage
 
@@ -126,6 +127,8 @@ class _TaskStream:
 class TIMRecipe(Recipe):
     """Supernet, detector, data and the stage list from a config dict (see ``configs/tim.yaml``)."""
 
+    limits = {"epochs.*": Limit(min=0), "data.crop": CROP, "data.det_crop": CROP, "meta.inner_steps": Limit(min=1)}
+
     @classmethod
     def check(cls, cfg: dict) -> list[str]:
         for key, allowed in (("stage", STAGES), ("cell", CELLS), ("init", INITS)):
@@ -133,14 +136,6 @@ class TIMRecipe(Recipe):
                 raise suggest(cfg[key], allowed, f"TIM {key}")
         if cfg["search"]["method"] not in METHODS:
             raise suggest(cfg["search"]["method"], METHODS, "architecture gradient method")
-        for k, v in cfg["epochs"].items():
-            if v < 0:
-                raise InputError(f"config key 'epochs.{k}' must be >= 0, got {v}")
-        for k in ("crop", "det_crop"):
-            if len(cfg["data"][k]) != 2:
-                raise InputError(f"config key 'data.{k}' must be [height, width], got {cfg['data'][k]}")
-        if cfg["meta"]["inner_steps"] < 1:
-            raise InputError(f"config key 'meta.inner_steps' must be >= 1, got {cfg['meta']['inner_steps']}")
         load_genotype(cfg["net"]["layout"])  # unknown layout: one-line error now
         warn = []
         if cfg["cell"] == "hand" and cfg["epochs"]["search"]:
@@ -206,7 +201,7 @@ class TIMRecipe(Recipe):
 
     # -- pieces ----------------------------------------------------------------------------------------------------
     def _pair(self, batch: dict):
-        ir, vis = batch["ir"].to(self.device), batch["vis"].to(self.device)
+        ir, vis = self.on_device(batch)
         ycc = rgb_to_ycbcr(vis)
         return ir, ycc[:, :1], ycc
 
@@ -338,26 +333,15 @@ class TIMRecipe(Recipe):
         _dist.all_reduce_buffers([m for m in (self.supernet, self.net) if m is not None])
 
     # -- end of training -------------------------------------------------------------------------------------------
-    def validate(self) -> dict:
-        if self.net is None:
-            return {}
-        return validate_fusion(self.net, self.cfg.get("val") or {}, self.device)
-
     def export(self, path: str | Path) -> Path:
         if self.net is None:
             raise InputError("TIM: nothing to export before the derive stage")
         c, tr = self.cfg, self.trainer
-        meta = {
-            "genotype": json.dumps(self.genotype_),
-            "width": str(c["net"]["width"]),
-            "config": json.dumps(c),
-            "training": json.dumps({"stages": list(tr.done) if tr else [], "epochs": c["epochs"],
-                                    "data": c["data"], "seed": c["seed"], "guidance": c["guidance"],
-                                    "cell": c["cell"], "init": c["init"],
-                                    "time_s": {k: round(v, 1) for k, v in (tr.timings if tr else {}).items()},
-                                    "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}),
-            "metrics": json.dumps(strict_json(tr.metrics.get("val", {}) if tr else {})),
-        }  # fmt: skip
+        meta = {"genotype": json.dumps(self.genotype_), "width": str(c["net"]["width"])}  # what TIMNet loads
+        meta.update(self.export_metadata(c, stages=list(tr.done) if tr else [], guidance=c["guidance"],
+                                         cell=c["cell"], init=c["init"],
+                                         time_s={k: round(v, 1) for k, v in (tr.timings if tr else {}).items()},
+                                         exported=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
         return export_safetensors(path, self.net.state_dict(), meta)
 
 

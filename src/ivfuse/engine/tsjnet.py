@@ -35,8 +35,9 @@ from ..models.tsjnet import TSJNet
 from ..tasks.pseudo import (  # moved to tasks/ (#21); re-exported: public here before
     CITYSCAPES_TO_MSRS, MSRS_SEG_CLASSES, PSEUDO_SOURCES, MergedSegmenter, map_to_msrs, pseudo_mask,
 )  # fmt: skip
+from .config import Limit
 from .data import BatchSource, RandomCrop, RandomFlip, load_samples
-from .recipe import Recipe, register_recipe, strict_json, train, validate_fusion
+from .recipe import Recipe, register_recipe, strict_json, train
 from .step import OptimStep, autocast
 from .trainer import Stage
 
@@ -57,6 +58,8 @@ GUIDANCE = ("both", "det", "seg", "none")
 class TSJNetRecipe(Recipe):
     """TSJNet, its frozen guides, Adam + plateau schedule and the data from a config (configs/tsjnet.yaml)."""
 
+    limits = {"epochs": Limit(min=0), "data.crop": Limit(items=("height", "width"), null=True, why="full size")}
+
     @classmethod
     def check(cls, cfg: dict) -> list[str]:
         if cfg["guidance"] not in GUIDANCE:
@@ -65,11 +68,7 @@ class TSJNetRecipe(Recipe):
             raise suggest(cfg["seg"]["pseudo"], ("espnetv2", "labels"), "seg.pseudo")
         if cfg["seg"]["source"] not in PSEUDO_SOURCES:
             raise suggest(cfg["seg"]["source"], PSEUDO_SOURCES, "seg.source")
-        if cfg["epochs"] < 0:
-            raise InputError(f"config key 'epochs' must be >= 0, got {cfg['epochs']}")
         crop = cfg["data"]["crop"]
-        if crop is not None and (not isinstance(crop, list) or len(crop) != 2):
-            raise InputError(f"config key 'data.crop' must be [height, width] or null (full size), got {crop}")
         if (crop is not None and cfg["guidance"] in ("both", "det") and str(cfg["detector"]["name"]).startswith("yolo")
                 and any(int(c) % 32 for c in crop)):  # fmt: skip
             raise InputError(f"data.crop={crop}: the YOLOv5 guide needs crop sides that are multiples of 32 (e.g. [128, 128])")
@@ -150,7 +149,7 @@ class TSJNetRecipe(Recipe):
     def losses(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """``(L, parts)`` of one batch (with the guides the config switches on)."""
         dev = self.device
-        ir, vis = batch["ir"].to(dev), batch["vis"].to(dev)
+        ir, vis = self.on_device(batch)
         boxes = masks = None
         if self.uses_det:
             from ..data.labels import Boxes
@@ -179,18 +178,11 @@ class TSJNetRecipe(Recipe):
         return [Stage("train", self.cfg["epochs"], self.data, self.train_step, on_epoch_end=self.on_epoch_end)]
 
     # -- end of training ----------------------------------------------------------------------------------------
-    def validate(self) -> dict:
-        return validate_fusion(self.net, self.cfg.get("val") or {}, self.device)
-
     def export(self, path: str | Path) -> Path:
-        cfg = self.cfg
-        tr = self.trainer
-        meta = {
-            "training": json.dumps({k: cfg[k] for k in ("variant", "guidance", "loss", "detector", "segmenter", "seg",
-                                                          "data", "optim", "epochs", "seed", "amp")}),
-            "metrics": json.dumps(strict_json(tr.metrics.get("val", {}) if tr else {})),
-            "time_s": json.dumps(strict_json(tr.timings if tr else {})),
-        }  # fmt: skip
+        cfg, tr = self.cfg, self.trainer
+        own = ("variant", "guidance", "loss", "detector", "segmenter", "seg", "optim", "amp")
+        meta = self.export_metadata(None, **{k: cfg[k] for k in own})  # the network config: TSJNet.save writes it
+        meta["time_s"] = json.dumps(strict_json(tr.timings if tr else {}))
         if str(path).endswith("_fp16.safetensors") or cfg["export_fp16"]:
             net = TSJNet(variant=None, config=self.net.config)
             net.load_state_dict(self.net.state_dict())

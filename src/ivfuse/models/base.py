@@ -14,7 +14,7 @@ import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
@@ -24,7 +24,8 @@ from ..errors import InputError, UnknownNameError
 from ..registry import Registry
 
 __all__ = ["FusionModel", "MODELS", "register_model", "create_model", "list_models", "check_pair", "check_options",
-           "method_options", "read_weights", "load_checked", "DEFAULT_WEIGHTS", "default_weights_path", "resolve_weights"]
+           "method_options", "read_weights", "load_state", "Weights", "load_checked", "DEFAULT_WEIGHTS",
+           "default_weights_path", "resolve_weights"]
 
 def _plugin(name: str, obj: Any) -> Any:
     """An ``ivfuse.methods`` entry point: a :class:`FusionModel` subclass (named ``name``) or a factory."""
@@ -262,6 +263,54 @@ def read_weights(path: str | os.PathLike, method: str) -> tuple[Any, dict[str, A
     except Exception as e:  # noqa: BLE001 - any unreadable file is a user input problem
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         raise InputError(f"{p}: cannot read {method} weights ({type(e).__name__}: {first})") from None
+
+
+class Weights(NamedTuple):
+    """What :func:`load_state` read from a weights file."""
+
+    #: the state dict (for a ``"raw"`` file: the whole object, e.g. an official container the model unpacks itself)
+    state: Any
+    #: the model configuration the file records (``None``: none)
+    config: Any
+    #: everything else it records: a safetensors export's metadata (JSON values decoded, ``config`` included), the
+    #: other keys of a ``{"state_dict", ...}`` container (TIM's ``genotype``/``width``, an official file's ``meta``)
+    meta: dict[str, Any]
+    #: ``"export"`` (safetensors with metadata), ``"checkpoint"`` (an engine run's ``last.pt``/``final.pt``/
+    #: ``after_<stage>.pt``), ``"container"`` (``{"state_dict", "config", ...}``) or ``"raw"`` (anything else: a bare
+    #: state dict, safetensors without metadata, an official file)
+    kind: str
+
+
+def load_state(path: str | os.PathLike, method: str, module: str | None = None, section: str | None = None) -> Weights:
+    """Unpack any ivfuse weights container, for every learned method (:class:`Weights`):
+
+    * safetensors with metadata (``ivfuse train ... export=F``): the tensors, ``metadata["config"]``;
+    * an engine checkpoint ``{"modules": {...}, "config": ...}``: ``modules[module]`` and the run's config (its
+      ``section``, e.g. ``"fusion"``, when given). ``module=None``: the method does not load training checkpoints
+      (a one-line :class:`InputError` that says to pass the run's export); a checkpoint without ``module`` too;
+    * ``{"state_dict": ..., "config": ..., ...}``: the state dict, ``config`` and the other keys as ``meta``;
+    * anything else (a bare state dict, safetensors without metadata, an official file): as read.
+
+    Unreadable files are one-line :class:`InputError` naming the file (:func:`read_weights`); whether the state fits
+    the network is the caller's check (:func:`load_checked`, an official key table)."""
+    obj, meta = read_weights(path, method)
+    if meta:
+        return Weights(obj, meta.get("config"), meta, "export")
+    if isinstance(obj, dict) and "modules" in obj and "state_dict" not in obj:
+        mods = obj["modules"]
+        if module is None or not isinstance(mods, dict) or module not in mods:
+            has = ", ".join(map(str, mods)) if isinstance(mods, dict) else type(mods).__name__
+            want = "does not load training checkpoints" if module is None else f"needs its network '{module}'"
+            raise InputError(f"{path}: an ivfuse training checkpoint (networks: {has}); {method} {want}: pass the "
+                             "run's export (ivfuse train ... export=FILE)")
+        cfg = obj.get("config")
+        if section is not None:
+            cfg = cfg.get(section) if isinstance(cfg, dict) else None
+        return Weights(mods[module], cfg, {}, "checkpoint")
+    if isinstance(obj, dict) and "state_dict" in obj:
+        rest = {k: v for k, v in obj.items() if k not in ("state_dict", "config")}
+        return Weights(obj["state_dict"], obj.get("config"), rest, "container")
+    return Weights(obj, None, {}, "raw")
 
 
 def load_checked(model: nn.Module, state: Any, path: str | os.PathLike, method: str) -> nn.Module:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from .base import FusionModel, load_checked, read_weights, register_model, resolve_weights
+from .base import FusionModel, load_checked, load_state, register_model, resolve_weights
 
 __all__ = ["LiteFusionNet", "lite"]
 
@@ -65,14 +65,10 @@ class LiteFusionNet(FusionModel):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> LiteFusionNet:
-        """Load a safetensors export (``ivfuse train lite export=F``) or a ``{"state_dict", "config"}`` .pt file."""
-        obj, meta = read_weights(path, "lite")
-        if meta:  # safetensors export
-            sd, cfg = obj, meta.get("config") or {}
-        elif isinstance(obj, dict) and "modules" in obj:  # an engine checkpoint (last.pt / final.pt)
-            sd, cfg = obj["modules"]["net"], {"width": obj["config"]["width"]}
-        else:
-            sd, cfg = (obj.get("state_dict", obj), obj.get("config", {})) if isinstance(obj, dict) else (obj, {})
+        """Load any ivfuse container (:func:`~ivfuse.models.base.load_state`: a safetensors export, an engine
+        checkpoint, ``{"state_dict", "config"}`` or a bare state dict); the width is read off the weights if absent."""
+        sd, cfg, _, _ = load_state(path, "lite", module="net")
+        cfg = cfg or {}
         if not isinstance(sd, dict) or "stem.weight" not in sd and not cfg.get("width"):
             raise InputError(f"{path}: not lite weights (no stem.weight)")
         width = int(cfg.get("width") or sd["stem.weight"].shape[0])

@@ -33,7 +33,7 @@ from kornia.color import hsv_to_rgb, rgb_to_hsv, rgb_to_ycbcr, ycbcr_to_rgb
 from torch import nn
 
 from ..errors import InputError
-from .base import FusionModel, check_pair, load_checked, read_weights, register_model, resolve_weights
+from .base import FusionModel, check_pair, load_checked, load_state, register_model, resolve_weights
 from .official import KeyTable, check_preset
 
 __all__ = ["MetaFusionNet", "MetaFeatureEmbedding", "FusionBlock", "guide_loss"]
@@ -188,23 +188,16 @@ class MetaFusionNet(FusionModel):
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> MetaFusionNet:
-        """Load an ivfuse MetaFusion checkpoint (safetensors export, engine checkpoint or ``{"state_dict",
-        "config"}``) or the authors' file (``weight/model_weight.pth``: a raw state dict of ``FusionNet`` whose
-        ``MetaConv2d`` weights are buffers; loaded as the conv weights they are through :data:`OFFICIAL_KEYS`,
-        4-channel input -> ``colour="hsv"``, width 1). Any other file is a one-line :class:`InputError`."""
+        """Load an ivfuse MetaFusion file (any container of :func:`~ivfuse.models.base.load_state`: safetensors
+        export, engine checkpoint, ``{"state_dict", "config"}``, bare state dict) or the authors' file
+        (``weight/model_weight.pth``: a raw state dict of ``FusionNet`` whose ``MetaConv2d`` weights are buffers;
+        loaded as the conv weights they are through :data:`OFFICIAL_KEYS`, 4-channel input -> ``colour="hsv"``,
+        width 1). Any other file is a one-line :class:`InputError`."""
         from .official import is_state_dict, not_weights_error
 
-        obj, meta = read_weights(path, "MetaFusion")
+        sd, cfg, _, _ = load_state(path, "MetaFusion", module="F", section="fusion")
         accepted = ("an ivfuse MetaFusion export (.safetensors), an ivfuse MetaFusion checkpoint, or the official "
                     "MetaFusion state dict (weight/model_weight.pth)")  # fmt: skip
-        if meta:  # safetensors export
-            sd, cfg = obj, meta.get("config") or None
-        elif isinstance(obj, dict) and "modules" in obj:  # an ivfuse training checkpoint (last.pt / final.pt / after_<stage>.pt)
-            sd, cfg = obj["modules"]["F"], dict(obj["config"]["fusion"])
-        elif isinstance(obj, dict) and "state_dict" in obj:
-            sd, cfg = obj["state_dict"], obj.get("config")
-        else:
-            sd, cfg = obj, None
         if not is_state_dict(sd) or "block1.0.conv1_1.weight" not in sd:
             raise not_weights_error(path, "MetaFusion", accepted)
         if not cfg:  # a bare state dict: read the layout off the weights

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from .base import FusionModel, check_pair, load_checked, read_weights, register_model, resolve_weights
+from .base import FusionModel, check_pair, load_checked, load_state, register_model, resolve_weights
 from .official import KeyTable, apply_official_preset, batch_stat_norms, check_preset, is_state_dict
 
 __all__ = ["FIFB", "ChannelEmbed", "CrossChannelWeights", "EfficientCrossAttention", "OCCONet", "SpatialWeight"]
@@ -267,21 +267,13 @@ class OCCONet(FusionModel):
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> OCCONet:
-        """Load ``.safetensors`` (metadata ``config`` JSON optional), an ivfuse checkpoint (``{"state_dict",
-        "config"}`` or ``{"modules": {"F": ...}}``), a bare ivfuse state dict, or the authors' file
+        """Load any ivfuse container (:func:`~ivfuse.models.base.load_state`: ``.safetensors`` with or without a
+        ``config``, ``{"state_dict", "config"}``, an engine checkpoint, a bare state dict) or the authors' file
         (``{"meta", "state_dict"}`` of ``occo(nb_filter=[32, 64, 112, 160])``, keys mapped by
         :data:`OFFICIAL_KEYS`; the network then uses ``space_weight1`` for both modalities, as it was trained),
         strictly. Any other file is a one-line :class:`InputError`."""
-        obj, meta = read_weights(path, "OCCO")
-        cfg: dict = {}
-        if meta:  # safetensors export
-            sd, cfg = obj, meta.get("config") or {}
-        elif isinstance(obj, dict) and "modules" in obj:  # an engine checkpoint
-            sd, cfg = obj["modules"]["F"], dict(obj.get("config", {}).get("model", {}))
-        elif isinstance(obj, dict) and "state_dict" in obj:
-            sd, cfg = obj["state_dict"], dict(obj.get("config", {}) or {})
-        else:
-            sd = obj
+        sd, cfg, _, _ = load_state(path, "OCCO", module="F", section="model")
+        cfg = cfg or {}
         if is_state_dict(sd) and "v1.Conv_BN_ReLU_2.0.weight" in sd:  # the authors' network
             model = cls()
             for blk in model.fifb:

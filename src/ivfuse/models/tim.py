@@ -62,7 +62,7 @@ from timm.layers.selective_kernel import SelectiveKernelAttn
 from torch import nn
 
 from ..errors import InputError
-from .base import FusionModel, check_pair, load_checked, read_weights, register_model, resolve_weights
+from .base import FusionModel, check_pair, load_checked, load_state, register_model, resolve_weights
 from .official import KeyTable, apply_official_preset, batch_stat_norms, check_preset, is_state_dict, not_weights_error
 
 __all__ = [
@@ -603,30 +603,28 @@ class TIMNet(FusionModel):
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, stage2: str | os.PathLike | None = None) -> TIMNet:
         """Load ``{"state_dict", "genotype", "width"}`` (torch, weights_only) or a safetensors file whose metadata
-        holds ``genotype`` (JSON) and ``width``; keys must match exactly.
+        holds ``genotype`` (JSON) and ``width`` (both through :func:`~ivfuse.models.base.load_state`, which puts them
+        in ``meta``); keys must match exactly.
 
         The authors' files (raw state dicts) load too, through :data:`OFFICIAL_KEYS` into the ``"official"``
         layout: ``weights_1_*.pt`` alone is the light network (``IVIF/light/weights_1_1169.pt``, genotype
         ``ivif_light``); a stage-1 file with the multi-scale fusion cell (``IVIF/weights_1_1059.pt``, genotype
         ``ivif``) needs its stage-2 file ``weights_2_*.pt``: ``stage2=FILE``, or found next to it by replacing
         ``weights_1`` with ``weights_2`` in the name."""
-        obj, meta = read_weights(path, "TIM")
-        if is_state_dict(obj) and not meta and "stem.0.conv2d.weight" in obj:
-            return cls._from_official(path, obj, stage2)
-        if is_state_dict(obj) and not meta and "stem2.0.conv2d.weight" in obj:
+        sd, _, meta, kind = load_state(path, "TIM")
+        official = kind == "raw" and is_state_dict(sd)
+        if official and "stem.0.conv2d.weight" in sd:
+            return cls._from_official(path, sd, stage2)
+        if official and "stem2.0.conv2d.weight" in sd:
             raise InputError(f"{path}: this is the stage-2 file of the official TIM network; pass the stage-1 file "
                              "(weights_1_*.pt) as the weights and this one as stage2=FILE (--opt stage2=FILE)")  # fmt: skip
         if stage2 is not None:
             raise InputError(f"{path}: stage2= applies to the authors' two-file TIM network only")
-        if meta:  # safetensors export: genotype (JSON) and width in the metadata
-            sd, geno, width = obj, meta.get("genotype"), int(meta.get("width", 48))
-            layout, order = meta.get("layout", "ivfuse"), meta.get("stage1_order", "ir_vis")
-        elif isinstance(obj, dict) and "state_dict" in obj and "genotype" in obj:
-            sd, geno, width = obj["state_dict"], obj.get("genotype"), int(obj.get("width", 48))
-            layout, order = obj.get("layout", "ivfuse"), obj.get("stage1_order", "ir_vis")
-        else:
+        if kind != "export" and "genotype" not in meta:  # a container must record its genotype (an export may not)
             raise not_weights_error(path, "TIM", "an ivfuse TIM export (.safetensors) or checkpoint ({state_dict, "
                                     "genotype}), or the official TIMFusion state dicts (weights_1_*.pt [+ weights_2_*.pt])")  # fmt: skip
+        geno, width = meta.get("genotype"), int(meta.get("width", 48))
+        layout, order = meta.get("layout", "ivfuse"), meta.get("stage1_order", "ir_vis")
         if geno is None:
             raise InputError(f"{path}: the checkpoint does not record its TIM genotype")
         model = cls(validate_genotype(geno, str(path)), width=width, aux=any(k.startswith("stage2.aux_") for k in sd),
@@ -648,8 +646,8 @@ class TIMNet(FusionModel):
                     raise InputError(f"{path}: the official full TIM network has a second file (weights_2_*.pt): pass "
                                      "it as stage2=FILE (--opt stage2=FILE)")  # fmt: skip
                 stage2 = guess
-            obj2, meta2 = read_weights(stage2, "TIM stage-2")
-            if not is_state_dict(obj2) or meta2 or "stem2.0.conv2d.weight" not in obj2:
+            obj2, _, _, kind2 = load_state(stage2, "TIM stage-2")
+            if kind2 != "raw" or not is_state_dict(obj2) or "stem2.0.conv2d.weight" not in obj2:
                 raise InputError(f"{stage2}: not the stage-2 file of the official TIM network (weights_2_*.pt)")
             sd = {**sd, **obj2}
         elif stage2 is not None:

@@ -62,7 +62,7 @@ from timm.models.resnest import ResNestBottleneck
 from torch import nn
 
 from ..errors import InputError
-from .base import FusionModel, check_pair, load_checked, read_weights, register_model, resolve_weights
+from .base import FusionModel, check_pair, load_checked, load_state, register_model, resolve_weights
 from .official import KeyTable
 
 __all__ = [
@@ -888,18 +888,16 @@ class TSJNet(FusionModel):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> TSJNet:
-        """Load ``.safetensors`` written by :meth:`save`, a ``torch.save``-d ``{"state_dict", "config"}``, or the
+        """Load ``.safetensors`` written by :meth:`save`, a ``torch.save``-d ``{"state_dict", "config"}``
+        (:func:`~ivfuse.models.base.load_state`), or the
         authors' file (``{"DIDF_Encoder", "DIDF_Decoder", "BaseFuseLayer", "DetailFuseLayer"}``, each a state
         dict; see :func:`official_state_dict`). Any other file is a one-line :class:`InputError`."""
         from .official import is_state_dict, not_weights_error
 
-        obj, meta = read_weights(path, "TSJNet")
-        if not meta and isinstance(obj, dict) and set(obj) == set(OFFICIAL_PARTS) and all(map(is_state_dict, obj.values())):
-            return cls.from_official_state(obj, path)
-        if meta:  # safetensors written by save()
-            sd, cfg = obj, meta.get("config")
-        else:
-            sd, cfg = (obj["state_dict"], obj.get("config")) if isinstance(obj, dict) and "state_dict" in obj else (obj, None)
+        sd, cfg, _, kind = load_state(path, "TSJNet")
+        official = kind == "raw" and isinstance(sd, dict) and set(sd) == set(OFFICIAL_PARTS)
+        if official and all(map(is_state_dict, sd.values())):
+            return cls.from_official_state(sd, path)
         if not isinstance(cfg, dict):
             raise not_weights_error(path, "TSJNet", "an ivfuse TSJNet export (.safetensors, TSJNet.save) or "
                                     "{state_dict, config}, or the official TSJNet checkpoint ({DIDF_Encoder, DIDF_Decoder, "
