@@ -15,6 +15,7 @@ import torch
 
 from ..errors import InputError
 from ..metrics import DEFAULT_METRICS, create_metric
+from ..utils import check_device
 from .cache import BenchCache, data_key, folder_hash, short_hash, state_hash
 from .methods import BenchMethod, parse_method
 from .stats import add_scene_maps, compare_to_baseline
@@ -109,12 +110,7 @@ def run_bench(
         raise InputError(f"unknown label set '{labels}' (available: {', '.join(LABEL_SETS)})")
     if preset not in PRESETS:
         raise InputError(f"unknown preset '{preset}' (available: {', '.join(PRESETS)})")
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise InputError(f"--device {device}: not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    check_device(device)
     if seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {seeds}")
     recipe = replace(PRESETS[preset], **{k: v for k, v in recipe_overrides.items() if v is not None})
