@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import InputError, OutputError
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "write_error", "shared_root", "sha256sum", "resolve_file", "check_device",
-           "check_amp", "AMP_MODES", "NOTICE"]
+           "check_amp", "AMP_MODES", "DEFAULT_DEVICE", "NOTICE"]
 
 #: log level of the ``ivfuse`` logger's notices that change what a run does (resuming from a checkpoint, removing a
 #: previous run): between INFO (progress: epoch lines) and WARNING, so that ``-q`` hides progress but not them
@@ -136,6 +136,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: torch device used when none is named (``check_device(None)``, every ``--device``)
+DEFAULT_DEVICE = "cpu"
+
+
 def check_device(device: str | None, option: str = "--device") -> str:
     """Validate a torch device string up front: a one-line :class:`InputError` instead of a traceback deep in a run.
 
@@ -146,7 +150,7 @@ def check_device(device: str | None, option: str = "--device") -> str:
 
     from .errors import UnknownNameError
 
-    d = "cpu" if device is None else str(device).strip()
+    d = DEFAULT_DEVICE if device is None else str(device).strip()
     try:
         dev = torch.device(d)
     except (RuntimeError, ValueError):

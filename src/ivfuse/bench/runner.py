@@ -15,6 +15,7 @@ import torch
 
 from ..errors import InputError
 from ..metrics import DEFAULT_METRICS, create_metric
+from ..tasks.detectors import DEFAULT_DETECTOR
 from ..utils import check_device
 from .cache import BenchCache, data_key, folder_hash, short_hash, state_hash
 from .methods import BenchMethod, parse_method
@@ -62,7 +63,7 @@ def run_bench(
     seeds: int = 1,
     preset: str = "cpu",
     labels: str = "infrared",
-    judge: str = "yolov5n",
+    judge: str = DEFAULT_DETECTOR,
     judge_weights: str | None = None,
     metrics: str | Sequence[str] | None = None,
     limit: int | None = None,

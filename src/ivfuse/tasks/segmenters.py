@@ -28,7 +28,7 @@ from ..registry import Registry
 
 __all__ = [
     "ESPNetv2Seg", "DeepLabV3Plus", "CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "segmentation_loss",
-    "SEGMENTERS", "create_segmenter", "list_segmenters",
+    "SEGMENTERS", "DEFAULT_SEGMENTER", "create_segmenter", "list_segmenters",
 ]  # fmt: skip
 
 CITYSCAPES_CLASSES = (
@@ -373,6 +373,8 @@ class DeepLabV3Plus(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- registry
 SEGMENTERS: Registry = Registry("segmenter")
+#: segmenter used when none is named (``ivfuse segment``, ``downstream segment``)
+DEFAULT_SEGMENTER = "espnetv2"
 
 
 @SEGMENTERS.register("espnetv2")
