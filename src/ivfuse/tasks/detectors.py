@@ -30,8 +30,8 @@ from ..weights import weights_path
 from .yolov5 import COCO_NAMES, Detections, YOLOv5, YOLOv5Loss, yolov5_config
 
 __all__ = [
-    "DETECTORS", "DEFAULT_DETECTOR", "DETECT_CONF", "create_detector", "list_detectors", "detector_optimizer",
-    "DETECTOR_SGD", "DETECTOR_CLIP",
+    "DETECTORS", "DEFAULT_DETECTOR", "DETECT_CONF", "PRETRAINED", "create_detector", "list_detectors",
+    "detector_optimizer", "DETECTOR_SGD", "DETECTOR_CLIP",
     "YOLOv5Detector", "FasterRCNNDetector",
 ]  # fmt: skip
 
@@ -40,6 +40,8 @@ DETECTORS: Registry = Registry("detector")
 DEFAULT_DETECTOR = "yolov5n"
 #: confidence threshold of ``predict(mode="detect")`` (YOLOv5's detect.py), also the ``masks`` prompt threshold
 DETECT_CONF = 0.25
+#: detector name -> its default weights (:func:`ivfuse.weights.weights_path` name) where it has some
+PRETRAINED = {"yolov5n": "yolov5n_coco"}
 
 
 def transfer_matching(src: nn.Module, dst: nn.Module) -> int:
@@ -91,9 +93,9 @@ class YOLOv5Detector(nn.Module):
 def _yolo_factory(variant: str):
     def make(weights: str | Path | None = "default", num_classes: int | None = None, class_names: Sequence[str] | None = None):
         if weights == "default":
-            if variant != "n":
+            if f"yolov5{variant}" not in PRETRAINED:
                 raise InputError(f"yolov5{variant}: no default weights here; pass weights=FILE or weights=None (scratch)")
-            weights = weights_path("yolov5n_coco")
+            weights = weights_path(PRETRAINED[f"yolov5{variant}"])
         if weights is None:
             nc = num_classes or (len(class_names) if class_names else 80)
             names = class_names or (COCO_NAMES if nc == 80 else None)
