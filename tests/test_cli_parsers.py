@@ -257,7 +257,9 @@ def test_every_mode_checks_its_device_once_with_the_one_check(argv, monkeypatch,
 def test_bench_api_uses_the_one_device_check():
     from ivfuse.bench.runner import run_bench
 
-    with pytest.raises(InputError, match=r"--device gpu: not a torch device .*did you mean 'cuda'"):
+    from ivfuse.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match=r"--device gpu: not a torch device .*did you mean 'cuda'"):
         run_bench("average", "tno", device="gpu")
 
 
