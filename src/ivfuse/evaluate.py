@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .data.images import IMAGE_EXTENSIONS, read_gray_u8
+from .data.images import IMAGE_EXTENSIONS, IR_NORMS, read_gray_u8
 from .data.pairing import list_images, pair_by_stem
 from .errors import InputError, PairingError, warn
 from .metrics import DEFAULT_METRICS, create_metric
@@ -87,8 +87,8 @@ def evaluate_folder(
             image are reported as a warning instead of an error.
         ir_norm: ``None`` (infrared must be 8-bit) or how to normalise 16-bit/float infrared, as ``fuse`` does.
     """
-    if ir_norm is not None and ir_norm not in ("minmax", "percentile", "scale"):
-        raise InputError(f"unknown ir_norm '{ir_norm}' (use minmax, percentile or scale)")
+    if ir_norm is not None and ir_norm not in IR_NORMS:
+        raise InputError(f"unknown ir_norm '{ir_norm}' (use {', '.join(IR_NORMS)})")
     metric_names = [create_metric(m).name for m in (metrics or DEFAULT_METRICS)]
     subset = names is not None or only_fused
     pairs = pair_by_stem(ir_dir, vis_dir, allow_unmatched=subset)

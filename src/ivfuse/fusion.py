@@ -42,7 +42,7 @@ from .data.pairing import pair_by_stem
 from .errors import InputError, IvfuseError, OutputError, PairingError, warn
 from .models import FusionModel, create_model
 from .tiling import check_memory, check_tile, fuse_tiled
-from .utils import check_device, write_error
+from .utils import check_amp, check_device, write_error
 
 __all__ = [
     "AMP_DTYPES",
@@ -75,7 +75,7 @@ def get_model(method: str | FusionModel | None = None, device: str | torch.devic
     return create_model(method or DEFAULT_METHOD, **options).to(device).eval()
 
 
-#: ``--amp`` names -> autocast dtypes
+#: ``--amp`` names (:data:`ivfuse.utils.AMP_MODES`, checked by :func:`ivfuse.utils.check_amp`) -> autocast dtypes
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -103,7 +103,7 @@ class Runner:
         self.name, self.min_size = model.name, model.min_size
         tiling = check_tile(tile, tile_overlap, model.min_size, model.name)
         self.tile, self.tile_overlap = tiling if tiling else (None, None)
-        self.dtype = check_amp(amp, self.device)
+        self.dtype = AMP_DTYPES.get(check_amp(amp, self.device))  # None: fp32
         onnx = type(model).__name__ == "OnnxFusionModel"
         if onnx and (self.dtype is not None or compile):
             raise InputError(f"{model.name}: --amp and --compile apply to PyTorch methods, not to ONNX models")
@@ -134,20 +134,6 @@ class Runner:
             else:
                 out = self._forward(ir, vis)
         return out.clamp(0, 1).contiguous()
-
-
-def check_amp(amp: str | None, device: str | torch.device = "cpu") -> torch.dtype | None:
-    """Autocast dtype for ``--amp`` on ``device`` (``None`` = fp32), or a one-line :class:`InputError`."""
-    if amp in (None, "", "none", "fp32", "off"):
-        return None
-    if amp not in AMP_DTYPES:
-        raise InputError(f"--amp {amp}: unknown precision (use none, bf16 or fp16)")
-    dev = torch.device(device)
-    if dev.type == "cpu" and amp == "fp16":
-        raise InputError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 (CPU autocast) or --amp none")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"--amp is supported on cpu (bf16) and cuda, not on '{dev}'")
-    return AMP_DTYPES[amp]
 
 
 def _runner(model: FusionModel | Runner, device: str | torch.device = "cpu") -> Runner:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .regions import CLASS_NAMES, class_map, object_masks_from_class_map, partition  # re-exported (public here before)
+from .tasks.detectors import DEFAULT_DETECTOR, DETECT_CONF
 from .tasks.pseudo import DEFAULT_CLASSES, MaskGenerator  # re-exported (public here before)
 
 __all__ = [
@@ -93,8 +94,8 @@ def _outputs(out: Path, stem: str) -> tuple[Path, Path, Path]:
     return out / f"{stem}.png", out / f"{stem}.json", out / "preview" / f"{stem}.png"
 
 
-def generate_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path, *, detector: str = "yolov5n",
-                   detector_weights: str | None = None, sam_weights: str | None = None, conf: float = 0.25,
+def generate_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path, *, detector: str = DEFAULT_DETECTOR,
+                   detector_weights: str | None = None, sam_weights: str | None = None, conf: float = DETECT_CONF,
                    classes: Sequence[str] | None = DEFAULT_CLASSES, overwrite: bool = False, device: str = "cpu",
                    progress: bool = False, ir_norm: str = "minmax") -> dict:  # fmt: skip
     """Run :class:`MaskGenerator` on every pair of two folders (matched by stem); returns ``{"written", "skipped"}``

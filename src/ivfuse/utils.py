@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, shared-data location, checksummed downloads."""
+"""Small shared helpers: atomic writes, shared-data location, checksummed downloads, the device and AMP checks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import InputError, OutputError
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "write_error", "shared_root", "sha256sum", "resolve_file", "check_device",
-           "NOTICE"]
+           "check_amp", "AMP_MODES", "DEFAULT_DEVICE", "NOTICE"]
 
 #: log level of the ``ivfuse`` logger's notices that change what a run does (resuming from a checkpoint, removing a
 #: previous run): between INFO (progress: epoch lines) and WARNING, so that ``-q`` hides progress but not them
@@ -136,6 +136,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: torch device used when none is named (``check_device(None)``, every ``--device``)
+DEFAULT_DEVICE = "cpu"
+
+
 def check_device(device: str | None, option: str = "--device") -> str:
     """Validate a torch device string up front: a one-line :class:`InputError` instead of a traceback deep in a run.
 
@@ -146,7 +150,7 @@ def check_device(device: str | None, option: str = "--device") -> str:
 
     from .errors import UnknownNameError
 
-    d = "cpu" if device is None else str(device).strip()
+    d = DEFAULT_DEVICE if device is None else str(device).strip()
     try:
         dev = torch.device(d)
     except (RuntimeError, ValueError):
@@ -162,6 +166,42 @@ def check_device(device: str | None, option: str = "--device") -> str:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise InputError(f"{option} {d}: device type '{dev.type}' is not supported by ivfuse (use cpu, cuda or mps)")
     return d
+
+
+#: mixed-precision modes of ``ivfuse fuse --amp``, :class:`ivfuse.fusion.Runner` and the training config key ``amp``
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+def check_amp(amp: str | None, device=None, option: str = "--amp") -> str:
+    """The mixed-precision mode ``amp`` (one of :data:`AMP_MODES`; ``None`` = ``"none"``, fp32) if it can run on
+    ``device``, else a one-line :class:`InputError`. The one AMP check: ``ivfuse fuse --amp`` and
+    :class:`ivfuse.fusion.Runner` use it as it is, training (the config key) with ``option="amp="``, which is how the
+    messages name the setting (``--amp fp16 ...`` / ``amp=fp16 ...``).
+
+    bf16 runs on the CPU (autocast) and on CUDA GPUs that support it; fp16 needs CUDA (CPU fp16 kernels are slow or
+    missing, and a loss-scaled CPU run gains nothing); other devices (MPS) run fp32 only.
+    """
+    import torch
+
+    def say(mode: str) -> str:
+        return f"{option}{mode}" if option.endswith("=") else f"{option} {mode}"
+
+    mode = "none" if amp is None else str(amp)
+    if mode not in AMP_MODES:
+        name = f"config key '{option[:-1]}'" if option.endswith("=") else option
+        raise InputError(f"{name} must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    if mode == "none":
+        return mode
+    dev = torch.device("cpu" if device is None else device)
+    if mode == "fp16" and dev.type != "cuda":
+        raise InputError(f"{say('fp16')} needs a CUDA device, not '{dev}'; use {say('bf16')} (CPU autocast) or "
+                         f"{say('none')}")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"{say(mode)}: mixed precision runs on cpu and cuda, not on '{dev}'; use {say('none')}")
+    if mode == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise InputError(f"{say('bf16')}: the GPU {torch.cuda.get_device_name(dev)} does not support bfloat16; "
+                         f"use {say('fp16')}")
+    return mode
 
 
 def shared_root() -> Path:

@@ -12,7 +12,6 @@ or a run with one more method, only computes what is new. See ``docs/bench.md``.
 from __future__ import annotations
 
 from .._lazy import lazy_exports
-from .cli import add_parser
 from .recipes import LABEL_SETS, PRESETS, PROTOCOLS, Recipe
 
 _EXPORTS = {
@@ -23,4 +22,4 @@ _EXPORTS = {
     "report": ["write_report", "write_results"],
 }
 __getattr__, __dir__, _lazy_names = lazy_exports(__name__, _EXPORTS)
-__all__ = ["add_parser", "LABEL_SETS", "PRESETS", "PROTOCOLS", "Recipe", *_lazy_names]
+__all__ = ["LABEL_SETS", "PRESETS", "PROTOCOLS", "Recipe", *_lazy_names]

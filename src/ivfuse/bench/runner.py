@@ -15,6 +15,8 @@ import torch
 
 from ..errors import InputError
 from ..metrics import DEFAULT_METRICS, create_metric
+from ..tasks.detectors import DEFAULT_DETECTOR
+from ..utils import check_device
 from .cache import BenchCache, data_key, folder_hash, short_hash, state_hash
 from .methods import BenchMethod, parse_method
 from .stats import add_scene_maps, compare_to_baseline
@@ -61,7 +63,7 @@ def run_bench(
     seeds: int = 1,
     preset: str = "cpu",
     labels: str = "infrared",
-    judge: str = "yolov5n",
+    judge: str = DEFAULT_DETECTOR,
     judge_weights: str | None = None,
     metrics: str | Sequence[str] | None = None,
     limit: int | None = None,
@@ -109,12 +111,7 @@ def run_bench(
         raise InputError(f"unknown label set '{labels}' (available: {', '.join(LABEL_SETS)})")
     if preset not in PRESETS:
         raise InputError(f"unknown preset '{preset}' (available: {', '.join(PRESETS)})")
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise InputError(f"--device {device}: not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    check_device(device)
     if seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {seeds}")
     recipe = replace(PRESETS[preset], **{k: v for k, v in recipe_overrides.items() if v is not None})

@@ -251,14 +251,15 @@ def train(name: str, cfg: dict, out: str | Path, export: str | Path | None = Non
     to ``out/summary.json``; ``world_size`` and ``amp`` say how it ran.
     """
     from . import distributed as dist
-    from .step import check_amp, reset_precision, set_precision
+    from ..utils import check_amp
+    from .step import reset_precision, set_precision
 
     cls = RECIPES.get(name)
     if resume not in RESUME_MODES:
         raise InputError(f"resume must be one of {', '.join(RESUME_MODES)}, got '{resume}'")
     device = check_device(str(cfg.get("device", "cpu")))
     amp = str(cfg.get("amp", "none"))
-    check_amp(amp, device)  # fp16 on CPU is refused (one line, before anything is written)
+    check_amp(amp, device, "amp=")  # fp16 on CPU is refused (one line, before anything is written)
     if not isinstance(cfg.get("channels_last", False), bool):
         raise InputError(f"config key 'channels_last' must be true or false, got {cfg['channels_last']!r}")
     check_limits(cfg, getattr(cls, "limits", {}))

@@ -30,40 +30,21 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..errors import InputError
+from ..utils import AMP_MODES, check_amp
 from . import distributed as _dist
 
 __all__ = ["seed_everything", "OptimStep", "virtual_step", "call_with", "set_precision", "reset_precision", "precision",
-           "autocast", "check_amp", "AMP_MODES"]  # fmt: skip
+           "autocast", "AMP_MODES"]  # fmt: skip
 
-AMP_MODES = ("none", "bf16", "fp16")
 #: ``(amp, device type)`` of the run being trained in this context (set by train(); default: fp32 on the CPU)
 _PRECISION: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("ivfuse_precision", default=("none", "cpu"))
 
 
-def check_amp(amp: str, device: str | torch.device) -> str:
-    """``amp`` if it can run on ``device``, else a one-line :class:`InputError`.
-
-    fp16 needs CUDA: CPU kernels for fp16 convolutions are slow or missing and a loss-scaled CPU run gains nothing,
-    so ``amp=fp16`` on a CPU device is refused (use ``amp=bf16``, which CPU autocast supports, or ``amp=none``).
-    """
-    if amp not in AMP_MODES:
-        raise InputError(f"config key 'amp' must be one of {', '.join(AMP_MODES)}, got {amp!r}")
-    dev = torch.device(device)
-    if amp == "fp16" and dev.type != "cuda":
-        raise InputError(f"amp=fp16 needs a CUDA device (GradScaler), not device={dev}; use amp=bf16 (CPU autocast) "
-                         f"or amp=none")  # fmt: skip
-    if amp == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise InputError(f"amp=bf16: the GPU {torch.cuda.get_device_name(dev)} does not support bfloat16; use amp=fp16")
-    if amp != "none" and dev.type == "mps":
-        raise InputError("amp is not supported on device=mps; use amp=none")
-    return amp
-
-
 def set_precision(amp: str = "none", device: str | torch.device = "cpu") -> contextvars.Token:
-    """Set the run's mixed precision in the current context (checked with :func:`check_amp`); :func:`train` calls
-    it before ``build()``. Returns the token :func:`reset_precision` takes to restore the previous setting."""
-    return _PRECISION.set((check_amp(amp, device), torch.device(device).type))
+    """Set the run's mixed precision in the current context (checked with :func:`ivfuse.utils.check_amp`, the config
+    key ``amp``); :func:`train` calls it before ``build()``. Returns the token :func:`reset_precision` takes to restore
+    the previous setting."""
+    return _PRECISION.set((check_amp(amp, device, "amp="), torch.device(device).type))
 
 
 def reset_precision(token: contextvars.Token) -> None:

@@ -30,11 +30,18 @@ from ..weights import weights_path
 from .yolov5 import COCO_NAMES, Detections, YOLOv5, YOLOv5Loss, yolov5_config
 
 __all__ = [
-    "DETECTORS", "create_detector", "list_detectors", "detector_optimizer", "DETECTOR_SGD", "DETECTOR_CLIP",
+    "DETECTORS", "DEFAULT_DETECTOR", "DETECT_CONF", "PRETRAINED", "create_detector", "list_detectors",
+    "detector_optimizer", "DETECTOR_SGD", "DETECTOR_CLIP",
     "YOLOv5Detector", "FasterRCNNDetector",
 ]  # fmt: skip
 
 DETECTORS: Registry = Registry("detector")
+#: detector used when none is named (``ivfuse detect``, ``downstream detect``, the bench's judge, ``masks`` prompts)
+DEFAULT_DETECTOR = "yolov5n"
+#: confidence threshold of ``predict(mode="detect")`` (YOLOv5's detect.py), also the ``masks`` prompt threshold
+DETECT_CONF = 0.25
+#: detector name -> its default weights (:func:`ivfuse.weights.weights_path` name) where it has some
+PRETRAINED = {"yolov5n": "yolov5n_coco"}
 
 
 def transfer_matching(src: nn.Module, dst: nn.Module) -> int:
@@ -63,7 +70,8 @@ class YOLOv5Detector(nn.Module):
             if mode == "val":
                 return self.net.predict(images, conf=0.001 if conf is None else conf, iou=0.6 if iou is None else iou,
                                         multi_label=True, rect_val=True, classes=classes)  # fmt: skip
-            return self.net.predict(images, conf=0.25 if conf is None else conf, iou=0.45 if iou is None else iou, classes=classes)
+            return self.net.predict(images, conf=DETECT_CONF if conf is None else conf,
+                                    iou=0.45 if iou is None else iou, classes=classes)
         finally:
             self.train(was)
 
@@ -85,9 +93,9 @@ class YOLOv5Detector(nn.Module):
 def _yolo_factory(variant: str):
     def make(weights: str | Path | None = "default", num_classes: int | None = None, class_names: Sequence[str] | None = None):
         if weights == "default":
-            if variant != "n":
+            if f"yolov5{variant}" not in PRETRAINED:
                 raise InputError(f"yolov5{variant}: no default weights here; pass weights=FILE or weights=None (scratch)")
-            weights = weights_path("yolov5n_coco")
+            weights = weights_path(PRETRAINED[f"yolov5{variant}"])
         if weights is None:
             nc = num_classes or (len(class_names) if class_names else 80)
             names = class_names or (COCO_NAMES if nc == 80 else None)
@@ -122,7 +130,7 @@ class FasterRCNNDetector(nn.Module):
                 classes: Sequence[int] | None = None) -> list[Detections]:  # fmt: skip
         was = self.training
         self.model.eval()
-        thr = (0.001 if mode == "val" else 0.25) if conf is None else conf
+        thr = (0.001 if mode == "val" else DETECT_CONF) if conf is None else conf
         if iou is not None:
             self.model.roi_heads.nms_thresh = iou
         try:

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import InputError, suggest
 from ..regions import class_map
+from .detectors import DEFAULT_DETECTOR, DETECT_CONF
 
 __all__ = [
     "CITYSCAPES_TO_MSRS",
@@ -129,8 +130,15 @@ class MaskGenerator:
         device: torch device.
     """
 
-    def __init__(self, detector: str = "yolov5n", detector_weights: str | None = None, sam_weights: str | None = None,
-                 conf: float = 0.25, classes: Sequence[str] | None = DEFAULT_CLASSES, device: str = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self,
+        detector: str = DEFAULT_DETECTOR,
+        detector_weights: str | None = None,
+        sam_weights: str | None = None,
+        conf: float = DETECT_CONF,
+        classes: Sequence[str] | None = DEFAULT_CLASSES,
+        device: str = "cpu",
+    ) -> None:
         from .detectors import create_detector
         from .sam import load_sam
 

@@ -28,7 +28,7 @@ from ..registry import Registry
 
 __all__ = [
     "ESPNetv2Seg", "DeepLabV3Plus", "CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "segmentation_loss",
-    "SEGMENTERS", "create_segmenter", "list_segmenters",
+    "SEGMENTERS", "DEFAULT_SEGMENTER", "PRETRAINED", "create_segmenter", "list_segmenters",
 ]  # fmt: skip
 
 CITYSCAPES_CLASSES = (
@@ -373,6 +373,10 @@ class DeepLabV3Plus(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- registry
 SEGMENTERS: Registry = Registry("segmenter")
+#: segmenter used when none is named (``ivfuse segment``, ``downstream segment``)
+DEFAULT_SEGMENTER = "espnetv2"
+#: segmenter name -> its default weights (:func:`ivfuse.weights.weights_path` name) where it has some
+PRETRAINED = {"espnetv2": "espnetv2_city"}
 
 
 @SEGMENTERS.register("espnetv2")
@@ -384,7 +388,8 @@ def _espnetv2(weights: str | os.PathLike | None = None, num_classes: int | None 
         return ESPNetv2Seg(num_classes, s=s, class_names=class_names)
     from ..weights import weights_path
 
-    return ESPNetv2Seg.from_checkpoint(weights_path("espnetv2_city", None if weights in (None, "default") else weights), s=s)
+    path = weights_path(PRETRAINED["espnetv2"], None if weights in (None, "default") else weights)
+    return ESPNetv2Seg.from_checkpoint(path, s=s)
 
 
 @SEGMENTERS.register("deeplabv3plus")
