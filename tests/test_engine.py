@@ -97,6 +97,10 @@ def test_ranges_and_shapes_of_the_schema_are_one_line_errors_naming_the_key(tmp_
         ("tim", "data.det_crop=[1, 2, 3]", "'data.det_crop' must be [height, width], got [1, 2, 3]"),
         ("tim", "meta.inner_steps=0", "'meta.inner_steps' must be >= 1, got 0"),
         ("tsjnet", "data.crop=[64]", "'data.crop' must be [height, width] or null (full size), got [64]"),
+        ("lite", "width=0", "'width' must be >= 1, got 0"),
+        ("lite", "judge.imgsz=8", "'judge.imgsz' must be >= 32, got 8"),
+        ("lite", "judge.inner_lr=0", "'judge.inner_lr' must be > 0, got 0.0"),
+        ("lite", "target.boost=-1", "'target.boost' must be >= 0, got -1.0"),
     ]
     for method, bad, msg in cases:
         with pytest.raises(InputError) as e:

@@ -21,7 +21,6 @@ the validation metrics as metadata; ``create_model("lite")`` loads the shipped o
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -29,13 +28,14 @@ import torch
 import torch.nn.functional as F
 from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 
+from ..config import Limit
 from ..data.labels import Boxes
 from ..errors import InputError, suggest
 from ..losses import FusionLoss, LossGenerator, learned_fusion_loss
 from ..models.lite import LiteFusionNet
 from .checkpoint import export_safetensors
 from .data import BatchSource, RandomCrop, RandomFlip, load_samples
-from .recipe import Recipe, refuse_held_out, register_recipe, strict_json, validate_fusion
+from .recipe import Recipe, refuse_held_out, register_recipe
 from .step import OptimStep
 from .trainer import Stage
 
@@ -92,17 +92,16 @@ def teacher_cache_dir(t: dict) -> Path:
 class LiteRecipe(Recipe):
     """See the module docstring; config: ``configs/lite.yaml`` (``lite_cpu.yaml`` = the shipped model's)."""
 
+    limits = {"width": Limit(min=1), "epochs": Limit(min=1), "crop": Limit(min=8, items=("height", "width")),
+              "batch": Limit(min=1), "target.weight": Limit(min=0), "target.boost": Limit(min=0),
+              "target.soften": Limit(min=0), "judge.weight": Limit(min=0), "judge.epochs": Limit(min=0),
+              "judge.batch": Limit(min=1), "judge.imgsz": Limit(min=32), "judge.meta_lr": Limit(above=0),
+              "judge.inner_lr": Limit(above=0), "judge.gen_width": Limit(min=1), "judge.gradient": Limit(min=0)}
+
     @classmethod
     def check(cls, cfg: dict) -> list[str]:
-        if cfg["width"] < 1:
-            raise InputError(f"config key 'width' must be >= 1, got {cfg['width']}")
-        if cfg["epochs"] < 1:
-            raise InputError(f"config key 'epochs' must be >= 1, got {cfg['epochs']}")
         refuse_held_out(cfg["data"], "data")
         t, tg, jg = cfg["teacher"], cfg["target"], cfg["judge"]
-        if float(jg["weight"]) < 0 or int(jg["epochs"]) < 0 or int(jg["batch"]) < 1 or int(jg["imgsz"]) < 32:
-            raise InputError("config keys 'judge.weight' and 'judge.epochs' must be >= 0, 'judge.batch' >= 1 and "
-                             f"'judge.imgsz' >= 32, got {jg}")  # fmt: skip
         if float(jg["weight"]) > 0:
             from ..tasks.detectors import list_detectors
 
@@ -114,14 +113,6 @@ class LiteRecipe(Recipe):
                 raise InputError("config key 'judge.epochs' must be >= 1 when 'judge.weight' > 0")
         if jg["mode"] not in ("loss", "meta"):
             raise suggest(jg["mode"], ["loss", "meta"], "judge mode")
-        if jg["mode"] == "meta" and float(jg["weight"]) > 0:
-            if float(jg["meta_lr"]) <= 0 or float(jg["inner_lr"]) <= 0 or int(jg["gen_width"]) < 1:
-                raise InputError("config keys 'judge.meta_lr' and 'judge.inner_lr' must be > 0 and 'judge.gen_width' "
-                                 f">= 1 for judge.mode=meta, got {jg}")
-            if float(jg["gradient"]) < 0:
-                raise InputError(f"config key 'judge.gradient' must be >= 0, got {jg['gradient']}")
-        if float(tg["weight"]) < 0 or float(tg["boost"]) < 0 or float(tg["soften"]) < 0:
-            raise InputError("config keys 'target.weight', 'target.boost' and 'target.soften' must be >= 0")
         if float(tg["weight"]) > 0 or float(jg["weight"]) > 0:
             if float(tg["weight"]) > 0 and not tg["classes"]:
                 raise InputError("config key 'target.classes' is empty: name the box classes that keep the IR image")
@@ -227,7 +218,7 @@ class LiteRecipe(Recipe):
     def train_step(self, batch: dict, ctx) -> dict:
         if ctx.get("batch", 0) == 0:
             self._set_lr(ctx.get("epoch", 0))
-        ir, vis = batch["ir"].to(self.device), batch["vis"].to(self.device)
+        ir, vis = self.on_device(batch)
         y = rgb_to_ycbcr(vis)[:, :1]
         out = self.net.fuse_luma(ir, y)
         if self.loss.weights:
@@ -263,7 +254,7 @@ class LiteRecipe(Recipe):
             return self.meta_step(batch, ctx)
         jg = self.cfg["judge"]
         self._judge_lrs(ctx)
-        ir, vis = batch["ir"].to(self.device), batch["vis"].to(self.device)
+        ir, vis = self.on_device(batch)
         ycc = rgb_to_ycbcr(vis)
         y = ycc[:, :1]
         out = self.net.fuse_luma(ir, y)
@@ -316,7 +307,7 @@ class LiteRecipe(Recipe):
         jg = self.cfg["judge"]
         self._judge_lrs(ctx)
         lam, grad_w, imgsz = float(jg["weight"]), float(jg["gradient"]), int(jg["imgsz"])
-        ir, vis = batch["ir"].to(self.device), batch["vis"].to(self.device)
+        ir, vis = self.on_device(batch)
         ycc = rgb_to_ycbcr(vis)
         y = ycc[:, :1]
         # the virtual step and the task loss at the judge's resolution (the detector sees the pair letterboxed to
@@ -356,16 +347,8 @@ class LiteRecipe(Recipe):
             st.append(Stage("judge", int(self.cfg["judge"]["epochs"]), self.judge_data, self.judge_step))
         return st
 
-    def validate(self) -> dict:
-        return validate_fusion(self.net, self.cfg.get("val") or {}, self.device)
-
     def export(self, path: str | Path) -> Path:
         c = self.cfg
-        meta = {"config": json.dumps({"width": c["width"]}),
-                "training": json.dumps({"recipe": "lite", "data": c["data"], "epochs": c["epochs"], "batch": c["batch"],
-                                        "crop": c["crop"], "lr": c["lr"], "loss": c["loss"], "seed": c["seed"],
-                                        "teacher": c["teacher"], "target": c["target"], "judge": c["judge"],
-                                        "device": str(self.device), "threads": torch.get_num_threads(),
-                                        "wall_s": round(time.time() - self.t0, 1)}),
-                "metrics": json.dumps(strict_json(self.trainer.metrics.get("val", {}) if self.trainer else {}))}  # fmt: skip
+        meta = self.export_metadata({"width": c["width"]}, batch=c["batch"], crop=c["crop"], lr=c["lr"], loss=c["loss"],
+                                    teacher=c["teacher"], target=c["target"], judge=c["judge"])
         return export_safetensors(path, self.net.state_dict(), meta)
