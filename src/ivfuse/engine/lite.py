@@ -10,9 +10,9 @@ issue 20: after the crop epochs, ``judge.epochs`` more on whole training pairs, 
 on the fused images as training goes on — the bench's ``retrain`` judge, moving — and its detection loss on the fused
 image reaches the net; MetaFusion's mutual promotion and TIM's task guidance with a judge that adapts to the fusion
 instead of the frozen COCO one; see :meth:`LiteRecipe.judge_step`) or, with ``judge.mode=meta``, a **learnable fusion
-loss** trained by that judge (TDFusion's idea, issue 20 C4: :mod:`ivfuse.losses.learned`, :meth:`LiteRecipe.
-meta_step` — the detection loss reaches the net only through the loss it learns), optionally plus **distillation** from a bigger
-fusion method (``teacher.method=tim``): an L1 term ``λ_t·|F − T|`` to the teacher's fused luminance T, computed once per
+loss** trained by that judge (TDFusion's idea, issue 20 C4: :mod:`ivfuse.losses.learned`,
+:meth:`LiteRecipe.meta_step` — the detection loss reaches the net only through the loss it learns), optionally plus
+**distillation** from a bigger fusion method (``teacher.method=tim``): an L1 term ``λ_t·|F − T|`` to the teacher's fused luminance T, computed once per
 training pair at full resolution (cached as safetensors) and cropped/flipped with the pair. The shipped model is
 distilled from the task-guided TIM (see ``docs/deployment.md``: the fusion loss alone did not reach the pixel
 average's zero-shot mAP50). The export (safetensors) carries the config, data, epochs, seed, teacher, wall time and
