@@ -12,8 +12,9 @@ image reaches the net; MetaFusion's mutual promotion and TIM's task guidance wit
 instead of the frozen COCO one; see :meth:`LiteRecipe.judge_step`) or, with ``judge.mode=meta``, a **learnable fusion
 loss** trained by that judge (TDFusion's idea, issue 20 C4: :mod:`ivfuse.losses.learned`,
 :meth:`LiteRecipe.meta_step` — the detection loss reaches the net only through the loss it learns), optionally plus
-**distillation** from a bigger fusion method (``teacher.method=tim``): an L1 term ``λ_t·|F − T|`` to the teacher's fused luminance T, computed once per
-training pair at full resolution (cached as safetensors) and cropped/flipped with the pair. The shipped model is
+**distillation** from a bigger fusion method (``teacher.method=tim``): an L1 term ``λ_t·|F − T|`` to the teacher's
+fused luminance T, computed once per training pair at full resolution (cached as safetensors) and cropped/flipped with
+the pair. The shipped model is
 distilled from the task-guided TIM (see ``docs/deployment.md``: the fusion loss alone did not reach the pixel
 average's zero-shot mAP50). The export (safetensors) carries the config, data, epochs, seed, teacher, wall time and
 the validation metrics as metadata; ``create_model("lite")`` loads the shipped one.
@@ -118,7 +119,8 @@ class LiteRecipe(Recipe):
                 raise InputError("config key 'target.classes' is empty: name the box classes that keep the IR image")
             if tg["labels"] not in ("infrared", "visible", "union"):
                 raise suggest(tg["labels"], ["infrared", "visible", "union"], "target label set")
-        learns = t["method"] or float(tg["weight"]) or float(jg["weight"]) or any(float(v) for v in cfg["loss"].values())
+        learns = (t["method"] or float(tg["weight"]) or float(jg["weight"])
+                  or any(float(v) for v in cfg["loss"].values()))
         if not learns:
             raise InputError("lite has nothing to learn: every 'loss' weight is 0, 'target.weight' and 'judge.weight' "
                              "are 0 and no 'teacher.method' is set")  # fmt: skip
@@ -177,7 +179,8 @@ class LiteRecipe(Recipe):
         from ..tasks.downstream import class_mapping
 
         jg = self.cfg["judge"]
-        self.D = create_detector(jg["detector"], **({"weights": jg["weights"]} if jg["weights"] else {})).to(self.device)
+        kw = {"weights": jg["weights"]} if jg["weights"] else {}
+        self.D = create_detector(jg["detector"], **kw).to(self.device)
         self.opt_d = detector_optimizer(self.D, float(jg["det_lr"]))
         self.step_d = OptimStep(self.opt_d, clip=DETECTOR_CLIP)
         names = self.D.class_names
