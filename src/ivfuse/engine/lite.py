@@ -22,7 +22,6 @@ the validation metrics as metadata; ``create_model("lite")`` loads the shipped o
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -135,7 +134,6 @@ class LiteRecipe(Recipe):
 
     def build(self) -> None:
         c = self.cfg
-        self.t0 = time.time()
         self.net = LiteFusionNet(c["width"]).to(self.device)
         self.loss = FusionLoss(c["loss"])
         self.opt = torch.optim.Adam(self.net.parameters(), lr=c["lr"])
