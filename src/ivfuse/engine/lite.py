@@ -249,7 +249,6 @@ class LiteRecipe(Recipe):
         image letterboxed to ``judge.imgsz`` — steps the net; (2) the detector takes one fine-tuning step (YOLOv5's
         SGD, train mode) on the same fused images, detached: the judge follows the fusion as the bench's ``retrain``
         judge would on the final images."""
-        from ..tasks.downstream import letterbox_batch
 
         if self.G is not None:
             return self.meta_step(batch, ctx)
@@ -264,16 +263,28 @@ class LiteRecipe(Recipe):
             lt = target_loss(out, ir, y, batch["target_mask"].to(self.device), float(self.cfg["target"]["boost"]))
             loss = loss + float(self.cfg["target"]["weight"]) * lt
             parts["target"] = float(lt.detach())
-        rgb = ycbcr_to_rgb(torch.cat([out, ycc[:, 1:]], 1)).clamp(0, 1)  # what FusionModel.forward returns
-        images, boxes = letterbox_batch(list(rgb), batch["boxes"], int(jg["imgsz"]))
+        images, boxes = self._judge_view(out, ycc, batch["boxes"])
         self.D.eval()
         ld, _ = self.D.loss(images, boxes)
         loss = loss + float(jg["weight"]) * ld
         self.step_net(loss, inputs=list(self.net.parameters()))
-        self.D.train()
-        ld_train, _ = self.D.loss(images.detach(), boxes)
-        self.step_d(ld_train)
+        ld_train = self._judge_learns(images.detach(), boxes)
         return {"loss": float(loss.detach()), **parts, "det": float(ld.detach()), "det_train": float(ld_train.detach())}
+
+    def _judge_view(self, out: torch.Tensor, ycc: torch.Tensor, boxes: list) -> tuple[torch.Tensor, list]:
+        """The fused luminance ``out`` with the visible chroma of ``ycc`` as RGB (what ``FusionModel.forward``
+        returns), letterboxed to ``judge.imgsz`` with its boxes: the images the moving judge sees."""
+        from ..tasks.downstream import letterbox_batch
+
+        rgb = ycbcr_to_rgb(torch.cat([out, ycc[:, 1:]], 1)).clamp(0, 1)
+        return letterbox_batch(list(rgb), boxes, int(self.cfg["judge"]["imgsz"]))
+
+    def _judge_learns(self, images: torch.Tensor, boxes: list) -> torch.Tensor:
+        """The moving judge's fine-tuning step (train mode, YOLOv5's SGD) on detached fused images; its loss."""
+        self.D.train()
+        ld, _ = self.D.loss(images, boxes)
+        self.step_d(ld)
+        return ld
 
     def _judge_lrs(self, ctx) -> None:
         """The judge stage's rates: the net's constant ``judge.lr``; the detector's ``judge.det_lr`` with a linear
@@ -333,11 +344,7 @@ class LiteRecipe(Recipe):
         out = self.net.fuse_luma(ir, y)
         loss, parts = learned_fusion_loss(out, ir, y, w, grad_w)
         self.step_net(loss)
-        rgb = ycbcr_to_rgb(torch.cat([out.detach(), ycc[:, 1:]], 1)).clamp(0, 1)
-        images, boxes = letterbox_batch(list(rgb), batch["boxes"], imgsz)
-        self.D.train()
-        ld_train, _ = self.D.loss(images, boxes)
-        self.step_d(ld_train)
+        ld_train = self._judge_learns(*self._judge_view(out.detach(), ycc, batch["boxes"]))
         if person.sum() > 0:
             parts["w_ir_person"] = float((w[:, :1] * person).sum() / person.sum())
         return {"loss": float(loss.detach()), **parts, "det": float(lt.detach()), "det_train": float(ld_train.detach())}
