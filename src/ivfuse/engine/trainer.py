@@ -212,7 +212,8 @@ class Trainer:
         if self.out is None or not dist.is_main():
             return
         f = self.out / "log.csv"
-        new = not f.exists() or f.stat().st_size == 0  # (a resume to the run's start cuts it to nothing)
+        size = self._log_bytes()
+        new = size == 0  # no file yet, or one a resume to the run's start cut to nothing
         stamp = f"{time.time():.1f}"
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -220,7 +221,6 @@ class Trainer:
             w.writerow(["time", "stage", "epoch", "key", "value"])
         for k in sorted(set(row) - {"stage", "epoch"}):
             w.writerow([stamp, row["stage"], row["epoch"], k, row[k]])
-        size = 0 if new else f.stat().st_size
         try:
             with f.open("a", newline="") as fh:
                 fh.write(buf.getvalue())
