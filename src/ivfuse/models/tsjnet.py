@@ -190,8 +190,9 @@ VARIANTS: dict[str, TSJNetConfig] = {
 
 # ------------------------------------------------------------------------------------ neighbourhood attention
 #: query tile side of :func:`neighborhood_attention_2d` (a tile of ``T×T`` queries attends densely to the
-#: ``(T+k-1)²`` keys that hold all its windows; 8 was fastest for k = 3 and 7 on the CPU)
-NA_TILE = 8
+#: ``(T+k-1)²`` keys that hold all its windows). 4 was fastest for k = 3 and 7 on the 2-core CPU (2026-12-07, one
+#: thread: 2..8 tried on the NAT maps of a 640×480 pair; 4 cut a ``cpu`` TSJNet forward from 2.84 to 2.53 s of CPU)
+NA_TILE = 4
 
 
 def _na_axis(n: int, ks: int, t: int, device) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
