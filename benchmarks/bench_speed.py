@@ -31,7 +31,9 @@ def main(argv=None) -> int:
     ap.add_argument("--devices", default="cpu,cuda", help="devices to try (cuda skipped when absent)")
     ap.add_argument("--cpu-bf16", action="store_true", help="also CPU bf16 autocast")
     ap.add_argument("--onnx", action="store_true", help="also onnxruntime (CPU) for methods that export")
-    ap.add_argument("--max-seconds", type=float, default=60.0, help="skip larger batches of a method slower than this per image")
+    ap.add_argument(
+        "--max-seconds", type=float, default=60.0, help="skip larger batches of a method slower than this per image"
+    )
     ap.add_argument("--out", help="also write the markdown table here")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
@@ -93,9 +95,11 @@ def main(argv=None) -> int:
                     if record(m, "cpu", "ort", b, om) > a.max_seconds:
                         break
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    title = f"speed at {w}x{h}, images/s ({a.threads} CPU threads; torch {torch.__version__}; {gpu}; {time.strftime('%Y-%m-%d')})"
-    lines = [title,
-             "", "| method | device | precision | batch | images/s |", "|---|---|---|---:|---:|"]  # fmt: skip
+    title = (
+        f"speed at {w}x{h}, images/s ({a.threads} CPU threads; torch {torch.__version__}; {gpu}; "
+        f"{time.strftime('%Y-%m-%d')})"
+    )
+    lines = [title, "", "| method | device | precision | batch | images/s |", "|---|---|---|---:|---:|"]
     lines += [f"| {m} | {d} | {p} | {b} | {v:.2f} |" for m, d, p, b, v in rows]
     text = "\n".join(lines)
     print("\n" + text)

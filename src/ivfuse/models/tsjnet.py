@@ -172,7 +172,9 @@ class TSJNetConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise InputError(f"TSJNet config: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+            raise InputError(
+                f"TSJNet config: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})"
+            )
         tuples = {f.name for f in fields(cls) if f.name in d and isinstance(d[f.name], list)}
         return cls(**{k: (tuple(v) if k in tuples else v) for k, v in d.items()}).validate()
 
@@ -180,12 +182,29 @@ class TSJNetConfig:
 VARIANTS: dict[str, TSJNetConfig] = {
     "paper": TSJNetConfig(),
     "cpu": TSJNetConfig(
-        embed=3, stem=(16, 16, 32), planes=16, blocks=1, radix=2, enc_convs=(32, 16),
-        nat_dims=(48, 96), nat_depths=(2, 2), nat_heads=(2, 4), nat_kernel=3, nat_mlp_ratio=2.0, nat_mid=32,
-        nat_drop_path=0.0, dsm_reduction=2, dsm_dropout=0.1, dec_heads=8, dec_in=16, dec_stem=(16, 16, 32),
-        dec_planes=16, dec_hidden=32, merge="sum",
+        embed=3,
+        stem=(16, 16, 32),
+        planes=16,
+        blocks=1,
+        radix=2,
+        enc_convs=(32, 16),
+        nat_dims=(48, 96),
+        nat_depths=(2, 2),
+        nat_heads=(2, 4),
+        nat_kernel=3,
+        nat_mlp_ratio=2.0,
+        nat_mid=32,
+        nat_drop_path=0.0,
+        dsm_reduction=2,
+        dsm_dropout=0.1,
+        dec_heads=8,
+        dec_in=16,
+        dec_stem=(16, 16, 32),
+        dec_planes=16,
+        dec_hidden=32,
+        merge="sum",
     ),
-}  # fmt: skip
+}
 
 
 # ------------------------------------------------------------------------------------ neighbourhood attention
@@ -213,8 +232,9 @@ def _na_axis(n: int, ks: int, t: int, device) -> tuple[int, torch.Tensor, torch.
     return tiles, key, mask, ridx
 
 
-def neighborhood_attention_2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int,
-                              rpb: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def neighborhood_attention_2d(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, rpb: torch.Tensor | None = None
+) -> torch.Tensor:
     """2-D neighbourhood attention (Hassani et al., NAT, CVPR 2023) in plain PyTorch.
 
     Every query pixel ``(i, j)`` attends to the ``k×k`` keys of the window centred on it, shifted inwards at the
@@ -345,9 +365,11 @@ class NATUNet(nn.Module):
         self.downsamplers = nn.ModuleList()
         i0 = 0
         for li, (dim, depth, heads) in enumerate(zip(cfg.nat_dims, cfg.nat_depths, cfg.nat_heads)):
-            self.levels.append(nn.Sequential(*[
-                _NATLayer(dim, heads, cfg.nat_kernel, cfg.nat_mlp_ratio, dpr[i0 + j]) for j in range(depth)
-            ]))  # fmt: skip
+            self.levels.append(
+                nn.Sequential(
+                    *[_NATLayer(dim, heads, cfg.nat_kernel, cfg.nat_mlp_ratio, dpr[i0 + j]) for j in range(depth)]
+                )
+            )
             i0 += depth
             if li < len(cfg.nat_dims) - 1:
                 self.downsamplers.append(_ConvLN(dim, 2 * dim, bias=False))
@@ -367,7 +389,9 @@ class NATUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if h % self.stride or w % self.stride or min(h, w) < self.stride * self.kernel:
-            raise InputError(f"NAT input {w}x{h} must be a multiple of {self.stride} and >= {self.stride * self.kernel}")
+            raise InputError(
+                f"NAT input {w}x{h} must be a multiple of {self.stride} and >= {self.stride * self.kernel}"
+            )
         t = self.token_norm(self.tokenizer(x).permute(0, 2, 3, 1))  # B×H/4×W/4×d0
         for i, level in enumerate(self.levels):
             t = level(t)
@@ -419,7 +443,7 @@ class DSM(nn.Module):
         self.conv_pool = nn.Conv2d(c, c, 3, 1, 1)
         self.fc = nn.Sequential(
             nn.Linear(c, c // reduction, bias=False), nn.ReLU(inplace=True), nn.Linear(c // reduction, c, bias=False)
-        )  # fmt: skip
+        )
         self.up = nn.ConvTranspose2d(c, c, 2, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -455,9 +479,16 @@ _MKLDNN_OK: bool | None = None
 def _mkldnn_fusable(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     """Whether ``conv`` on ``x`` can run as a oneDNN convolution with fused post-ops (checked once for the op)."""
     global _MKLDNN_OK
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
-            or torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.jit.is_scripting()
-            or (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))):  # fmt: skip
+    if (
+        x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or conv.padding_mode != "zeros"
+        or isinstance(conv.padding, str)
+        or torch.is_autocast_enabled("cpu")
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
+    ):
         return False
     if _MKLDNN_OK is None:
         try:
@@ -487,8 +518,9 @@ _RELU = ("relu", [], F.relu)
 _SIGMOID = ("sigmoid", [], torch.sigmoid)
 
 
-def _conv_fused(conv: nn.Conv2d, x: torch.Tensor, bn: nn.Module | None = None, act=None,
-                other: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def _conv_fused(
+    conv: nn.Conv2d, x: torch.Tensor, bn: nn.Module | None = None, act=None, other: torch.Tensor | None = None
+) -> torch.Tensor:
     """``act(bn(conv(x)) + other)`` for inference: an eval ``bn`` folded into the weights, ``other`` (a residual
     of the output's shape) and ``act`` (an :func:`_act_of` triple) fused into the oneDNN convolution when
     :func:`_mkldnn_fusable`, else plain PyTorch ops."""
@@ -500,10 +532,21 @@ def _conv_fused(conv: nn.Conv2d, x: torch.Tensor, bn: nn.Module | None = None, a
     if _mkldnn_fusable(x, conv):
         args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         if other is not None:
-            return torch.ops.mkldnn._convolution_pointwise(x, other.contiguous(memory_format=torch.channels_last), w, b,
-                                                           *args, "add", 1.0, act[0] if act else None,
-                                                           act[1] if act else [], "")  # fmt: skip
-        return torch.ops.mkldnn._convolution_pointwise(x, w, b, *args, act[0] if act else "none", act[1] if act else [], "")
+            return torch.ops.mkldnn._convolution_pointwise(
+                x,
+                other.contiguous(memory_format=torch.channels_last),
+                w,
+                b,
+                *args,
+                "add",
+                1.0,
+                act[0] if act else None,
+                act[1] if act else [],
+                "",
+            )
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, w, b, *args, act[0] if act else "none", act[1] if act else [], ""
+        )
     y = conv._conv_forward(x, w, b)
     if other is not None:
         y = y + other
@@ -561,8 +604,14 @@ def _timm_bottleneck_eval(blk: ResNestBottleneck, x: torch.Tensor) -> torch.Tens
 def _fast_bottleneck(blk: nn.Module) -> bool:
     if isinstance(blk, _BottleneckOfficial):
         return True
-    return (isinstance(blk, ResNestBottleneck) and blk.avd_first is None and blk.avd_last is None
-            and blk.drop_path is None and isinstance(blk.bn2, nn.Identity) and isinstance(blk.drop_block, nn.Identity))  # fmt: skip
+    return (
+        isinstance(blk, ResNestBottleneck)
+        and blk.avd_first is None
+        and blk.avd_last is None
+        and blk.drop_path is None
+        and isinstance(blk.bn2, nn.Identity)
+        and isinstance(blk.drop_block, nn.Identity)
+    )
 
 
 class _SplitAttnOfficial(nn.Module):
@@ -575,11 +624,13 @@ class _SplitAttnOfficial(nn.Module):
         super().__init__()
         self.radix = radix
         inter = max(32, c * radix // 4)
-        self.radix_conv = nn.Sequential(nn.Conv2d(c, c * radix, 3, 1, 1, groups=radix), nn.BatchNorm2d(c * radix),
-                                        nn.ReLU(inplace=True))  # fmt: skip
+        self.radix_conv = nn.Sequential(
+            nn.Conv2d(c, c * radix, 3, 1, 1, groups=radix), nn.BatchNorm2d(c * radix), nn.ReLU(inplace=True)
+        )
         self.fc1 = nn.Sequential(nn.Conv2d(c, inter, 1, bias=False), nn.BatchNorm2d(inter), nn.ReLU(inplace=True))
-        self.fc2 = nn.Sequential(nn.Conv2d(inter, c * radix, 1, bias=False), nn.BatchNorm2d(c * radix),
-                                 nn.ReLU(inplace=True))  # fmt: skip
+        self.fc2 = nn.Sequential(
+            nn.Conv2d(inter, c * radix, 1, bias=False), nn.BatchNorm2d(c * radix), nn.ReLU(inplace=True)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -623,8 +674,9 @@ class ResNeStBlock(nn.Module):
     ``4 * planes``). The projection shortcut of the first bottleneck is a 3×3 stride-1 max-pool + 1×1 conv + BN,
     as in the official code. ``B×cin×H×W`` -> ``B×4·planes×H×W``."""
 
-    def __init__(self, cin: int, stem: tuple[int, int, int], planes: int, blocks: int, radix: int,
-                 layout: str = "ivfuse") -> None:  # fmt: skip
+    def __init__(
+        self, cin: int, stem: tuple[int, int, int], planes: int, blocks: int, radix: int, layout: str = "ivfuse"
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = cin
@@ -651,7 +703,11 @@ class ResNeStBlock(nn.Module):
             return self.blocks(self.stem(x))
         x = _run_folded(self.stem, _channels_last(x))
         for blk in self.blocks:
-            x = _timm_bottleneck_eval(blk, x) if isinstance(blk, ResNestBottleneck) and _fast_bottleneck(blk) else blk(x)
+            x = (
+                _timm_bottleneck_eval(blk, x)
+                if isinstance(blk, ResNestBottleneck) and _fast_bottleneck(blk)
+                else blk(x)
+            )
         return x
 
 
@@ -707,9 +763,10 @@ class TSJDecoder(nn.Module):
         self.reduce = nn.Conv2d(c, cfg.dec_in, 1, bias=False)
         self.resnest = ResNeStBlock(cfg.dec_in, cfg.dec_stem, cfg.dec_planes, cfg.blocks, cfg.radix, layout)
         self.out = nn.Sequential(
-            nn.Conv2d(self.resnest.out_channels, cfg.dec_hidden, 3, 1, 1, bias=False), nn.LeakyReLU(),
+            nn.Conv2d(self.resnest.out_channels, cfg.dec_hidden, 3, 1, 1, bias=False),
+            nn.LeakyReLU(),
             nn.Conv2d(cfg.dec_hidden, 1, 3, 1, 1, bias=False),
-        )  # fmt: skip
+        )
 
     def forward(self, base: torch.Tensor, detail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = base + detail if self.merge == "sum" else torch.cat([base, detail], 1)
@@ -763,8 +820,9 @@ class TSJNet(FusionModel):
     #: ``"ivfuse"`` or ``"official"`` (loaded from the authors' file)
     checkpoint_format: str = "ivfuse"
 
-    def __init__(self, variant: str | None = "cpu", config: TSJNetConfig | None = None, layout: str = "ivfuse",
-                 **overrides: Any) -> None:  # fmt: skip
+    def __init__(
+        self, variant: str | None = "cpu", config: TSJNetConfig | None = None, layout: str = "ivfuse", **overrides: Any
+    ) -> None:
         super().__init__()
         if layout not in ("ivfuse", "official"):
             raise InputError(f"TSJNet layout must be 'ivfuse' or 'official', got '{layout}'")
@@ -900,13 +958,19 @@ class TSJNet(FusionModel):
         if official and all(map(is_state_dict, sd.values())):
             return cls.from_official_state(sd, path)
         if not isinstance(cfg, dict):
-            raise not_weights_error(path, "TSJNet", "an ivfuse TSJNet export (.safetensors, TSJNet.save) or "
-                                    "{state_dict, config}, or the official TSJNet checkpoint ({DIDF_Encoder, DIDF_Decoder, "
-                                    "BaseFuseLayer, DetailFuseLayer})")  # fmt: skip
+            raise not_weights_error(
+                path,
+                "TSJNet",
+                "an ivfuse TSJNet export (.safetensors, TSJNet.save) or "
+                "{state_dict, config}, or the official TSJNet checkpoint ({DIDF_Encoder, DIDF_Decoder, "
+                "BaseFuseLayer, DetailFuseLayer})",
+            )
         return load_checked(cls(variant=None, config=TSJNetConfig.from_dict(cfg)), sd, path, "TSJNet")
 
     @classmethod
-    def from_official_state(cls, parts: dict[str, dict[str, torch.Tensor]], path: str | os.PathLike = "<state>") -> TSJNet:
+    def from_official_state(
+        cls, parts: dict[str, dict[str, torch.Tensor]], path: str | os.PathLike = "<state>"
+    ) -> TSJNet:
         """The official container (four state dicts) -> TSJNet in the ``"official"`` layout of the paper
         configuration with ``merge="concat"`` (what ``inference.py`` builds), strictly through :data:`OFFICIAL_KEYS`.
 
@@ -921,8 +985,10 @@ class TSJNet(FusionModel):
         if n_rpb == 0:  # NATTEN 0.17 layout
             flat.update({f"__zero__.{k}": torch.zeros_like(model.state_dict()[k]) for k in want_rpb})
         elif n_rpb != len(want_rpb):
-            raise InputError(f"{path}: the official TSJNet file has {n_rpb} of the {len(want_rpb)} 'rpb' tensors "
-                             "(NATTEN 0.14/0.15 files have all, 0.17 files none)")  # fmt: skip
+            raise InputError(
+                f"{path}: the official TSJNet file has {n_rpb} of the {len(want_rpb)} 'rpb' tensors "
+                "(NATTEN 0.14/0.15 files have all, 0.17 files none)"
+            )
         model.checkpoint_format = "official"
         return OFFICIAL_KEYS.load(model, flat, path)
 
@@ -987,8 +1053,13 @@ OFFICIAL_KEYS = KeyTable(
 
 
 @register_model("tsjnet", default_weights="tsjnet_default.safetensors")
-def tsjnet(weights: str | os.PathLike | None = "default", variant: str = "cpu", random_init: bool = False,
-           preset: str = "ivfuse", **overrides: Any) -> TSJNet:  # fmt: skip
+def tsjnet(
+    weights: str | os.PathLike | None = "default",
+    variant: str = "cpu",
+    random_init: bool = False,
+    preset: str = "ivfuse",
+    **overrides: Any,
+) -> TSJNet:
     """TSJNet (Jie et al., arXiv 2402.01212). Default: ivfuse's trained CPU-scale model shipped in the package
     (``weights/tsjnet_default.safetensors``, trained by ``ivfuse train tsjnet preset=cpu``; see docs/tsjnet.md);
     ``weights=FILE`` loads another checkpoint; ``weights=None`` builds an untrained network (``variant="cpu"|"paper"``,
@@ -997,8 +1068,10 @@ def tsjnet(weights: str | os.PathLike | None = "default", variant: str = "cpu", 
 
     check_preset(preset, "tsjnet")
     if preset == "official" and (weights is None or weights == "default"):
-        raise InputError("tsjnet: preset='official' reproduces inference.py with the authors' network: pass their "
-                         "checkpoint (weights=TSJNet.pth)")  # fmt: skip
+        raise InputError(
+            "tsjnet: preset='official' reproduces inference.py with the authors' network: pass their "
+            "checkpoint (weights=TSJNet.pth)"
+        )
     path = resolve_weights("tsjnet", weights)
     if path is None:
         return TSJNet(variant=variant, **overrides)
