@@ -36,10 +36,16 @@ SEED = {
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default=",".join(TABLE), help="comma-separated method specs (default: the table's eight)")
-    ap.add_argument("--weights", choices=("seed", "default"), default="seed",
-                    help="seed: metafusion/tim/occo from shared/seed_reference (as timed against the official code); "
-                         "default: their shipped weights")  # fmt: skip
+    ap.add_argument(
+        "--methods", default=",".join(TABLE), help="comma-separated method specs (default: the table's eight)"
+    )
+    ap.add_argument(
+        "--weights",
+        choices=("seed", "default"),
+        default="seed",
+        help="seed: metafusion/tim/occo from shared/seed_reference (as timed against the official code); "
+        "default: their shipped weights",
+    )
     ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")
     ap.add_argument("--size", default="480x640", help="HxW of the random pair used when MSRS is absent")
     ap.add_argument("--repeat", type=int, default=3)
@@ -94,9 +100,14 @@ def main(argv=None) -> int:
         for name in models:
             row = (name, t, statistics.median(wall[name]), statistics.median(cpu[name]), statistics.mean(loads))
             rows.append(row)
-            print(f"{name:12s} {t} thread(s): {row[2]:7.3f} s/pair wall, {row[3]:7.3f} s CPU (load {row[4]:.1f})", flush=True)
-    title = (f"ivfuse forward at {ir.shape[-1]}x{ir.shape[-2]} ({source}, fp32, CPU; torch {torch.__version__}; "
-             f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d')})")  # fmt: skip
+            print(
+                f"{name:12s} {t} thread(s): {row[2]:7.3f} s/pair wall, {row[3]:7.3f} s CPU (load {row[4]:.1f})",
+                flush=True,
+            )
+    title = (
+        f"ivfuse forward at {ir.shape[-1]}x{ir.shape[-2]} ({source}, fp32, CPU; torch {torch.__version__}; "
+        f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d')})"
+    )
     lines = [title, "", "| method | threads | s/pair (wall) | CPU s/pair | load average |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {n} | {t} | {w:.3f} | {c:.3f} | {ld:.1f} |" for n, t, w, c, ld in rows]
     text = "\n".join(lines)

@@ -74,8 +74,13 @@ def _child_calibrate(method: str, h: int, w: int) -> dict:
 def _run_child(args: list[str], timeout: float) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     try:
-        r = subprocess.run([sys.executable, __file__, "--child", json.dumps(args)], capture_output=True, text=True,
-                           env=env, timeout=timeout)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps(args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
@@ -129,13 +134,17 @@ def main(argv=None) -> int:
         print(json.dumps(res))
         return 0
     print(f"# {' '.join(['python', *sys.argv])}")
-    print(f"# one fresh process per row, 1 thread (OMP_NUM_THREADS=1); {os.cpu_count()} CPU cores; "
-          f"load average {os.getloadavg()[0]:.1f}; MemAvailable {_mem_available()}")  # fmt: skip
+    print(
+        f"# one fresh process per row, 1 thread (OMP_NUM_THREADS=1); {os.cpu_count()} CPU cores; "
+        f"load average {os.getloadavg()[0]:.1f}; MemAvailable {_mem_available()}"
+    )
     if a.calibrate:
         return _calibrate(a)
     h, w = (int(v) for v in a.size.lower().split("x"))
-    lines = ["| method | size | tile | overlap | seconds | peak RSS (MiB) | RSS before (MiB) | note |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        "| method | size | tile | overlap | seconds | peak RSS (MiB) | RSS before (MiB) | note |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory(prefix="ivfuse-tiling-") as tmp:
         ir, vis, what = _make_pair(Path(tmp), h, w)

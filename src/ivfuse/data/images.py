@@ -141,8 +141,10 @@ def _open_pil(p: Path):
 def _bomb(e: Exception) -> str:
     m = re.search(r"\((\d+) pixels\)", str(e))
     size = f"{int(m.group(1))} pixels" if m else "its size"
-    return (f"image of {size} exceeds the limit of {Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS; "
-            f"a decompression bomb?); raise that limit if the image is genuine")
+    return (
+        f"image of {size} exceeds the limit of {Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS; "
+        f"a decompression bomb?); raise that limit if the image is genuine"
+    )
 
 
 def _short(e: Exception) -> str:

@@ -71,7 +71,6 @@ __all__ = [
 ]
 
 
-
 def tf_weights_path(key: str, method: str, weights: str | os.PathLike | None = None, opt: str = "weights") -> Path:
     """The ``.npz`` of the :data:`~ivfuse.weights.WEIGHTS` entry ``key``: ``weights`` if given (must exist), else the
     shared copy."""
@@ -105,9 +104,12 @@ def load_tf_npz(path: Path, method: str) -> dict[str, np.ndarray]:
 
 
 def assign_tf(
-    targets: dict[str, torch.Tensor], arrays: dict[str, np.ndarray], path: Path, method: str,
+    targets: dict[str, torch.Tensor],
+    arrays: dict[str, np.ndarray],
+    path: Path,
+    method: str,
     unused: tuple[str, ...] = (),
-) -> None:  # fmt: skip
+) -> None:
     """Copy TF arrays into parameters: ``targets`` maps a TF variable name to the tensor it fills (4-D kernels
     HWIO → OIHW). Strict: every target must be in the file with the right shape, and every array of the file must be
     used or start with one of the ``unused`` prefixes (documented unused variables)."""
