@@ -1,9 +1,10 @@
-"""Forward-pass time of ivfuse's learned methods on one 640×480 pair: the ivfuse side of the table "inference vs
+r"""Forward-pass time of ivfuse's learned methods on one 640×480 pair: the ivfuse side of the table "inference vs
 the official code" in ``docs/deployment.md`` (issue 24 item 2).
 
-    python benchmarks/bench_forward.py                                  # the eight methods of the table, 1 and 2 threads
+    python benchmarks/bench_forward.py                                 # the eight methods of the table, 1 and 2 threads
     python benchmarks/bench_forward.py --methods tsjnet --threads 2 --repeat 5
-    python benchmarks/bench_forward.py --methods "metafusion@$IVFUSE_SHARED/seed_reference/MetaFusion/metafusion_seed.pth"
+    python benchmarks/bench_forward.py \
+        --methods "metafusion@$IVFUSE_SHARED/seed_reference/MetaFusion/metafusion_seed.pth"
 
 Each method is built like ``ivfuse bench --methods`` builds it (``name``, ``name@WEIGHTS``, ``name?key=value&…``;
 ``seed`` below selects the official-format seed checkpoints of ``shared/seed_reference``, the weights the official
@@ -29,7 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 TABLE = ("metafusion", "tim", "occo", "tsjnet", "seafusion", "tardal", "ifcnn", "didfuse")
 SEED = {
     "metafusion": "metafusion@{s}/seed_reference/MetaFusion/metafusion_seed.pth",
-    "tim": "tim@{s}/seed_reference/TIMFusion/full/weights_1_seed.pth?stage2={s}/seed_reference/TIMFusion/full/weights_2_seed.pth",
+    "tim": (
+        "tim@{s}/seed_reference/TIMFusion/full/weights_1_seed.pth"
+        "?stage2={s}/seed_reference/TIMFusion/full/weights_2_seed.pth"
+    ),
     "occo": "occo@{s}/seed_reference/OCCO/occo_seed.pth",
 }
 

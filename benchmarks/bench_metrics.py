@@ -204,7 +204,8 @@ def main() -> None:
         )
         if same11:
             print(
-                f"the same {len(same11)} metrics (compute_all {t11:.1f} ms): {tr / t11:.1f}x (wall), {cr / c11:.1f}x (CPU)"
+                f"the same {len(same11)} metrics (compute_all {t11:.1f} ms): {tr / t11:.1f}x (wall), "
+                f"{cr / c11:.1f}x (CPU)"
             )
 
     if a.folder_n:

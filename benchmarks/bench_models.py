@@ -55,7 +55,8 @@ def main() -> None:
     with torch.inference_mode():
         t = timeit(lambda: paper(ir, vis), a.repeat)
     print(
-        f"| fuse: metafusion F at paper width (untrained) | {t * 1000:.0f} | {sum(p.numel() for p in paper.parameters()):,} |"
+        f"| fuse: metafusion F at paper width (untrained) | {t * 1000:.0f} | "
+        f"{sum(p.numel() for p in paper.parameters()):,} |"
     )
     for det_name, kw in (("yolov5n", {"weights": None}), ("fasterrcnn_mobilenet_v3_large_fpn", {})):
         det = create_detector(det_name, **kw).to(dev).eval()

@@ -1,6 +1,7 @@
 """Tiled inference on large images: seconds and peak memory (RSS) by method × tile, one fresh process per row.
 
-    python benchmarks/bench_tiling.py                                  # lite, metafusion at 4096x3072; untiled, --tile 1024, 512
+    # lite, metafusion at 4096x3072; untiled, --tile 1024, 512
+    python benchmarks/bench_tiling.py
     python benchmarks/bench_tiling.py --methods lite --size 3072x4096 --tiles 0,1024 --out tiling.md
     python benchmarks/bench_tiling.py --calibrate [--methods ...]      # bytes/pixel table for ivfuse.tiling
 
@@ -156,7 +157,10 @@ def main(argv=None) -> int:
                 peak = _mib(r["peak"]) if "peak" in r else "—"
                 before = _mib(r["rss_before"]) if "rss_before" in r else "—"
                 note = f"refused: `{r['error']}`" if "error" in r else ""
-                line = f"| {m} | {w}×{h} | {tile or '—'} | {ov if ov is not None else '—'} | {secs} | {peak} | {before} | {note} |"
+                line = (
+                    f"| {m} | {w}×{h} | {tile or '—'} | {ov if ov is not None else '—'} | {secs} | {peak} | "
+                    f"{before} | {note} |"
+                )
                 lines.append(line)
                 print(line, flush=True)
     print(f"# input: {what}")

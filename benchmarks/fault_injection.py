@@ -1,4 +1,4 @@
-"""Kill ivfuse at many random points and check that it resumes to exactly what an uninterrupted run produces (#25).
+r"""Kill ivfuse at many random points and check that it resumes to exactly what an uninterrupted run produces (#25).
 
 For each training recipe (tiny configs on MSRS, CPU) the script runs ``ivfuse train`` once uninterrupted, then N times
 with a SIGKILL at a random point, each followed by a plain rerun into the same folder (``resume=auto``, the default),
@@ -17,7 +17,8 @@ rerun with ``--skip-existing``, compare every output's bytes).
 
 Run from the repository root (MSRS under ../shared)::
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/fault_injection.py --kills 10 [--recipes lite,metafusion,tim,occo,tsjnet,fuse]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/fault_injection.py --kills 10 \
+        [--recipes lite,metafusion,tim,occo,tsjnet,fuse]
 
 Columns: kill points tried; killed (the process died of the SIGKILL before finishing); resumed (the rerun finished
 with status 0, after saying ``resuming from`` when a checkpoint existed); equal (final weights or images bitwise equal

@@ -88,7 +88,8 @@ def main() -> None:
     res: dict = {"split": a.split, "merge_iou": a.merge_iou, "zero_shot": {}, "finetune": {}}
     if not a.skip_zero_shot:
         print(
-            f"MSRS {a.split}: zero-shot YOLOv5n (COCO)\n| images | GT | boxes | mAP50 | mAP50:95 |\n|---|---|---:|---:|---:|"
+            f"MSRS {a.split}: zero-shot YOLOv5n (COCO)\n| images | GT | boxes | mAP50 | mAP50:95 |\n"
+            "|---|---|---:|---:|---:|"
         )
         for sname, d in sets.items():
             data = {g: load_detection_set(d, labels, merge_iou=iou) for g, (labels, iou) in gts.items()}
@@ -139,7 +140,8 @@ def main() -> None:
         "after": after,
     }
     print(
-        f"fine-tune on {len(train)} {a.finetune_on} images, {a.epochs} epochs ({dt:.0f} s, {dt / a.epochs:.0f} s/epoch): "
+        f"fine-tune on {len(train)} {a.finetune_on} images, {a.epochs} epochs "
+        f"({dt:.0f} s, {dt / a.epochs:.0f} s/epoch): "
         f"held-out ({len(held)}) mAP50 {before['mAP50']:.4f} -> {after['mAP50']:.4f}, "
         f"mAP50:95 {before['mAP50_95']:.4f} -> {after['mAP50_95']:.4f}"
     )

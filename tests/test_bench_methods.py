@@ -215,7 +215,8 @@ def test_entry_point_plugin_is_listed_and_benched(tmp_path):
         "import json, sys; from ivfuse.bench.runner import run_bench; "
         f"r = run_bench('average,darker', 'msrs:val', protocols='fusion', out={str(out)!r}, limit=2, speed=False, "
         "progress=False, report=False, references=False); "
-        "e = r['datasets']['msrs:dev-val']['fusion']; print(json.dumps([e['darker']['mean']['en'], e['average']['mean']['en'], "
+        "e = r['datasets']['msrs:dev-val']['fusion']; "
+        "print(json.dumps([e['darker']['mean']['en'], e['average']['mean']['en'], "
         "e['darker']['vs_baseline']['sd']['delta']]))"
     )
     b = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

@@ -488,7 +488,7 @@ def test_documented_example_recipe_trains(tmp_path, pair_dirs):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["export"] == str(tmp_path / "w.safetensors")
 
 
-# ------------------------------------------------------------------------------------------------ downstream fine-tuning
+# ----------------------------------------------------------------------------------------------- downstream fine-tuning
 def _det_folder(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "img").mkdir()

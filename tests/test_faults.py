@@ -280,7 +280,10 @@ def test_bad_voc_box_is_an_error_naming_the_label_file(box, says, tmp_path):
     ann = root / "Annotation"
     ann.mkdir()
     head = "<annotation><size><width>64</width><height>48</height></size>"
-    good = "<object><name>People</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>10</xmax><ymax>10</ymax></bndbox></object>"
+    good = (
+        "<object><name>People</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>10</xmax><ymax>10</ymax></bndbox>"
+        "</object>"
+    )
     for i in range(3):
         (ann / f"p{i}.xml").write_text(head + good + "</annotation>")
     (ann / "p2.xml").write_text(head + good + f"<object><name>Car</name><bndbox>{box}</bndbox></object></annotation>")
@@ -889,8 +892,9 @@ def test_metafusion_training_killed_in_a_torn_write_resumes_to_the_same_weights(
 
 
 def _bench_recipes() -> dict[str, list[str]]:
-    """The tiny runs of tim, occo and tsjnet: ``benchmarks/fault_injection.py``'s ``RECIPES`` (one definition; ``{tmp}``:
-    the test's folder, where the first run caches OCCO's MobileSAM masks and TSJNet's pseudo-masks for the others)."""
+    """The tiny runs of tim, occo and tsjnet: ``benchmarks/fault_injection.py``'s ``RECIPES`` (one definition;
+    ``{tmp}``: the test's folder, where the first run caches OCCO's MobileSAM masks and TSJNet's pseudo-masks for the
+    others)."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "fault_injection.py"
@@ -995,8 +999,8 @@ def _workers(tag: str) -> dict[int, str]:
 def test_torchrun_worker_killed_mid_epoch_restarts_and_resumes_to_the_same_weights(tmp_path):
     """``torchrun --nproc_per_node 2 --max-restarts 1 -m ivfuse train lite`` (gloo, CPU): rank 1 SIGKILLed once the
     first epoch's checkpoint exists (in the next epoch). torchrun stops rank 0, restarts both, they resume from
-    ``last.pt`` and the final weights equal an uninterrupted 2-process run's bit for bit. Before the restart store
-    of ``ivfuse.engine.distributed`` the restarted workers hung in gloo's connection (stale keys in torchrun's store)."""
+    ``last.pt`` and the final weights equal an uninterrupted 2-process run's bit for bit. Before the restart store of
+    ``ivfuse.engine.distributed`` the restarted workers hung in gloo's connection (stale keys in torchrun's store)."""
     import signal
     import subprocess
     import time

@@ -100,7 +100,10 @@ def test_checker_resolves_every_import_form(tmp_path):
     pkg = _write(
         tmp_path,
         {
-            "__init__.py": "from ._lazy import lazy_exports\n__getattr__, __dir__, __all__ = lazy_exports(__name__, {'high': ['h']})\n",
+            "__init__.py": (
+                "from ._lazy import lazy_exports\n"
+                "__getattr__, __dir__, __all__ = lazy_exports(__name__, {'high': ['h']})\n"
+            ),
             "_lazy.py": "def lazy_exports(p, e):\n    return None, None, []\n",
             "low/__init__.py": "",
             "low/a.py": """\

@@ -217,7 +217,8 @@ def test_masks_command_on_msrs_pairs_and_cache(tmp_path, capsys):
 @pytest.mark.slow
 def test_masks_command_seg_pseudo_masks_on_msrs(tmp_path, capsys):
     """``ivfuse masks --kind seg`` writes TSJNet's pseudo-masks (MSRS class ids) as PNGs: the same values as
-    :func:`pseudo_mask` in memory, the night pedestrian of 00004N labelled person, cached reruns, bad options refused."""
+    :func:`pseudo_mask` in memory, the night pedestrian of 00004N labelled person, cached reruns, bad options
+    refused."""
     from ivfuse.data.images import read_ir, read_vis
     from ivfuse.tasks.pseudo import pseudo_mask
     from ivfuse.errors import UnknownNameError

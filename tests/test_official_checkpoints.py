@@ -405,7 +405,8 @@ def test_tim_official_light_saved_by_ivfuse_keeps_layout_and_input_order(tmp_pat
 
 @pytest.mark.parametrize("method", ["metafusion", "tim", "occo", "tsjnet"])
 def test_official_preset_needs_the_authors_network(method):
-    """The shipped (ivfuse-format) models cannot run the official pre/post-processing: one line, naming the file kind."""
+    """The shipped (ivfuse-format) models cannot run the official pre/post-processing: one line, naming the file
+    kind."""
     with pytest.raises(
         InputError, match=rf"^{method}: preset='official' .*(authors'|official) (network|weights)"
     ) as ei:

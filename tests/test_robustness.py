@@ -82,6 +82,10 @@ def test_every_imported_package_is_a_declared_dependency():
 def _fake_python(tmp: Path, log: Path, pytest_rc: int) -> Path:
     """A stand-in for python3 whose ``-m venv DIR`` makes a venv whose pip/python only log what they are asked."""
     fake = tmp / "fake_python3"
+    python_stub = (
+        '#!/usr/bin/env bash\\nif [ "$1" = "-c" ]; then echo "$VIRTUAL_ENV"; exit 0; fi\\n'
+        f'echo "venv-python $*" >> {log}\\n[ "$*" = "-m pytest -q" ] && exit {pytest_rc}\\nexit 0\\n'
+    )
     fake.write_text(
         textwrap.dedent(f"""\
         #!/usr/bin/env bash
@@ -89,7 +93,7 @@ def _fake_python(tmp: Path, log: Path, pytest_rc: int) -> Path:
         [ "$1 $2" = "-m venv" ] || exit 9
         d="$(pwd)/$3"; mkdir -p "$d/bin"
         printf 'export VIRTUAL_ENV=%s\\nexport PATH=%s/bin:$PATH\\n' "$d" "$d" > "$d/bin/activate"
-        printf '#!/usr/bin/env bash\\nif [ "$1" = "-c" ]; then echo "$VIRTUAL_ENV"; exit 0; fi\\necho "venv-python $*" >> {log}\\n[ "$*" = "-m pytest -q" ] && exit {pytest_rc}\\nexit 0\\n' > "$d/bin/python"
+        printf '{python_stub}' > "$d/bin/python"
         printf '#!/usr/bin/env bash\\necho "venv-pip $*" >> {log}\\n' > "$d/bin/pip"
         printf '#!/usr/bin/env bash\\necho "venv-ruff $*" >> {log}\\n' > "$d/bin/ruff"
         chmod +x "$d/bin/python" "$d/bin/pip" "$d/bin/ruff"

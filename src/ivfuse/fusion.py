@@ -86,9 +86,9 @@ class Runner:
     (any device/dtype in; float32 fused out, on the runner's device, in [0, 1]).
 
     Args:
-        amp: ``None``/``"none"`` (off, fp32; as the training config key ``amp``), ``"bf16"`` or ``"fp16"``: ``torch.autocast`` around the forward pass. CUDA
-            takes both; on the CPU bf16 autocast is used as PyTorch provides it and fp16 is refused (CPU autocast
-            has no fp16 kernels worth using).
+        amp: ``None``/``"none"`` (off, fp32; as the training config key ``amp``), ``"bf16"`` or ``"fp16"``:
+            ``torch.autocast`` around the forward pass. CUDA takes both; on the CPU bf16 autocast is used as PyTorch
+            provides it and fp16 is refused (CPU autocast has no fp16 kernels worth using).
         channels_last: convert the model and inputs to ``torch.channels_last`` memory format.
         compile: wrap the model in ``torch.compile`` (first call compiles; later calls of the same size are fast).
         tile, tile_overlap: fuse in ``tile × tile`` windows overlapping by ``tile_overlap`` pixels (default

@@ -107,7 +107,8 @@ def default_overlap(tile: int) -> int:
 def check_tile(
     tile: int | None, overlap: int | None = None, min_size: int = 1, name: str = "method"
 ) -> tuple[int, int] | None:
-    """Validate ``tile``/``overlap`` (one-line :class:`InputError`s); returns ``(tile, overlap)`` or ``None`` (no tiling)."""
+    """Validate ``tile``/``overlap`` (one-line :class:`InputError`s); returns ``(tile, overlap)`` or ``None`` (no
+    tiling)."""
     if tile is None or tile == 0:
         if overlap is not None:
             raise InputError(f"--tile-overlap {overlap}: needs --tile N")
@@ -116,7 +117,8 @@ def check_tile(
         raise InputError(f"--tile {tile}: must be a positive number of pixels (or 0 for no tiling)")
     if tile < min_size:
         raise InputError(
-            f"--tile {tile}: smaller than the {min_size}x{min_size} minimum of '{name}' (use --tile {max(min_size, 64)} or more)"
+            f"--tile {tile}: smaller than the {min_size}x{min_size} minimum of '{name}' "
+            f"(use --tile {max(min_size, 64)} or more)"
         )
     if overlap is None:
         overlap = default_overlap(tile)
@@ -205,7 +207,8 @@ def fuse_tiled(
         raise InputError(f"expected B×C×H×W tensors, got ir {tuple(ir.shape)} and vis {tuple(vis.shape)}")
     if ir.shape[0] != vis.shape[0] or ir.shape[-2:] != vis.shape[-2:]:
         raise InputError(
-            f"infrared {ir.shape[-1]}x{ir.shape[-2]} and visible {vis.shape[-1]}x{vis.shape[-2]} differ in size or batch"
+            f"infrared {ir.shape[-1]}x{ir.shape[-2]} and visible {vis.shape[-1]}x{vis.shape[-2]} "
+            "differ in size or batch"
         )
     name = getattr(model, "name", "method")
     tile, overlap = check_tile(tile, overlap, getattr(model, "min_size", 1), name)
@@ -260,8 +263,8 @@ def _parse_bytes(text: str) -> int | None:
 
 def available_memory(device: str | torch.device = "cpu") -> int | None:
     """Bytes available for a forward pass on ``device``: ``$IVFUSE_AVAILABLE_MEMORY`` if set (``off``: ``None``),
-    ``torch.cuda.mem_get_info`` free bytes (plus the unused part of PyTorch's cache) on CUDA, ``MemAvailable`` of ``/proc/meminfo`` on a Linux CPU, else
-    ``None`` (unknown: no check)."""
+    ``torch.cuda.mem_get_info`` free bytes (plus the unused part of PyTorch's cache) on CUDA, ``MemAvailable`` of
+    ``/proc/meminfo`` on a Linux CPU, else ``None`` (unknown: no check)."""
     env = os.environ.get("IVFUSE_AVAILABLE_MEMORY", "").strip()
     if env:
         return None if env.lower() in ("off", "none", "0") else _parse_bytes(env)

@@ -119,10 +119,11 @@ def _fsync_dir(d: Path) -> None:
 
 #: fault injection for the tests (tests/test_faults.py, benchmarks/fault_injection.py), inactive unless set:
 #: ``IVFUSE_FAULT_WRITE=<file name>:<n>:<kill|torn>`` SIGKILLs this process inside its n-th atomic write of a file of
-#: that name (1-based; the name may be a glob, ``*.json``: the n-th write of any match): ``kill`` after half of the temporary file is written, ``torn`` after a file with half of the
-#: data has been renamed over the destination (what a power loss can leave when the rename reached the disk and the
-#: data did not). ``enospc`` does not kill: the write fails with ``ENOSPC`` after half of the temporary file is
-#: written (a disk that fills up in the middle of a run; ``RLIMIT_FSIZE`` can only stop every file above one size).
+#: that name (1-based; the name may be a glob, ``*.json``: the n-th write of any match): ``kill`` after half of the
+#: temporary file is written, ``torn`` after a file with half of the data has been renamed over the destination (what a
+#: power loss can leave when the rename reached the disk and the data did not). ``enospc`` does not kill: the write
+#: fails with ``ENOSPC`` after half of the temporary file is written (a disk that fills up in the middle of a run;
+#: ``RLIMIT_FSIZE`` can only stop every file above one size).
 _FAULT_ENV = "IVFUSE_FAULT_WRITE"
 _fault_counts: dict[str, int] = {}
 

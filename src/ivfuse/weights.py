@@ -65,7 +65,8 @@ WEIGHTS = {
             "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
             "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
         ),
-        # peers: VIF-Benchmark collection copy ycc568/my-seafusion, pinned commit (same bytes as ../shared/weights/peers)
+        # peers: VIF-Benchmark collection copy ycc568/my-seafusion, pinned commit (same bytes as
+        # ../shared/weights/peers)
         WeightsInfo(
             "seafusion",
             "peers/SeAFusion_SeAFusion.pth",
@@ -201,6 +202,7 @@ def weights_path(name: str, local: str | Path | None = None) -> Path:
         return shared
     if info.url is None:
         raise InputError(
-            f"weights '{name}' ({info.filename}) not found in {shared.parent} and no download URL is known; pass the file path"
+            f"weights '{name}' ({info.filename}) not found in {shared.parent} and no download URL is known; "
+            "pass the file path"
         )
     return resolve_file(None, url=info.url, sha256=info.sha256, filename=Path(info.filename).name)

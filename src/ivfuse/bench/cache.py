@@ -66,7 +66,8 @@ def _checksum(value: dict) -> str:
 
 
 def valid_png(path: str | Path) -> bool:
-    """Whether ``path`` is a complete PNG: the signature, every chunk's CRC-32 and the IEND chunk (no pixel decoding)."""
+    """Whether ``path`` is a complete PNG: the signature, every chunk's CRC-32 and the IEND chunk (no pixel
+    decoding)."""
     from PIL import Image
 
     try:

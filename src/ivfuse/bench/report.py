@@ -392,8 +392,8 @@ def markdown(results: dict) -> str:
     base = meta.get("baseline")
     parts = [
         f"# ivfuse bench\n\nmethods: {', '.join(meta['methods'])} · protocols: {', '.join(meta['protocols'])} · "
-        f"preset {meta['preset']} · judge {meta['judge']} · device {meta['device']} ({meta['torch_threads']} threads) · "
-        f"wall {meta.get('wall_seconds', 0):.0f} s"
+        f"preset {meta['preset']} · judge {meta['judge']} · device {meta['device']} "
+        f"({meta['torch_threads']} threads) · wall {meta.get('wall_seconds', 0):.0f} s"
         + (f" · baseline {base} (paired bootstrap CIs)" if base else "")
         + "\n"
     ]
@@ -511,8 +511,9 @@ def latex(results: dict) -> str:
         "\\begin{document}",
         "\\section*{ivfuse bench}",
         _tex(
-            f"methods: {', '.join(meta['methods'])} · protocols: {', '.join(meta['protocols'])} · preset {meta['preset']} · "
-            f"judge {meta['judge']}" + (f" · baseline {meta['baseline']}" if meta.get("baseline") else "")
+            f"methods: {', '.join(meta['methods'])} · protocols: {', '.join(meta['protocols'])} · "
+            f"preset {meta['preset']} · judge {meta['judge']}"
+            + (f" · baseline {meta['baseline']}" if meta.get("baseline") else "")
         )
         + "\n",
     ]
@@ -1085,9 +1086,11 @@ def write_report(results: dict, out: str | Path, grid_pairs: int = 2) -> Path:
         "<h1>ivfuse bench</h1>",
         f"<p class='meta'>finished {e_(meta.get('finished', ''))} · wall {meta.get('wall_seconds', 0):.0f} s · device "
         f"<code>{e_(meta['device'])}</code>, {meta['torch_threads']} torch threads · torch {e_(meta['torch'])} · judge "
-        f"<code>{e_(meta['judge'])}</code> ({e_(str(meta['judge_weights']))}) · detection labels <code>{e_(meta['labels'])}</code></p>",
-        f"<p class='meta'>methods: {e_(', '.join(meta['methods']))} (<i>ir</i>, <i>vis</i>: the source images as reference rows) · "
-        f"protocols: {e_(', '.join(meta['protocols']))} · retrain preset <code>{e_(meta['preset'])}</code>: {rc['epochs']} epochs, batch "
+        f"<code>{e_(meta['judge'])}</code> ({e_(str(meta['judge_weights']))}) · detection labels "
+        f"<code>{e_(meta['labels'])}</code></p>",
+        f"<p class='meta'>methods: {e_(', '.join(meta['methods']))} (<i>ir</i>, <i>vis</i>: the source images as "
+        f"reference rows) · protocols: {e_(', '.join(meta['protocols']))} · retrain preset "
+        f"<code>{e_(meta['preset'])}</code>: {rc['epochs']} epochs, batch "
         f"{rc['batch_size']}, lr {rc['lr']}, imgsz {rc['imgsz']}, horizontal flips, seeds 0..{meta['seeds'] - 1}</p>",
     ]
     if meta.get("baseline"):
@@ -1110,7 +1113,8 @@ def write_report(results: dict, out: str | Path, grid_pairs: int = 2) -> Path:
         body += [_html_table(t) for t in tabs]
         for caption, fname in _plots(results, tag, assets):
             body.append(
-                f"<figure><img class='plot' src='assets/{e_(fname)}' alt='{e_(caption)}'><figcaption class='note'>{e_(caption)}</figcaption></figure>"
+                f"<figure><img class='plot' src='assets/{e_(fname)}' alt='{e_(caption)}'>"
+                f"<figcaption class='note'>{e_(caption)}</figcaption></figure>"
             )
         rows = _grid(results, tag, assets, grid_pairs)
         if rows:
@@ -1118,7 +1122,8 @@ def write_report(results: dict, out: str | Path, grid_pairs: int = 2) -> Path:
             body.append(f"<h3>{e_(tag)} · images (yellow square: the zoomed crop)</h3>")
             for r in rows:
                 body.append(
-                    f"<p class='note'><b>{e_(r['name'])}</b>: {e_(r['why'])}; crop x {r['crop'][0]}–{r['crop'][2]}, y {r['crop'][1]}–{r['crop'][3]}</p>"
+                    f"<p class='note'><b>{e_(r['name'])}</b>: {e_(r['why'])}; "
+                    f"crop x {r['crop'][0]}–{r['crop'][2]}, y {r['crop'][1]}–{r['crop'][3]}</p>"
                 )
                 body.append(f"<div class='grid' style='grid-template-columns:repeat({ncol},1fr)'>")
                 for kind in ("full", "zoom"):

@@ -407,7 +407,10 @@ class FusionDataset(Dataset):
         return self.transform(sample) if self.transform is not None else sample
 
     def __repr__(self) -> str:
-        return f"FusionDataset({self.spec.name}, root={self.root}, split={self.split}, n={len(self)}, labels={self.det_labels})"
+        return (
+            f"FusionDataset({self.spec.name}, root={self.root}, split={self.split}, n={len(self)}, "
+            f"labels={self.det_labels})"
+        )
 
 
 def load_dataset(

@@ -94,8 +94,8 @@ def setup(device: str) -> tuple[torch.device | None, bool]:
         n = torch.cuda.device_count()
         if local >= n:
             raise InputError(
-                f"torchrun started local rank {local} but only {n} CUDA device(s) are present: use --nproc_per_node {n} "
-                f"or fewer"
+                f"torchrun started local rank {local} but only {n} CUDA device(s) are present: "
+                f"use --nproc_per_node {n} or fewer"
             )
         if dev.index is not None and dev.index != local:
             import logging

@@ -83,8 +83,8 @@ class MetaFusionRecipe(Recipe):
                 raise InputError(f"config key 'inner.every' must be >= 1, got {inner['every']}")
             if ep["mfe"] < inner["every"]:
                 raise InputError(
-                    f"inner.every={inner['every']} > epochs.mfe={ep['mfe']}: the inner (meta) update of MFE would never "
-                    f"run; lower inner.every, raise epochs.mfe, or set inner.updates=0 to train without it"
+                    f"inner.every={inner['every']} > epochs.mfe={ep['mfe']}: the inner (meta) update of MFE would "
+                    f"never run; lower inner.every, raise epochs.mfe, or set inner.updates=0 to train without it"
                 )
         t = cfg["target"]
         if t["source"] not in ("ir", "max"):

@@ -16,8 +16,8 @@ every training pair once, offline (:meth:`~ivfuse.engine.data.BatchSource.prepar
 the infrared image and the visible image by night (``seg.source: auto``; a pair is "night" when the mean visible
 luminance is below ``seg.night``). Cityscapes classes are mapped to MSRS' 9 classes (:data:`CITYSCAPES_TO_MSRS`);
 the frozen segmenter's 20 Cityscapes logits are merged into the same 9 classes for ``L_Seg``
-(:class:`MergedSegmenter`: ``log Σ_k∈c softmax_k``); these three live in :mod:`ivfuse.tasks.pseudo`. ``seg.pseudo: labels`` uses the dataset's own masks (MSRS
-``Segmentation_labels`` / FMB when the user has them).
+(:class:`MergedSegmenter`: ``log Σ_k∈c softmax_k``); these three live in :mod:`ivfuse.tasks.pseudo`.
+``seg.pseudo: labels`` uses the dataset's own masks (MSRS ``Segmentation_labels`` / FMB when the user has them).
 """
 
 from __future__ import annotations

@@ -26,12 +26,12 @@ pulled towards the modality that owns the region (positive) relative to the othe
 * ``D`` for objects: ``Σ_l w_l · CS_l`` over VGG ``relu4`` and ``relu5`` (VGG16: relu4_3, relu5_3 — the default,
   weights in the shared folder; VGG19 as in the paper: relu4_4, relu5_4, for users who pass its weights), with the
   contextual similarity ``CS(x, y) = −log(CX(x, y) + ε)`` where
-  ``CX = (1/N) Σ_j max_i (CX^cos_ij + ω3 · CX^L2_ij) / (1 + ω3)`` (Mechrez et al. 2018: ``d̃_ij = d_ij / (min_k d_ik + ε)``,
-  ``CX_ij = softmax_j((1 − d̃_ij) / h)``, bandwidth ``h = 1``; ``d^cos`` cosine distance after centring on
-  ``y``'s mean feature, ``d^L2`` squared Euclidean distance). ``ω3 = 0`` gives the plain contextual loss of the
-  paper's ablation. The division by ``1 + ω3`` (not in the paper's formula) keeps ``CX ≤ 1``, so ``CS ≥ 0`` and
-  the positive/negative ratio stays meaningful (without it ``CS`` can be negative); at ``ω3 = 1`` it is the
-  code's ``0.5 · CX^cos + 0.5 · CX^L2`` blend;
+  ``CX = (1/N) Σ_j max_i (CX^cos_ij + ω3 · CX^L2_ij) / (1 + ω3)`` (Mechrez et al. 2018:
+  ``d̃_ij = d_ij / (min_k d_ik + ε)``, ``CX_ij = softmax_j((1 − d̃_ij) / h)``, bandwidth ``h = 1``; ``d^cos`` cosine
+  distance after centring on ``y``'s mean feature, ``d^L2`` squared Euclidean distance). ``ω3 = 0`` gives the plain
+  contextual loss of the paper's ablation. The division by ``1 + ω3`` (not in the paper's formula) keeps ``CX ≤ 1``, so
+  ``CS ≥ 0`` and the positive/negative ratio stays meaningful (without it ``CS`` can be negative); at ``ω3 = 1`` it is
+  the code's ``0.5 · CX^cos + 0.5 · CX^L2`` blend;
 * ``D`` for the background: mean squared error of VGG ``relu1_1`` (conv1) features — a contextual matrix at full
   resolution (``(HW)²`` entries) is not computable; the official code uses this MSE ratio for the background too.
 

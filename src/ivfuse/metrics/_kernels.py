@@ -497,7 +497,8 @@ _K: dict | None = None
 
 
 def kernels() -> dict | None:
-    """The compiled kernels (ssim_sum, vif_sums, qabf_sums, nabf_sums, exp, atan; compiled once, cached on disk), or None without numba."""
+    """The compiled kernels (ssim_sum, vif_sums, qabf_sums, nabf_sums, exp, atan; compiled once, cached on disk), or
+    None without numba."""
     global _K, _LOG, _EXP, _ATAN
     if _K is None:
         try:

@@ -69,7 +69,8 @@ class _Triple:
         return self.get(("sobel", k, norm), lambda: _sobel_zero(x))
 
     def sobel_mirror(self, k: str) -> tuple[np.ndarray, np.ndarray]:
-        """(dx, dy) with a mirrored border (Tang's ``sobel_fn.m``, unscaled): the zero-border result, outer frame redone."""
+        """(dx, dy) with a mirrored border (Tang's ``sobel_fn.m``, unscaled): the zero-border result, outer frame
+        redone."""
         return self.get(("sobel_m", k), lambda: _to_mirror(self.img[k], *self.sobel(k)))
 
     def norm1(self, k: str) -> np.ndarray:

@@ -65,7 +65,8 @@ def check_pair(ir: torch.Tensor, vis: torch.Tensor, min_size: int = 1, name: str
         raise InputError(f"visible input must have 1 or 3 channels, got {vis.shape[1]}")
     if ir.shape[0] != vis.shape[0] or ir.shape[-2:] != vis.shape[-2:]:
         raise InputError(
-            f"infrared {ir.shape[-1]}x{ir.shape[-2]} and visible {vis.shape[-1]}x{vis.shape[-2]} differ in size or batch"
+            f"infrared {ir.shape[-1]}x{ir.shape[-2]} and visible {vis.shape[-1]}x{vis.shape[-2]} "
+            "differ in size or batch"
         )
     if min(ir.shape[-2:]) < min_size:
         raise InputError(

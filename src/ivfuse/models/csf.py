@@ -226,7 +226,8 @@ def _pick(folder: str | os.PathLike, names: tuple[str, ...]) -> Path:
 def csf(
     preset: str = "ivfuse", weights: str | os.PathLike | None = None, classifier: str | os.PathLike | None = None
 ) -> CSF:
-    """CSF (Xu et al., IEEE TCI 2021; not task-driven; licence: none stated) from official TF weights (weights=ED, classifier=EC)."""
+    """CSF (Xu et al., IEEE TCI 2021; not task-driven; licence: none stated) from official TF weights
+    (weights=ED, classifier=EC)."""
     ed, ec = weights, classifier
     if weights is not None and Path(weights).is_dir():  # a folder holding both files
         ed = _pick(weights, ("CSF_ED.npz", "ED.npz"))

@@ -301,8 +301,8 @@ class OCCONet(FusionModel):
         return load_checked(model, sd, path, "OCCO's FIFN")
 
 
-#: official ``occo`` (``models/net.py``) -> :class:`OCCONet`. Encoders ``v1..v4`` (visible) / ``i1..i4`` (infrared)
-#: -> ``enc_vis`` / ``enc_ir`` levels 0-3; ``fusion1..4`` -> ``fifb.0..3`` (``cross.channel_proj3/4`` -> ``proj_vis/ir``,
+#: official ``occo`` (``models/net.py``) -> :class:`OCCONet`. Encoders ``v1..v4`` (visible) / ``i1..i4`` (infrared) ->
+#: ``enc_vis`` / ``enc_ir`` levels 0-3; ``fusion1..4`` -> ``fifb.0..3`` (``cross.channel_proj3/4`` -> ``proj_vis/ir``,
 #: ``cross.end_proj1/2`` -> ``end_proj_vis/ir``, ``cross.norm1/2`` -> ``norm_vis/ir``, ``space_weight1/2`` ->
 #: ``space_weight_vis/ir``); ``up_concat3/2/1`` -> ``up3/2/1``. ``space_weight2`` is loaded but, as in the official
 #: forward, never used.

@@ -21,7 +21,8 @@ ONNX_PREFIX = "onnx:"
 
 
 def need_module(module: str, extra: str = "deploy"):
-    """``import module``, or a one-line :class:`IvfuseError` naming the ``pip install 'ivfuse[extra]'`` that brings it."""
+    """``import module``, or a one-line :class:`IvfuseError` naming the ``pip install 'ivfuse[extra]'`` that brings
+    it."""
     import importlib
 
     try:

@@ -135,7 +135,8 @@ class STDFusionNet(TFPeer):
 
 @register_model("stdfusionnet")
 def stdfusionnet(preset: str = "ivfuse", weights: str | os.PathLike | None = None) -> STDFusionNet:
-    """STDFusionNet (Ma et al., IEEE TIM 2021; salient-target-driven, not task-driven; licence MIT) from official TF weights."""
+    """STDFusionNet (Ma et al., IEEE TIM 2021; salient-target-driven, not task-driven; licence MIT)
+    from official TF weights."""
     path = tf_weights_path("stdfusionnet", "stdfusionnet", weights)
     model = STDFusionNet(preset)
     assign_tf(model.tf_targets(), load_tf_npz(path, "stdfusionnet"), path, "STDFusionNet")

@@ -66,7 +66,8 @@ def _names(keys: Sequence[str], limit: int = 5) -> str:
 
 
 def _label_stems(source: Path, coco: dict | None) -> set[str]:
-    """Stems of the per-image label files of a YOLO/VOC folder (``classes.txt`` excluded), or of a COCO file's images."""
+    """Stems of the per-image label files of a YOLO/VOC folder (``classes.txt`` excluded), or of a COCO file's
+    images."""
     if coco is not None:
         return set(coco)
     return {
@@ -198,7 +199,8 @@ def evaluate_detector(
 
 
 def letterbox_batch(images: list[torch.Tensor], boxes: list[Boxes], imgsz: int = 640, stride: int = 32):
-    """Resize each image so its long side is ``imgsz`` and pad (grey 114) to a common stride multiple; boxes move along."""
+    """Resize each image so its long side is ``imgsz`` and pad (grey 114) to a common stride multiple; boxes move
+    along."""
     scaled, sboxes = [], []
     for im, b in zip(images, boxes):
         h, w = im.shape[-2:]

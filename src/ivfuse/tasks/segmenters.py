@@ -388,7 +388,8 @@ class ESPNetv2Seg(nn.Module):
         res = model.load_state_dict(sd, strict=False)
         if res.missing_keys or res.unexpected_keys:
             raise InputError(
-                f"{p}: keys do not match ESPNetv2 (missing {res.missing_keys[:3]}, unexpected {res.unexpected_keys[:3]})"
+                f"{p}: keys do not match ESPNetv2 (missing {res.missing_keys[:3]}, "
+                f"unexpected {res.unexpected_keys[:3]})"
             )
         return model.eval()
 

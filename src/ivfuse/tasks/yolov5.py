@@ -462,7 +462,8 @@ class YOLOv5(nn.Module):
         unexpected = sorted(set(sd) - set(own))
         if missing or unexpected:
             raise InputError(
-                f"{source}: keys do not match the architecture (missing {missing[:4]}..., unexpected {unexpected[:4]}...)"
+                f"{source}: keys do not match the architecture (missing {missing[:4]}..., "
+                f"unexpected {unexpected[:4]}...)"
             )
         bad = [k for k in own if own[k].shape != sd[k].shape]
         if bad:
