@@ -1,9 +1,10 @@
-"""Forward-pass time of ivfuse's learned methods on one 640×480 pair: the ivfuse side of the table "inference vs
+r"""Forward-pass time of ivfuse's learned methods on one 640×480 pair: the ivfuse side of the table "inference vs
 the official code" in ``docs/deployment.md`` (issue 24 item 2).
 
-    python benchmarks/bench_forward.py                                  # the eight methods of the table, 1 and 2 threads
+    python benchmarks/bench_forward.py                                 # the eight methods of the table, 1 and 2 threads
     python benchmarks/bench_forward.py --methods tsjnet --threads 2 --repeat 5
-    python benchmarks/bench_forward.py --methods "metafusion@$IVFUSE_SHARED/seed_reference/MetaFusion/metafusion_seed.pth"
+    python benchmarks/bench_forward.py \
+        --methods "metafusion@$IVFUSE_SHARED/seed_reference/MetaFusion/metafusion_seed.pth"
 
 Each method is built like ``ivfuse bench --methods`` builds it (``name``, ``name@WEIGHTS``, ``name?key=value&…``;
 ``seed`` below selects the official-format seed checkpoints of ``shared/seed_reference``, the weights the official
@@ -29,17 +30,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 TABLE = ("metafusion", "tim", "occo", "tsjnet", "seafusion", "tardal", "ifcnn", "didfuse")
 SEED = {
     "metafusion": "metafusion@{s}/seed_reference/MetaFusion/metafusion_seed.pth",
-    "tim": "tim@{s}/seed_reference/TIMFusion/full/weights_1_seed.pth?stage2={s}/seed_reference/TIMFusion/full/weights_2_seed.pth",
+    "tim": (
+        "tim@{s}/seed_reference/TIMFusion/full/weights_1_seed.pth"
+        "?stage2={s}/seed_reference/TIMFusion/full/weights_2_seed.pth"
+    ),
     "occo": "occo@{s}/seed_reference/OCCO/occo_seed.pth",
 }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default=",".join(TABLE), help="comma-separated method specs (default: the table's eight)")
-    ap.add_argument("--weights", choices=("seed", "default"), default="seed",
-                    help="seed: metafusion/tim/occo from shared/seed_reference (as timed against the official code); "
-                         "default: their shipped weights")  # fmt: skip
+    ap.add_argument(
+        "--methods", default=",".join(TABLE), help="comma-separated method specs (default: the table's eight)"
+    )
+    ap.add_argument(
+        "--weights",
+        choices=("seed", "default"),
+        default="seed",
+        help="seed: metafusion/tim/occo from shared/seed_reference (as timed against the official code); "
+        "default: their shipped weights",
+    )
     ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")
     ap.add_argument("--size", default="480x640", help="HxW of the random pair used when MSRS is absent")
     ap.add_argument("--repeat", type=int, default=3)
@@ -94,9 +104,14 @@ def main(argv=None) -> int:
         for name in models:
             row = (name, t, statistics.median(wall[name]), statistics.median(cpu[name]), statistics.mean(loads))
             rows.append(row)
-            print(f"{name:12s} {t} thread(s): {row[2]:7.3f} s/pair wall, {row[3]:7.3f} s CPU (load {row[4]:.1f})", flush=True)
-    title = (f"ivfuse forward at {ir.shape[-1]}x{ir.shape[-2]} ({source}, fp32, CPU; torch {torch.__version__}; "
-             f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d')})")  # fmt: skip
+            print(
+                f"{name:12s} {t} thread(s): {row[2]:7.3f} s/pair wall, {row[3]:7.3f} s CPU (load {row[4]:.1f})",
+                flush=True,
+            )
+    title = (
+        f"ivfuse forward at {ir.shape[-1]}x{ir.shape[-2]} ({source}, fp32, CPU; torch {torch.__version__}; "
+        f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d')})"
+    )
     lines = [title, "", "| method | threads | s/pair (wall) | CPU s/pair | load average |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {n} | {t} | {w:.3f} | {c:.3f} | {ld:.1f} |" for n, t, w, c, ld in rows]
     text = "\n".join(lines)

@@ -43,8 +43,19 @@ from ivfuse.utils import shared_root
 SUITE = tuple(DEFAULT_METRICS) + tuple(m for m in ("fmi", "qcb", "qcv") if m not in DEFAULT_METRICS)
 # ivfuse metric -> the reference evaluator's method computing the same quantity (its conventions: AG over M*N,
 # MI in nats, PSNR with max(F) as the peak; the cost is the same)
-REF11 = {"en": "EN", "sd": "SD", "sf": "SF", "ag": "AG", "mi": "MI", "scd": "SCD", "vif": "VIFF", "qabf": "Qabf",
-         "mse": "MSE", "psnr": "PSNR", "cc": "CC"}  # fmt: skip
+REF11 = {
+    "en": "EN",
+    "sd": "SD",
+    "sf": "SF",
+    "ag": "AG",
+    "mi": "MI",
+    "scd": "SCD",
+    "vif": "VIFF",
+    "qabf": "Qabf",
+    "mse": "MSE",
+    "psnr": "PSNR",
+    "cc": "CC",
+}
 
 
 def triple():
@@ -165,10 +176,12 @@ def main() -> None:
         return statistics.median(v) * 1000 if v else float("nan")
 
     env = {k: os.environ.get(k, "unset") for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
-    print(f"# metric speed, {F.shape[1]}x{F.shape[0]} triple ({src}), one process, {os.cpu_count()} cores, "
-          f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} NUMBA_NUM_THREADS={env['NUMBA_NUM_THREADS']}, "
-          f"load average {load0:.1f} -> {load1:.1f}, median of {a.repeat} interleaved repeats (wall ms)"
-          + (", glibc malloc tuned" if tuned else ""))  # fmt: skip
+    print(
+        f"# metric speed, {F.shape[1]}x{F.shape[0]} triple ({src}), one process, {os.cpu_count()} cores, "
+        f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} NUMBA_NUM_THREADS={env['NUMBA_NUM_THREADS']}, "
+        f"load average {load0:.1f} -> {load1:.1f}, median of {a.repeat} interleaved repeats (wall ms)"
+        + (", glibc malloc tuned" if tuned else "")
+    )
     if ref:
         print(f"# reference: {ref}")
     print("\n| metric | before: Metric.fn | after: compute_all | before/after | reference (CDDFuse) |")
@@ -179,15 +192,20 @@ def main() -> None:
         print(f"| {n} | {b:.1f} | {f:.1f} | {b / f:.1f}x | {rv} |")
     tb, ta, tr, t11 = (med(tot[k]) for k in ("before", "after", "reference", "after11"))
     cb, ca, cr, c11 = (med(cpu[k]) for k in ("before", "after", "reference", "after11"))
-    print(f"| **total, {len(names)} metrics** | **{tb:.1f}** | **{ta:.1f}** | **{tb / ta:.1f}x** | "
-          f"**{tr:.1f}** ({len(refs)} metrics) |")  # fmt: skip
+    print(
+        f"| **total, {len(names)} metrics** | **{tb:.1f}** | **{ta:.1f}** | **{tb / ta:.1f}x** | "
+        f"**{tr:.1f}** ({len(refs)} metrics) |"
+    )
     print(f"\nprocess CPU ms per pass (median): before {cb:.1f}, after {ca:.1f}, reference {cr:.1f}")
     if refs:
-        print(f"reference {len(refs)} metrics / ivfuse compute_all {len(names)} metrics: {tr / ta:.1f}x (wall), "
-              f"{cr / ca:.1f}x (CPU)   [target >= 5x]")  # fmt: skip
+        print(
+            f"reference {len(refs)} metrics / ivfuse compute_all {len(names)} metrics: {tr / ta:.1f}x (wall), "
+            f"{cr / ca:.1f}x (CPU)   [target >= 5x]"
+        )
         if same11:
             print(
-                f"the same {len(same11)} metrics (compute_all {t11:.1f} ms): {tr / t11:.1f}x (wall), {cr / c11:.1f}x (CPU)"
+                f"the same {len(same11)} metrics (compute_all {t11:.1f} ms): {tr / t11:.1f}x (wall), "
+                f"{cr / c11:.1f}x (CPU)"
             )
 
     if a.folder_n:
@@ -203,8 +221,10 @@ def main() -> None:
                 t0 = time.perf_counter()
                 evaluate_folder(tmp / "ir", tmp / "vi", tmp / "f", metrics=names, workers=w, progress=False)
                 dt = time.perf_counter() - t0
-                print(f"folder of {a.folder_n} triples, {len(names)} metrics, {w} worker(s): {dt:.2f} s total, "
-                      f"{dt / a.folder_n * 1000:.0f} ms/triple (incl. PNG decoding)")  # fmt: skip
+                print(
+                    f"folder of {a.folder_n} triples, {len(names)} metrics, {w} worker(s): {dt:.2f} s total, "
+                    f"{dt / a.folder_n * 1000:.0f} ms/triple (incl. PNG decoding)"
+                )
     sys.stdout.flush()
 
 

@@ -54,7 +54,10 @@ def main() -> None:
     paper = MetaFusionNet(width=1.0).to(dev).eval()
     with torch.inference_mode():
         t = timeit(lambda: paper(ir, vis), a.repeat)
-    print(f"| fuse: metafusion F at paper width (untrained) | {t * 1000:.0f} | {sum(p.numel() for p in paper.parameters()):,} |")
+    print(
+        f"| fuse: metafusion F at paper width (untrained) | {t * 1000:.0f} | "
+        f"{sum(p.numel() for p in paper.parameters()):,} |"
+    )
     for det_name, kw in (("yolov5n", {"weights": None}), ("fasterrcnn_mobilenet_v3_large_fpn", {})):
         det = create_detector(det_name, **kw).to(dev).eval()
         with torch.inference_mode():

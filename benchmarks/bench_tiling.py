@@ -1,6 +1,7 @@
 """Tiled inference on large images: seconds and peak memory (RSS) by method × tile, one fresh process per row.
 
-    python benchmarks/bench_tiling.py                                  # lite, metafusion at 4096x3072; untiled, --tile 1024, 512
+    # lite, metafusion at 4096x3072; untiled, --tile 1024, 512
+    python benchmarks/bench_tiling.py
     python benchmarks/bench_tiling.py --methods lite --size 3072x4096 --tiles 0,1024 --out tiling.md
     python benchmarks/bench_tiling.py --calibrate [--methods ...]      # bytes/pixel table for ivfuse.tiling
 
@@ -74,8 +75,13 @@ def _child_calibrate(method: str, h: int, w: int) -> dict:
 def _run_child(args: list[str], timeout: float) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     try:
-        r = subprocess.run([sys.executable, __file__, "--child", json.dumps(args)], capture_output=True, text=True,
-                           env=env, timeout=timeout)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps(args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
@@ -129,13 +135,17 @@ def main(argv=None) -> int:
         print(json.dumps(res))
         return 0
     print(f"# {' '.join(['python', *sys.argv])}")
-    print(f"# one fresh process per row, 1 thread (OMP_NUM_THREADS=1); {os.cpu_count()} CPU cores; "
-          f"load average {os.getloadavg()[0]:.1f}; MemAvailable {_mem_available()}")  # fmt: skip
+    print(
+        f"# one fresh process per row, 1 thread (OMP_NUM_THREADS=1); {os.cpu_count()} CPU cores; "
+        f"load average {os.getloadavg()[0]:.1f}; MemAvailable {_mem_available()}"
+    )
     if a.calibrate:
         return _calibrate(a)
     h, w = (int(v) for v in a.size.lower().split("x"))
-    lines = ["| method | size | tile | overlap | seconds | peak RSS (MiB) | RSS before (MiB) | note |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        "| method | size | tile | overlap | seconds | peak RSS (MiB) | RSS before (MiB) | note |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory(prefix="ivfuse-tiling-") as tmp:
         ir, vis, what = _make_pair(Path(tmp), h, w)
@@ -147,7 +157,10 @@ def main(argv=None) -> int:
                 peak = _mib(r["peak"]) if "peak" in r else "—"
                 before = _mib(r["rss_before"]) if "rss_before" in r else "—"
                 note = f"refused: `{r['error']}`" if "error" in r else ""
-                line = f"| {m} | {w}×{h} | {tile or '—'} | {ov if ov is not None else '—'} | {secs} | {peak} | {before} | {note} |"
+                line = (
+                    f"| {m} | {w}×{h} | {tile or '—'} | {ov if ov is not None else '—'} | {secs} | {peak} | "
+                    f"{before} | {note} |"
+                )
                 lines.append(line)
                 print(line, flush=True)
     print(f"# input: {what}")

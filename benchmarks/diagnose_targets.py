@@ -73,13 +73,20 @@ def crop(path: Path, box, size: int = 96) -> Image.Image:
     x1, y1, x2, y2 = box
     cx, cy, s = (x1 + x2) / 2, (y1 + y2) / 2, max(48.0, 2 * max(x2 - x1, y2 - y1))
     with Image.open(path) as im:
-        return im.convert("RGB").crop((int(cx - s / 2), int(cy - s / 2), int(cx + s / 2), int(cy + s / 2))).resize((size, size))
+        return (
+            im.convert("RGB")
+            .crop((int(cx - s / 2), int(cy - s / 2), int(cx + s / 2), int(cy + s / 2)))
+            .resize((size, size))
+        )
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--methods", required=True,
-                    help="comma-separated bench method specs (ir, vis, average, name@FILE, LABEL=name@FILE, ...)")
+    ap.add_argument(
+        "--methods",
+        required=True,
+        help="comma-separated bench method specs (ir, vis, average, name@FILE, LABEL=name@FILE, ...)",
+    )
     ap.add_argument("--data", default="msrs:dev-val")
     ap.add_argument("--labels", default="infrared", choices=["infrared", "visible", "union"])
     ap.add_argument("--crops", type=int, default=0, help="write missed_persons.png with up to N persons")
@@ -120,22 +127,38 @@ def main(argv=None) -> int:
             d = det.predict([img], mode="detect", classes=sorted(inverse))[0]
             d = type(d)(d.xyxy, d.scores, torch.tensor([inverse[int(c)] for c in d.labels.tolist()], dtype=torch.int64))
             hits[n] = matched(d, b.xyxy, b.labels)
-        per[label] = {"paths": paths, "contrast": rows, "hit": hits, "boxes": {n: b for n, b in zip(data.names, data.boxes)}}
+        per[label] = {
+            "paths": paths,
+            "contrast": rows,
+            "hit": hits,
+            "boxes": {n: b for n, b in zip(data.names, data.boxes)},
+        }
         print(f"{label}: fused and judged {len(paths)} pairs", file=sys.stderr)
 
-    lines = [f"{a.data}, {a.labels} labels; contrast = median over boxes of mean luminance inside − ring around (grey "
-             "levels); recall = frozen YOLOv5n at conf 0.25, IoU ≥ 0.5", "",
-             "| method | class | scene | boxes | contrast (median) | recall |", "|---|---|---|---:|---:|---:|"]
+    lines = [
+        f"{a.data}, {a.labels} labels; contrast = median over boxes of mean luminance inside − ring around (grey "
+        "levels); recall = frozen YOLOv5n at conf 0.25, IoU ≥ 0.5",
+        "",
+        "| method | class | scene | boxes | contrast (median) | recall |",
+        "|---|---|---|---:|---:|---:|",
+    ]
     for label, r in per.items():
         for c in ds.class_names:
             for s in scenes:
                 vals = [v for cc, ss, v in r["contrast"] if cc == c and ss == s and np.isfinite(v)]
-                hit = [bool(h) for n, hs in r["hit"].items() if scene_of[n] == s
-                       for h, lab in zip(hs, r["boxes"][n].labels.tolist()) if ds.class_names[lab] == c]
+                hit = [
+                    bool(h)
+                    for n, hs in r["hit"].items()
+                    if scene_of[n] == s
+                    for h, lab in zip(hs, r["boxes"][n].labels.tolist())
+                    if ds.class_names[lab] == c
+                ]
                 if not vals:
                     continue
-                lines.append(f"| {label} | {c} | {s} | {len(vals)} | {statistics.median(vals):+.1f} | "
-                             f"{(sum(hit) / len(hit)) if hit else float('nan'):.3f} |")
+                lines.append(
+                    f"| {label} | {c} | {s} | {len(vals)} | {statistics.median(vals):+.1f} | "
+                    f"{(sum(hit) / len(hit)) if hit else float('nan'):.3f} |"
+                )
     table = "\n".join(lines) + "\n"
     print(table)
     (out / "targets.md").write_text(table)
@@ -157,8 +180,14 @@ def main(argv=None) -> int:
                 for j, label in enumerate(per):
                     grid.paste(crop(per[label]["paths"][n], xy, size), (j * size, i * size))
             grid.save(out / "missed_persons.png")
-            print(f"missed_persons.png: {len(cands)} persons (rows: " + ", ".join(n for _, n, _ in cands)
-                  + "; columns: " + ", ".join(per) + ")", file=sys.stderr)
+            print(
+                f"missed_persons.png: {len(cands)} persons (rows: "
+                + ", ".join(n for _, n, _ in cands)
+                + "; columns: "
+                + ", ".join(per)
+                + ")",
+                file=sys.stderr,
+            )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Kill ivfuse at many random points and check that it resumes to exactly what an uninterrupted run produces (#25).
+r"""Kill ivfuse at many random points and check that it resumes to exactly what an uninterrupted run produces (#25).
 
 For each training recipe (tiny configs on MSRS, CPU) the script runs ``ivfuse train`` once uninterrupted, then N times
 with a SIGKILL at a random point, each followed by a plain rerun into the same folder (``resume=auto``, the default),
@@ -17,7 +17,8 @@ rerun with ``--skip-existing``, compare every output's bytes).
 
 Run from the repository root (MSRS under ../shared)::
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/fault_injection.py --kills 10 [--recipes lite,metafusion,tim,occo,tsjnet,fuse]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/fault_injection.py --kills 10 \
+        [--recipes lite,metafusion,tim,occo,tsjnet,fuse]
 
 Columns: kill points tried; killed (the process died of the SIGKILL before finishing); resumed (the rerun finished
 with status 0, after saying ``resuming from`` when a checkpoint existed); equal (final weights or images bitwise equal
@@ -40,24 +41,75 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 RECIPES = {
-    "lite": ["epochs=4", "max_batches=2", "batch=2", "crop=[64, 64]", "val.max=0", "teacher.method=null",
-             "loss.ssim=1", "loss.gradient=10"],
-    "metafusion": ["mode=metafusion", "fusion.width=0.125", "mfe.mid=4", "data.crop=[48, 48]", "data.det_crop=96",
-                   "data.batch=2", "data.det_batch=2", "data.max_batches=2", "epochs.pretrain=2", "epochs.det=1",
-                   "epochs.mfe=2", "inner.every=2", "inner.updates=1", "rounds=1", "val.max=0",
-                   "data.train=[{name: msrs, split: train}]", "detector.weights=scratch"],
+    "lite": [
+        "epochs=4",
+        "max_batches=2",
+        "batch=2",
+        "crop=[64, 64]",
+        "val.max=0",
+        "teacher.method=null",
+        "loss.ssim=1",
+        "loss.gradient=10",
+    ],
+    "metafusion": [
+        "mode=metafusion",
+        "fusion.width=0.125",
+        "mfe.mid=4",
+        "data.crop=[48, 48]",
+        "data.det_crop=96",
+        "data.batch=2",
+        "data.det_batch=2",
+        "data.max_batches=2",
+        "epochs.pretrain=2",
+        "epochs.det=1",
+        "epochs.mfe=2",
+        "inner.every=2",
+        "inner.updates=1",
+        "rounds=1",
+        "val.max=0",
+        "data.train=[{name: msrs, split: train}]",
+        "detector.weights=scratch",
+    ],
     # TIM's whole chain (search -> derive -> meta_init -> train, two epochs each) at width 8 on 32 x 32 crops
-    "tim": ["preset=cpu", "net.width=8", "search.cg_iters=1", "search.max_batches=1", "data.max_batches=1",
-            "data.batch=1", "data.crop=[32, 32]", "data.det_crop=[64, 64]", "meta.steps=2", "meta.inner_steps=1",
-            "val.max=0", "epochs.search=2", "epochs.meta_init=2", "epochs.train=2",
-            "data.meta=[{name: llvip, split: all, task: llvip}, {name: tno, split: all, task: tno}]"],
+    "tim": [
+        "preset=cpu",
+        "net.width=8",
+        "search.cg_iters=1",
+        "search.max_batches=1",
+        "data.max_batches=1",
+        "data.batch=1",
+        "data.crop=[32, 32]",
+        "data.det_crop=[64, 64]",
+        "meta.steps=2",
+        "meta.inner_steps=1",
+        "val.max=0",
+        "epochs.search=2",
+        "epochs.meta_init=2",
+        "epochs.train=2",
+        "data.meta=[{name: llvip, split: all, task: llvip}, {name: tno, split: all, task: tno}]",
+    ],
     # OCCO with the contrastive loss on 2 pairs (MobileSAM masks computed once into {tmp}'s cache by the first run)
-    "occo": ["preset=cpu", "max_pairs=2", "crop=[32, 32]", "batch=2", "epochs=3", "val.max=0",
-             "masks.cache={tmp}/occo-masks"],
+    "occo": [
+        "preset=cpu",
+        "max_pairs=2",
+        "crop=[32, 32]",
+        "batch=2",
+        "epochs=3",
+        "val.max=0",
+        "masks.cache={tmp}/occo-masks",
+    ],
     # TSJNet's cpu variant with both guides (pseudo-masks cached in {tmp} by the first run)
-    "tsjnet": ["preset=cpu", "data.max_pairs=2", "data.batch=2", "data.crop=[64, 64]", "data.max_batches=1",
-               "epochs=3", "val.max=0", "seg.cache={tmp}/tsjnet-masks"],
-}  # fmt: skip
+    "tsjnet": [
+        "preset=cpu",
+        "data.max_pairs=2",
+        "data.batch=2",
+        "data.crop=[64, 64]",
+        "data.max_batches=1",
+        "epochs=3",
+        "val.max=0",
+        "seg.cache={tmp}/tsjnet-masks",
+    ],
+}
 
 
 def env(**extra) -> dict:
@@ -97,13 +149,26 @@ def kill_window(cmd: list[str], started: Path) -> float:
     return time.monotonic() - t1
 
 
-def say(label: str, i: int, kind: str, delay: float | None, fault: str, rc: int, ok: bool, eq: bool, stderr: str = "",
-        done: str = "") -> None:  # fmt: skip
+def say(
+    label: str,
+    i: int,
+    kind: str,
+    delay: float | None,
+    fault: str,
+    rc: int,
+    ok: bool,
+    eq: bool,
+    stderr: str = "",
+    done: str = "",
+) -> None:
     """One kill point's line (``label #i: kind at ... -> exit rc, [done, ]rerun ok, equal``); the rerun's stderr tail
     when it failed or differed."""
     at = f" at {delay:.2f} s" if delay is not None else f" {fault}"
-    print(f"  {label} #{i + 1}: {kind}{at} -> exit {rc}, {done}rerun {'ok' if ok else 'FAILED'}, "
-          f"{'equal' if eq else 'DIFFERENT'}", flush=True)  # fmt: skip
+    print(
+        f"  {label} #{i + 1}: {kind}{at} -> exit {rc}, {done}rerun {'ok' if ok else 'FAILED'}, "
+        f"{'equal' if eq else 'DIFFERENT'}",
+        flush=True,
+    )
     if stderr and not (ok and eq):
         print(stderr[-1500:], flush=True)
 
@@ -118,7 +183,8 @@ def same(a: dict, b: dict) -> bool:
     import torch
 
     return a.keys() == b.keys() and all(
-        a[m].keys() == b[m].keys() and all(torch.equal(a[m][k], b[m][k]) for k in a[m]) for m in a)
+        a[m].keys() == b[m].keys() and all(torch.equal(a[m][k], b[m][k]) for k in a[m]) for m in a
+    )
 
 
 def bench_recipe(method: str, n: int, rng: random.Random, tmp: Path) -> dict:
@@ -135,8 +201,18 @@ def bench_recipe(method: str, n: int, rng: random.Random, tmp: Path) -> dict:
     probe = tmp / f"{method}-probe"
     window = kill_window(train_cmd(method, probe), probe / "config.json")
     shutil.rmtree(probe)
-    row = {"recipe": method, "tried": 0, "killed": 0, "resumed": 0, "equal": 0, "torn": 0, "torn_detected": 0,
-           "kinds": {}, "ref_s": t_ref, "window_s": window}  # fmt: skip
+    row = {
+        "recipe": method,
+        "tried": 0,
+        "killed": 0,
+        "resumed": 0,
+        "equal": 0,
+        "torn": 0,
+        "torn_detected": 0,
+        "kinds": {},
+        "ref_s": t_ref,
+        "window_s": window,
+    }
     for i in range(n):
         kind = rng.choice(["time", "time", "write", "torn"])
         out = tmp / f"{method}-{i}"
@@ -184,8 +260,19 @@ def bench_fuse(n: int, rng: random.Random, tmp: Path) -> dict:
     probe = tmp / "fz-probe"
     window = kill_window([*base, "-o", str(probe)], probe)
     shutil.rmtree(probe)
-    row = {"recipe": "fuse (folder, 24 pairs)", "tried": 0, "killed": 0, "resumed": 0, "equal": 0, "torn": 0,
-           "torn_detected": 0, "kinds": {}, "ref_s": time.monotonic() - t0, "window_s": window, "partial": 0}  # fmt: skip
+    row = {
+        "recipe": "fuse (folder, 24 pairs)",
+        "tried": 0,
+        "killed": 0,
+        "resumed": 0,
+        "equal": 0,
+        "torn": 0,
+        "torn_detected": 0,
+        "kinds": {},
+        "ref_s": time.monotonic() - t0,
+        "window_s": window,
+        "partial": 0,
+    }
     for i in range(n):
         out = tmp / f"fz-{i}"
         kind = rng.choice(["time", "write"])
@@ -231,9 +318,31 @@ def bench_bench(n: int, rng: random.Random, tmp: Path) -> dict:
     """``ivfuse bench`` (average and gff on 3 MSRS dev-val pairs: fusion, zero-shot and a 1-epoch retrain) killed at a
     random moment — while fusing, inside a protocol, or inside a cache entry's write — then rerun into the same
     ``--out``: its ``results.json`` must equal an uninterrupted run's (timing fields aside)."""
-    base = [sys.executable, "-m", "ivfuse", "bench", "--methods", "average,gff", "--data", "msrs:dev-val", "--limit", "3",
-            "--train-limit", "4", "--epochs", "1", "--imgsz", "160", "--protocols", "fusion,zero,retrain", "--no-speed",
-            "--no-references", "--baseline", "none", "-q"]  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "ivfuse",
+        "bench",
+        "--methods",
+        "average,gff",
+        "--data",
+        "msrs:dev-val",
+        "--limit",
+        "3",
+        "--train-limit",
+        "4",
+        "--epochs",
+        "1",
+        "--imgsz",
+        "160",
+        "--protocols",
+        "fusion,zero,retrain",
+        "--no-speed",
+        "--no-references",
+        "--baseline",
+        "none",
+        "-q",
+    ]
     ref = tmp / "bench-ref"
     t0 = time.monotonic()
     subprocess.run([*base, "--out", str(ref)], check=True, stdout=subprocess.DEVNULL, env=env())
@@ -243,8 +352,18 @@ def bench_bench(n: int, rng: random.Random, tmp: Path) -> dict:
     probe = tmp / "bench-probe"
     window = kill_window([*base, "--out", str(probe)], probe)
     shutil.rmtree(probe)
-    row = {"recipe": "bench (2 methods, 3 pairs)", "tried": 0, "killed": 0, "resumed": 0, "equal": 0, "torn": 0,
-           "torn_detected": 0, "kinds": {}, "ref_s": t_ref, "window_s": window}  # fmt: skip
+    row = {
+        "recipe": "bench (2 methods, 3 pairs)",
+        "tried": 0,
+        "killed": 0,
+        "resumed": 0,
+        "equal": 0,
+        "torn": 0,
+        "torn_detected": 0,
+        "kinds": {},
+        "ref_s": t_ref,
+        "window_s": window,
+    }
     for i in range(n):
         out = tmp / f"bench-{i}"
         kind = rng.choice(["time", "time", "write"])
@@ -270,8 +389,11 @@ def bench_bench(n: int, rng: random.Random, tmp: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kills", type=int, default=10, help="random kill points per recipe (default 10)")
-    ap.add_argument("--recipes", default="lite,metafusion,tim,occo,tsjnet,fuse,bench",
-                    help="comma-separated: lite, metafusion, tim, occo, tsjnet, fuse, bench")
+    ap.add_argument(
+        "--recipes",
+        default="lite,metafusion,tim,occo,tsjnet,fuse,bench",
+        help="comma-separated: lite, metafusion, tim, occo, tsjnet, fuse, bench",
+    )
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     rng = random.Random(a.seed)
@@ -282,13 +404,17 @@ def main() -> None:
             print(f"{r}:", flush=True)
             kind = {"fuse": bench_fuse, "bench": bench_bench}.get(r)
             rows.append(kind(a.kills, rng, Path(d)) if kind else bench_recipe(r, a.kills, rng, Path(d)))
-    print("\n| recipe | kill points tried | killed | resumed | equal | torn writes detected | kinds | uninterrupted run |")
+    print(
+        "\n| recipe | kill points tried | killed | resumed | equal | torn writes detected | kinds | uninterrupted run |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["kinds"].items()))
         torn = f"{r['torn_detected']} of {r['torn']}" if r["torn"] else "—"
-        print(f"| {r['recipe']} | {r['tried']} | {r['killed']} | {r['resumed']} | {r['equal']} | {torn} | {kinds} | "
-              f"{r['ref_s']:.0f} s |")  # fmt: skip
+        print(
+            f"| {r['recipe']} | {r['tried']} | {r['killed']} | {r['resumed']} | {r['equal']} | {torn} | {kinds} | "
+            f"{r['ref_s']:.0f} s |"
+        )
     print(f"\ntotal {time.monotonic() - t0:.0f} s, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, seed {a.seed}")
     if any(r["equal"] != r["tried"] or r.get("partial") for r in rows):
         sys.exit(1)

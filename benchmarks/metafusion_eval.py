@@ -48,7 +48,10 @@ def main() -> None:
     data = shared_root() / "data"
     msrs_test = load_dataset("msrs", split="test").names
     tmp = Path(tempfile.mkdtemp())
-    sets = {"tno": (data / "TNO" / "ir", data / "TNO" / "vi"), "msrs_test": link_split(data / "MSRS", msrs_test, tmp / "msrs")}
+    sets = {
+        "tno": (data / "TNO" / "ir", data / "TNO" / "vi"),
+        "msrs_test": link_split(data / "MSRS", msrs_test, tmp / "msrs"),
+    }
     models: dict[str, object] = {b: b for b in a.baselines.split(",") if b}
     for spec in a.model:
         label, ck = spec.split("=", 1)
@@ -71,8 +74,10 @@ def main() -> None:
             print(f"{sname:10s} {label:12s} " + " ".join(f"{k}={v:.4f}" for k, v in r["mean"].items()), flush=True)
             atomic_write_text(a.out, json.dumps(res, indent=1))
     det = create_detector("yolov5n")
-    labels = {"union": [data / "MSRS" / "labels_det" / "infrared", data / "MSRS" / "labels_det" / "visible"],
-              "infrared": [data / "MSRS" / "labels_det" / "infrared"]}  # fmt: skip
+    labels = {
+        "union": [data / "MSRS" / "labels_det" / "infrared", data / "MSRS" / "labels_det" / "visible"],
+        "infrared": [data / "MSRS" / "labels_det" / "infrared"],
+    }
     image_sets = {} if a.skip_sources else {"ir": sets["msrs_test"][0], "vis": sets["msrs_test"][1]}
     image_sets.update({label: work / "msrs_test" / label for label in models})
     for label, d in image_sets.items():

@@ -62,7 +62,9 @@ def main() -> None:
     ap.add_argument("--split", default="test", help="MSRS split of the shared copy (test, all, train, dev-val, ...)")
     ap.add_argument("--methods", default="laplacian,gff")
     ap.add_argument("--work", default="runs/msrs_downstream")
-    ap.add_argument("--merge-iou", type=float, default=0.5, help="IoU above which infrared/visible boxes are one object")
+    ap.add_argument(
+        "--merge-iou", type=float, default=0.5, help="IoU above which infrared/visible boxes are one object"
+    )
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--train-frac", type=float, default=0.5)
     ap.add_argument("--finetune-on", default="gff", help="image set used for the fine-tuning experiment")
@@ -85,7 +87,10 @@ def main() -> None:
     det = create_detector("yolov5n")
     res: dict = {"split": a.split, "merge_iou": a.merge_iou, "zero_shot": {}, "finetune": {}}
     if not a.skip_zero_shot:
-        print(f"MSRS {a.split}: zero-shot YOLOv5n (COCO)\n| images | GT | boxes | mAP50 | mAP50:95 |\n|---|---|---:|---:|---:|")
+        print(
+            f"MSRS {a.split}: zero-shot YOLOv5n (COCO)\n| images | GT | boxes | mAP50 | mAP50:95 |\n"
+            "|---|---|---:|---:|---:|"
+        )
         for sname, d in sets.items():
             data = {g: load_detection_set(d, labels, merge_iou=iou) for g, (labels, iou) in gts.items()}
             first = next(iter(data.values()))
@@ -93,8 +98,10 @@ def main() -> None:
             inverse = {v: k for k, v in mapping.items()}
             with torch.inference_mode():
                 raw = predict_all(det, first.paths, sorted(inverse))
-            preds = [type(p)(p.xyxy, p.scores, torch.tensor([inverse[int(c)] for c in p.labels.tolist()], dtype=torch.int64))
-                     for p in raw]  # fmt: skip
+            preds = [
+                type(p)(p.xyxy, p.scores, torch.tensor([inverse[int(c)] for c in p.labels.tolist()], dtype=torch.int64))
+                for p in raw
+            ]
             for g, ds in data.items():
                 r = detection_map(preds, ds.boxes, ds.class_names)
                 r["n_boxes"] = sum(len(b) for b in ds.boxes)
@@ -110,15 +117,34 @@ def main() -> None:
     train, held = data.subset(sorted(idx[:k])), data.subset(sorted(idx[k:]))
     before = evaluate_detector(det, held, progress=False)
     t0 = time.time()
-    hist = finetune_detector(det, train, epochs=a.epochs, batch_size=4, lr=0.002, progress=False,
-                             log=lambda d: print(f"  epoch {d['epoch']}: loss {d['loss']:.4f}", flush=True))  # fmt: skip
+    hist = finetune_detector(
+        det,
+        train,
+        epochs=a.epochs,
+        batch_size=4,
+        lr=0.002,
+        progress=False,
+        log=lambda d: print(f"  epoch {d['epoch']}: loss {d['loss']:.4f}", flush=True),
+    )
     dt = time.time() - t0
     after = evaluate_detector(det, held, progress=False)
-    res["finetune"] = {"images": a.finetune_on, "gt": "union", "train": len(train), "held_out": len(held), "epochs": a.epochs,
-                       "seconds": dt, "loss": hist, "before": before, "after": after}  # fmt: skip
-    print(f"fine-tune on {len(train)} {a.finetune_on} images, {a.epochs} epochs ({dt:.0f} s, {dt / a.epochs:.0f} s/epoch): "
-          f"held-out ({len(held)}) mAP50 {before['mAP50']:.4f} -> {after['mAP50']:.4f}, "
-          f"mAP50:95 {before['mAP50_95']:.4f} -> {after['mAP50_95']:.4f}")  # fmt: skip
+    res["finetune"] = {
+        "images": a.finetune_on,
+        "gt": "union",
+        "train": len(train),
+        "held_out": len(held),
+        "epochs": a.epochs,
+        "seconds": dt,
+        "loss": hist,
+        "before": before,
+        "after": after,
+    }
+    print(
+        f"fine-tune on {len(train)} {a.finetune_on} images, {a.epochs} epochs "
+        f"({dt:.0f} s, {dt / a.epochs:.0f} s/epoch): "
+        f"held-out ({len(held)}) mAP50 {before['mAP50']:.4f} -> {after['mAP50']:.4f}, "
+        f"mAP50:95 {before['mAP50_95']:.4f} -> {after['mAP50_95']:.4f}"
+    )
     atomic_write_text(a.out, json.dumps(res, indent=1))
 
 

@@ -33,14 +33,18 @@ from ivfuse.tasks import create_detector
 
 CANDIDATES = {
     "cpu": (64, [dict(lr=0.005, batch_size=8), dict(lr=0.002, batch_size=4), dict(lr=0.001, batch_size=4)]),
-    "cpu-full": (114, [
-        dict(epochs=10, lr=0.001, batch_size=4),                             # the cpu recipe, longer
-        dict(epochs=10, lr=0.002, batch_size=4, lr_final=0.05, ema=0.99),
-        dict(epochs=10, lr=0.005, batch_size=4, lr_final=0.05, ema=0.99),
-        dict(epochs=20, lr=0.002, batch_size=4, lr_final=0.05, ema=0.99),
-        dict(epochs=10, lr=0.002, batch_size=4, lr_final=0.01, ema=0.995),  # added after the held-out spread of 1 came out above target
-    ]),
-}  # fmt: skip
+    "cpu-full": (
+        114,
+        [
+            dict(epochs=10, lr=0.001, batch_size=4),  # the cpu recipe, longer
+            dict(epochs=10, lr=0.002, batch_size=4, lr_final=0.05, ema=0.99),
+            dict(epochs=10, lr=0.005, batch_size=4, lr_final=0.05, ema=0.99),
+            dict(epochs=20, lr=0.002, batch_size=4, lr_final=0.05, ema=0.99),
+            # added after the held-out spread of 1 came out above target
+            dict(epochs=10, lr=0.002, batch_size=4, lr_final=0.01, ema=0.995),
+        ],
+    ),
+}
 
 
 def _cost(c: dict) -> float:
@@ -54,16 +58,26 @@ def summary(rows: list[dict]) -> str:
     stats = []
     for k, rs in groups.items():
         m = [r["mAP50"] for r in rs]
-        stats.append({"recipe": json.loads(k), "n": len(m), "mean": statistics.fmean(m),
-                      "std": statistics.stdev(m) if len(m) > 1 else float("nan"),
-                      "mean95": statistics.fmean(r["mAP50_95"] for r in rs),
-                      "seconds": statistics.fmean(r["seconds"] for r in rs)})  # fmt: skip
-    lines = ["| epochs | lr | batch | lr_final | ema | seeds | held-out mAP50 (mean ± std) | mAP50:95 | s/run |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        stats.append(
+            {
+                "recipe": json.loads(k),
+                "n": len(m),
+                "mean": statistics.fmean(m),
+                "std": statistics.stdev(m) if len(m) > 1 else float("nan"),
+                "mean95": statistics.fmean(r["mAP50_95"] for r in rs),
+                "seconds": statistics.fmean(r["seconds"] for r in rs),
+            }
+        )
+    lines = [
+        "| epochs | lr | batch | lr_final | ema | seeds | held-out mAP50 (mean ± std) | mAP50:95 | s/run |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in stats:
         c = s["recipe"]
-        lines.append(f"| {c['epochs']} | {c['lr']} | {c['batch_size']} | {c['lr_final']} | {c['ema']} | {s['n']} | "
-                     f"{s['mean']:.4f} ± {s['std']:.4f} | {s['mean95']:.4f} | {s['seconds']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {c['epochs']} | {c['lr']} | {c['batch_size']} | {c['lr_final']} | {c['ema']} | {s['n']} | "
+            f"{s['mean']:.4f} ± {s['std']:.4f} | {s['mean95']:.4f} | {s['seconds']:.0f} |"
+        )
     best = max(s["mean"] for s in stats)
     near = [s for s in stats if s["mean"] >= best - 0.01 and s["n"] > 1]
     if near:
@@ -98,8 +112,18 @@ def main() -> None:
             t = time.perf_counter()
             r = run_retrain(lambda: create_detector("yolov5n"), train, held, recipe, seed, False)
             det = {k: v for k, v in recipe.as_dict().items() if not k.startswith("seg_")}
-            rows.append({"candidate": i, "recipe": det, "seed": seed, "mAP50": r["mAP50"], "mAP50_95": r["mAP50_95"],
-                         "seconds": time.perf_counter() - t, "n_train": len(train), "n_held_out": len(held)})  # fmt: skip
+            rows.append(
+                {
+                    "candidate": i,
+                    "recipe": det,
+                    "seed": seed,
+                    "mAP50": r["mAP50"],
+                    "mAP50_95": r["mAP50_95"],
+                    "seconds": time.perf_counter() - t,
+                    "n_train": len(train),
+                    "n_held_out": len(held),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
             if a.out:
                 with open(a.out, "a") as f:

@@ -25,7 +25,9 @@ CANDIDATES = {"head": [(3, 1e-3), (10, 1e-3), (10, 3e-3)], "merged": [(0, 0.0), 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--masks", required=True, help="folder of <pair>.png class-id masks covering MSRS dev-train")
-    ap.add_argument("--judge", default="head", choices=sorted(CANDIDATES), help="seg judge (ivfuse.bench.protocols.run_seg)")
+    ap.add_argument(
+        "--judge", default="head", choices=sorted(CANDIDATES), help="seg judge (ivfuse.bench.protocols.run_seg)"
+    )
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     a = ap.parse_args()
     base = PRESETS["cpu"]
@@ -35,11 +37,27 @@ def main() -> None:
     rows = []
     for epochs, lr in CANDIDATES[a.judge]:
         for seed in [int(s) for s in a.seeds.split(",")]:
-            r = run_seg(train_ds, vis(train_ds), held_ds, vis(held_ds), replace(base, seg_epochs=epochs, seg_lr=lr), seed,
-                        progress=False, judge=a.judge)  # fmt: skip
-            rows.append({"seg_epochs": epochs, "seg_lr": lr, "seed": seed, "mIoU": r["mIoU"], "pixel_acc": r["pixel_acc"],
-                         "per_class": {k: v for k, v in r["per_class"].items() if v is not None},
-                         "loss_per_epoch": r["loss_per_epoch"]})  # fmt: skip
+            r = run_seg(
+                train_ds,
+                vis(train_ds),
+                held_ds,
+                vis(held_ds),
+                replace(base, seg_epochs=epochs, seg_lr=lr),
+                seed,
+                progress=False,
+                judge=a.judge,
+            )
+            rows.append(
+                {
+                    "seg_epochs": epochs,
+                    "seg_lr": lr,
+                    "seed": seed,
+                    "mIoU": r["mIoU"],
+                    "pixel_acc": r["pixel_acc"],
+                    "per_class": {k: v for k, v in r["per_class"].items() if v is not None},
+                    "loss_per_epoch": r["loss_per_epoch"],
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     print("| seg_epochs | seg_lr | seed | held-out dev-train mIoU | pixel acc |\n|---:|---:|---:|---:|---:|")
     for r in rows:

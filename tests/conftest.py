@@ -57,4 +57,7 @@ def pair_dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def pytest_report_header(config):
-    return f"ivfuse shared folder: {SHARED} ({'present' if SHARED.exists() else 'absent'}); IVFUSE_SHARED={os.environ.get('IVFUSE_SHARED')}"
+    return (
+        f"ivfuse shared folder: {SHARED} ({'present' if SHARED.exists() else 'absent'}); "
+        f"IVFUSE_SHARED={os.environ.get('IVFUSE_SHARED')}"
+    )

@@ -71,7 +71,9 @@ def test_presets_are_the_documented_recipes():
 
 
 def test_cli_rejects_unknown_protocol(tmp_path, capsys):
-    rc = main(["bench", "--methods", "average", "--data", "tno", "--protocols", "fusion,bogus", "--out", str(tmp_path / "b")])
+    rc = main(
+        ["bench", "--methods", "average", "--data", "tno", "--protocols", "fusion,bogus", "--out", str(tmp_path / "b")]
+    )
     assert rc == 2
     assert "unknown protocol(s) bogus" in capsys.readouterr().err
     rc = main(["bench", "--methods", "average", "--data", "tno", "--device", "gpu", "--out", str(tmp_path / "b")])
@@ -83,21 +85,42 @@ def _fake_results() -> dict:
     def fus(en, nabf):
         return {"mean": {"en": en, "nabf": nabf}, "per_image": {"a": {"en": en, "nabf": nabf}}, "n_images": 1}
 
-    det = lambda m50, m95: {"mAP50": m50, "mAP50_95": m95, "per_class": {"person": {"AP50": m50, "AP50_95": m95, "n_gt": 3}}, "n_images": 1}  # noqa: E731
+    det = lambda m50, m95: {  # noqa: E731
+        "mAP50": m50,
+        "mAP50_95": m95,
+        "per_class": {"person": {"AP50": m50, "AP50_95": m95, "n_gt": 3}},
+        "n_images": 1,
+    }
     return {
-        "meta": {"methods": ["ir", "vis", "m1", "m2"], "references": ["ir", "vis"], "metrics": ["en", "nabf"], "judge": "yolov5n",
-                 "seeds": 1, "preset": "cpu", "recipe": PRESETS["cpu"].as_dict()},
-        "datasets": {"d:all": {
-            "n_pairs": 1, "labels": "infrared", "class_names": ["person"], "train_split": None, "n_train": 0, "skipped": {},
-            "fusion": {"ir": fus(9.0, 0.0), "vis": fus(9.5, 0.0), "m1": fus(6.0, 0.2), "m2": fus(7.0, 0.1)},
-            "zero": {"ir": det(0.9, 0.5), "vis": det(0.1, 0.05), "m1": det(0.4, 0.3), "m2": det(0.5, 0.2)},
-            "retrain": {}, "seg": {}, "speed": {},
-        }},
-    }  # fmt: skip
+        "meta": {
+            "methods": ["ir", "vis", "m1", "m2"],
+            "references": ["ir", "vis"],
+            "metrics": ["en", "nabf"],
+            "judge": "yolov5n",
+            "seeds": 1,
+            "preset": "cpu",
+            "recipe": PRESETS["cpu"].as_dict(),
+        },
+        "datasets": {
+            "d:all": {
+                "n_pairs": 1,
+                "labels": "infrared",
+                "class_names": ["person"],
+                "train_split": None,
+                "n_train": 0,
+                "skipped": {},
+                "fusion": {"ir": fus(9.0, 0.0), "vis": fus(9.5, 0.0), "m1": fus(6.0, 0.2), "m2": fus(7.0, 0.1)},
+                "zero": {"ir": det(0.9, 0.5), "vis": det(0.1, 0.05), "m1": det(0.4, 0.3), "m2": det(0.5, 0.2)},
+                "retrain": {},
+                "seg": {},
+                "speed": {},
+            }
+        },
+    }
 
 
 def test_ranking_marks_best_fusion_method_not_references():
-    (_, tabs), = tables(_fake_results())
+    ((_, tabs),) = tables(_fake_results())
     fusion, zero = tabs
     rows = {r["method"]: r for r in fusion["rows"]}
     # m2 wins en (higher better) and nabf (lower better); references (higher en) are not ranked
@@ -110,8 +133,17 @@ def test_ranking_marks_best_fusion_method_not_references():
 
 
 # ------------------------------------------------------------------------------------------------ real bench
-ARGS = dict(data="msrs:dev-val", protocols="fusion,zero,retrain", limit=4, train_limit=4, epochs=1, imgsz=160, batch_size=4,
-            progress=False, grid_pairs=2)  # fmt: skip
+ARGS = dict(
+    data="msrs:dev-val",
+    protocols="fusion,zero,retrain",
+    limit=4,
+    train_limit=4,
+    epochs=1,
+    imgsz=160,
+    batch_size=4,
+    progress=False,
+    grid_pairs=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +165,9 @@ def test_bench_results_files(bench_run):
     out, res, _, _ = bench_run
     for f in ("results.json", "results.csv", "results.md", "report.html"):
         assert (out / f).is_file(), f
-    strict = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    strict = json.loads(
+        (out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")
+    )
     e = strict["datasets"]["msrs:dev-val"]
     assert res["meta"]["methods"] == ["ir", "vis", "average", "gff"] and res["meta"]["references"] == ["ir", "vis"]
     assert e["n_pairs"] == 4 and e["n_train"] == 4 and e["labels"] == "infrared"
@@ -144,7 +178,9 @@ def test_bench_results_files(bench_run):
         assert set(e["zero"][m]["per_class"]) == {"person", "bicycle", "car"}
         run = e["retrain"][m]["seeds"][0]
         assert run["n_train"] == 4 and len(run["loss_per_epoch"]) == 1 and math.isfinite(run["loss_per_epoch"][0])
-    assert set(e["speed"]) == {"average", "gff"} and all(s["s_per_image"] > 0 and s["params"] == 0 for s in e["speed"].values())
+    assert set(e["speed"]) == {"average", "gff"} and all(
+        s["s_per_image"] > 0 and s["params"] == 0 for s in e["speed"].values()
+    )
     csv_rows = (out / "results.csv").read_text().splitlines()
     assert csv_rows[0] == "dataset,protocol,method,measure,value,std,n"
     for proto in ("fusion", "zero", "retrain", "speed"):
@@ -239,9 +275,18 @@ def test_report_renders_in_chromium_without_broken_images(bench_run, tmp_path):
         with Image.open(out / s) as im:
             im.load()
             assert im.size[0] > 10
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000"]  # fmt: skip
-    dom = subprocess.run([str(CHROMIUM), *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=180).stdout
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=20000",
+    ]
+    dom = subprocess.run(
+        [str(CHROMIUM), *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=180
+    ).stdout
     body = re.search(r"<body([^>]*)>", dom)
     assert body, "chromium returned no DOM"
     attrs = dict(re.findall(r'(data-[a-z]+)="([^"]*)"', body.group(1)))
@@ -249,8 +294,11 @@ def test_report_renders_in_chromium_without_broken_images(bench_run, tmp_path):
     assert int(attrs["data-images"]) == len(srcs)
     assert json.loads(attrs["data-broken"].replace("&quot;", '"')) == []
     shot = tmp_path / "report.png"
-    subprocess.run([str(CHROMIUM), *flags, "--window-size=1400,2000", f"--screenshot={shot}", report.as_uri()],
-                   capture_output=True, timeout=180)  # fmt: skip
+    subprocess.run(
+        [str(CHROMIUM), *flags, "--window-size=1400,2000", f"--screenshot={shot}", report.as_uri()],
+        capture_output=True,
+        timeout=180,
+    )
     arr = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert arr.shape == (2000, 1400) and arr.std() > 10  # a rendered page, not a blank one
 
@@ -286,15 +334,29 @@ def test_bench_seg_protocol_on_a_masked_layout(tmp_path, monkeypatch):
             shutil.copy(src / "ir" / f"{n}.png", root / split / "ir" / f"{n}.png")
             shutil.copy(src / "vi" / f"{n}.png", root / split / "vi" / f"{n}.png")
             ir = read_gray_u8(src / "ir" / f"{n}.png")
-            Image.fromarray(np.where(ir > np.percentile(ir, 90), 2, 0).astype(np.uint8)).save(root / split / "Segmentation_labels" / f"{n}.png")
+            Image.fromarray(np.where(ir > np.percentile(ir, 90), 2, 0).astype(np.uint8)).save(
+                root / split / "Segmentation_labels" / f"{n}.png"
+            )
     monkeypatch.setattr(downstream, "evaluate_segmenter", spy)
-    res = run_bench("average", f"msrs:test@{root}", protocols="fusion,seg", out=tmp_path / "out", progress=False,
-                    speed=False, seg_epochs=1, seg_crop=128)  # fmt: skip
+    res = run_bench(
+        "average",
+        f"msrs:test@{root}",
+        protocols="fusion,seg",
+        out=tmp_path / "out",
+        progress=False,
+        speed=False,
+        seg_epochs=1,
+        seg_crop=128,
+    )
     e = res["datasets"]["msrs:test"]
     assert "seg" not in e["skipped"] and e["train_split"] == "train" and e["n_train"] == 2
     assert len(judged) == 3  # one fine-tuned judge per method (ir, vis, average)
-    gt = {n: np.where(read_gray_u8(src / "ir" / f"{n}.png") > np.percentile(read_gray_u8(src / "ir" / f"{n}.png"), 90),
-                      2, 0) for n in names[2:]}  # fmt: skip
+    gt = {
+        n: np.where(
+            read_gray_u8(src / "ir" / f"{n}.png") > np.percentile(read_gray_u8(src / "ir" / f"{n}.png"), 90), 2, 0
+        )
+        for n in names[2:]
+    }
     for seg, data, out in judged:
         assert sorted(data.names) == names[2:]  # scored on the test split's pairs only
         tp, pred_n, gt_n, correct = np.zeros(9), np.zeros(9), np.zeros(9), 0
@@ -339,8 +401,18 @@ def test_bench_seg_protocol_with_a_pseudo_mask_folder(tmp_path):
     for n, ip, _ in pairs:
         ir = read_gray_u8(ip)
         Image.fromarray(np.where(ir > np.percentile(ir, 90), 2, 0).astype(np.uint8)).save(masks / f"{n}.png")
-    kw = dict(protocols="seg", out=tmp_path / "out", progress=False, speed=False, references=False, limit=2,
-              train_limit=2, seg_epochs=1, seg_crop=128, seg_masks=masks)  # fmt: skip
+    kw = dict(
+        protocols="seg",
+        out=tmp_path / "out",
+        progress=False,
+        speed=False,
+        references=False,
+        limit=2,
+        train_limit=2,
+        seg_epochs=1,
+        seg_crop=128,
+        seg_masks=masks,
+    )
     res = run_bench("average", "msrs:dev-val", **kw)
     e = res["datasets"]["msrs:dev-val"]
     assert "seg" not in e["skipped"] and e["n_train"] == 2 and res["meta"]["seg_masks"] == str(masks)

@@ -50,8 +50,15 @@ def test_a_folder_of_gff_images_scores_exactly_the_gff_rows(tmp_path):
     mine = tmp_path / "mine"
     _fuse_with_cli("gff", _pairs("dev-val", 3), mine / "dev-val", tmp_path / "in")
     _fuse_with_cli("gff", _pairs("dev-train", 4), mine / "dev-train", tmp_path / "in")
-    res = run_bench(f"gff,mine=dir:{mine}", protocols="fusion,zero,retrain", out=tmp_path / "b", seeds=1,
-                    references=False, baseline="gff", **SMALL)  # fmt: skip
+    res = run_bench(
+        f"gff,mine=dir:{mine}",
+        protocols="fusion,zero,retrain",
+        out=tmp_path / "b",
+        seeds=1,
+        references=False,
+        baseline="gff",
+        **SMALL,
+    )
     e = res["datasets"]["msrs:dev-val"]
     assert e["fusion"]["mine"]["per_image"] == e["fusion"]["gff"]["per_image"]
     for p in ("zero", "retrain"):
@@ -97,7 +104,8 @@ def test_a_folder_missing_a_pair_is_one_error_before_anything_is_computed(tmp_pa
 
 
 def test_py_methods_factory_and_function(tmp_path, monkeypatch):
-    (tmp_path / "my_fusion.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_fusion.py").write_text(
+        textwrap.dedent("""
         import torch
         from ivfuse.models import create_model
 
@@ -109,11 +117,17 @@ def test_py_methods_factory_and_function(tmp_path, monkeypatch):
 
         def wrong_size(ir, vis):
             return ir[..., :4, :4]
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     need("data/TNO")
-    res = run_bench("average,fn=py:my_fusion:average,fac=py:my_fusion:build", protocols="fusion", out=tmp_path / "b",
-                    references=False, **{**SMALL, "data": "tno"})  # fmt: skip
+    res = run_bench(
+        "average,fn=py:my_fusion:average,fac=py:my_fusion:build",
+        protocols="fusion",
+        out=tmp_path / "b",
+        references=False,
+        **{**SMALL, "data": "tno"},
+    )
     e = res["datasets"]["tno:all"]["fusion"]
     assert e["fac"]["per_image"] == e["average"]["per_image"]  # the registered method, built by the user's factory
     for n, v in e["fn"]["per_image"].items():  # TNO is gray: the function is the registered average exactly
@@ -147,7 +161,8 @@ def test_entry_point_plugin_is_listed_and_benched(tmp_path):
     """A third-party package declaring ``[project.entry-points."ivfuse.methods"]``, installed with pip."""
     pkg = tmp_path / "src_pkg"
     (pkg / "ivfuse_plugin_demo").mkdir(parents=True)
-    (pkg / "pyproject.toml").write_text(textwrap.dedent("""
+    (pkg / "pyproject.toml").write_text(
+        textwrap.dedent("""
         [build-system]
         requires = ["setuptools>=64"]
         build-backend = "setuptools.build_meta"
@@ -157,8 +172,10 @@ def test_entry_point_plugin_is_listed_and_benched(tmp_path):
         [project.entry-points."ivfuse.methods"]
         darker = "ivfuse_plugin_demo:Darker"
         average = "ivfuse_plugin_demo:Darker"
-    """))
-    (pkg / "ivfuse_plugin_demo" / "__init__.py").write_text(textwrap.dedent('''
+    """)
+    )
+    (pkg / "ivfuse_plugin_demo" / "__init__.py").write_text(
+        textwrap.dedent('''
         from ivfuse.models import FusionModel
 
         class Darker(FusionModel):
@@ -166,10 +183,26 @@ def test_entry_point_plugin_is_listed_and_benched(tmp_path):
 
             def fuse_luma(self, ir, y):
                 return (ir + y) / 4
-    '''))
+    ''')
+    )
     site = tmp_path / "site"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          "--no-index", "--target", str(site), str(pkg)], capture_output=True, text=True)  # fmt: skip
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(pkg),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert pip.returncode == 0, pip.stderr[-2000:]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "COLUMNS": "200"}
     ls = subprocess.run([sys.executable, "-m", "ivfuse", "list", "methods"], capture_output=True, text=True, env=env)
@@ -178,11 +211,14 @@ def test_entry_point_plugin_is_listed_and_benched(tmp_path):
     # a plugin may not shadow a built-in: it is skipped with a one-line warning naming it
     assert "plugin 'average' of ivfuse-plugin-demo is skipped" in " ".join(ls.stderr.split())
     out = tmp_path / "b"
-    code = ("import json, sys; from ivfuse.bench.runner import run_bench; "
-            f"r = run_bench('average,darker', 'msrs:val', protocols='fusion', out={str(out)!r}, limit=2, speed=False, "
-            "progress=False, report=False, references=False); "
-            "e = r['datasets']['msrs:dev-val']['fusion']; print(json.dumps([e['darker']['mean']['en'], e['average']['mean']['en'], "
-            "e['darker']['vs_baseline']['sd']['delta']]))")  # fmt: skip
+    code = (
+        "import json, sys; from ivfuse.bench.runner import run_bench; "
+        f"r = run_bench('average,darker', 'msrs:val', protocols='fusion', out={str(out)!r}, limit=2, speed=False, "
+        "progress=False, report=False, references=False); "
+        "e = r['datasets']['msrs:dev-val']['fusion']; "
+        "print(json.dumps([e['darker']['mean']['en'], e['average']['mean']['en'], "
+        "e['darker']['vs_baseline']['sd']['delta']]))"
+    )
     b = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert b.returncode == 0, b.stderr[-2000:]
     en_dark, en_avg, d_sd = json.loads(b.stdout.strip().splitlines()[-1])

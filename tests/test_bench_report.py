@@ -38,8 +38,15 @@ FUS = {
 
 
 def _ci(delta, lo, hi, n=3, **extra):
-    return {"delta": delta, "ci": [lo, hi], "excludes_zero": bool(lo > 0 or hi < 0), "n_images": n,
-            "method": "synthetic", "n_resamples": 100, **extra}  # fmt: skip
+    return {
+        "delta": delta,
+        "ci": [lo, hi],
+        "excludes_zero": bool(lo > 0 or hi < 0),
+        "n_images": n,
+        "method": "synthetic",
+        "n_resamples": 100,
+        **extra,
+    }
 
 
 # fusion: m_a better en (CI > 0), nabf CI contains 0; m_b worse en, better nabf (both exclude 0); USER none
@@ -63,8 +70,20 @@ RETRAIN = {
     "ir": (0.80, 0.50, [0.8, None, 0.7], _ci(0.1, -0.1, 0.3, n_seeds=[2, 2]), _ci(0.05, -0.1, 0.2, n_seeds=[2, 2])),
     "vis": (0.30, 0.15, [0.3, None, 0.2], _ci(-0.4, -0.6, -0.2, n_seeds=[2, 2]), _ci(-0.3, -0.5, -0.1, n_seeds=[2, 2])),
     "base": (0.70, 0.45, [0.7, None, 0.6], None, None),
-    "m_a": (0.75, 0.40, [0.75, None, 0.65], _ci(0.05, -0.02, 0.12, n_seeds=[2, 2]), _ci(-0.05, -0.1, 0.01, n_seeds=[2, 2])),
-    "m_b": (0.65, 0.42, [0.6, None, 0.55], _ci(-0.05, -0.09, -0.01, n_seeds=[2, 2]), _ci(-0.03, -0.1, 0.04, n_seeds=[2, 2])),
+    "m_a": (
+        0.75,
+        0.40,
+        [0.75, None, 0.65],
+        _ci(0.05, -0.02, 0.12, n_seeds=[2, 2]),
+        _ci(-0.05, -0.1, 0.01, n_seeds=[2, 2]),
+    ),
+    "m_b": (
+        0.65,
+        0.42,
+        [0.6, None, 0.55],
+        _ci(-0.05, -0.09, -0.01, n_seeds=[2, 2]),
+        _ci(-0.03, -0.1, 0.04, n_seeds=[2, 2]),
+    ),
     USER: (0.60, 0.38, [0.6, None, 0.5], _ci(-0.1, -0.2, 0.01, n_seeds=[2, 2]), _ci(-0.07, -0.2, 0.05, n_seeds=[2, 2])),
 }
 STD = 0.01  # retrain std of every row (two seeds)
@@ -96,28 +115,54 @@ def _det_entry(m, table, retrain):
 
 def make_results(root: Path, fused: dict[str, Path] | None = None, significance: bool = True) -> dict:
     e = {
-        "dataset": "folder", "split": "all", "root": str(root), "n_pairs": 3, "names": list(NAMES), "labels": "infrared",
-        "class_names": ["person"], "train_split": "all", "n_train": 3, "skipped": {"seg": "no masks"},
+        "dataset": "folder",
+        "split": "all",
+        "root": str(root),
+        "n_pairs": 3,
+        "names": list(NAMES),
+        "labels": "infrared",
+        "class_names": ["person"],
+        "train_split": "all",
+        "n_train": 3,
+        "skipped": {"seg": "no masks"},
         "fusion": {m: _fusion_entry(m) for m in METHODS},
         "zero": {m: _det_entry(m, ZERO, False) for m in METHODS},
         "retrain": {m: _det_entry(m, RETRAIN, True) for m in METHODS},
-        "seg": {}, "speed": {"m_a": {"s_per_image": 0.0123, "params": 1234, "size": "80x64", "device": "cpu", "threads": 1,
-                                      "calls": 3}},
+        "seg": {},
+        "speed": {
+            "m_a": {"s_per_image": 0.0123, "params": 1234, "size": "80x64", "device": "cpu", "threads": 1, "calls": 3}
+        },
         "fused_dirs": {m: str(p) for m, p in (fused or {}).items()},
-    }  # fmt: skip
+    }
     if significance:
-        e["significance"] = {"baseline": "base", "confidence": 0.95, "seed": 0,
-                             "n_resamples": {"fusion": 10000, "zero": 1000, "retrain": 1000},
-                             "how": {"fusion": "BCa", "zero": "image bootstrap", "retrain": "two-level bootstrap"}}  # fmt: skip
+        e["significance"] = {
+            "baseline": "base",
+            "confidence": 0.95,
+            "seed": 0,
+            "n_resamples": {"fusion": 10000, "zero": 1000, "retrain": 1000},
+            "how": {"fusion": "BCa", "zero": "image bootstrap", "retrain": "two-level bootstrap"},
+        }
     else:
         for proto in ("fusion", "zero", "retrain"):
             for r in e[proto].values():
                 r.pop("vs_baseline", None)
-    meta = {"methods": list(METHODS), "references": list(REFS), "metrics": ["en", "nabf"], "judge": "yolov5n", "seeds": 2,
-            "preset": "cpu", "recipe": PRESETS["cpu"].as_dict(), "protocols": ["fusion", "zero", "retrain"], "device": "cpu",
-            "torch_threads": 1, "torch": "x", "judge_weights": "default (COCO)", "labels": "infrared",
-            "baseline": "base" if significance else None,
-            "methods_identity": {m: ({"method": m, "folder": "/x"} if m == USER else {"method": m}) for m in METHODS}}  # fmt: skip
+    meta = {
+        "methods": list(METHODS),
+        "references": list(REFS),
+        "metrics": ["en", "nabf"],
+        "judge": "yolov5n",
+        "seeds": 2,
+        "preset": "cpu",
+        "recipe": PRESETS["cpu"].as_dict(),
+        "protocols": ["fusion", "zero", "retrain"],
+        "device": "cpu",
+        "torch_threads": 1,
+        "torch": "x",
+        "judge_weights": "default (COCO)",
+        "labels": "infrared",
+        "baseline": "base" if significance else None,
+        "methods_identity": {m: ({"method": m, "folder": "/x"} if m == USER else {"method": m}) for m in METHODS},
+    }
     return {"meta": meta, "datasets": {TAG: e}}
 
 
@@ -142,7 +187,13 @@ def test_detection_delta_columns_and_marker_exactly_where_the_ci_excludes_zero(t
     k = _by_kind(make_results(tmp_path))
     for proto, table in (("zero", ZERO), ("retrain", RETRAIN)):
         t = k[proto]
-        assert t["head"][:5] == ["method", "mAP50 ↑", "mAP50:95 ↑", "Δ mAP50 vs base [95 % CI]", "Δ mAP50:95 vs base [95 % CI]"]
+        assert t["head"][:5] == [
+            "method",
+            "mAP50 ↑",
+            "mAP50:95 ↑",
+            "Δ mAP50 vs base [95 % CI]",
+            "Δ mAP50:95 vs base [95 % CI]",
+        ]
         assert t["head"][5:] == ["AP50 person ↑"]  # the existing columns are kept
         j50, j95 = _col(t, "Δ mAP50 vs"), _col(t, "Δ mAP50:95 vs")
         rows = {r["method"]: r for r in t["rows"]}
@@ -155,7 +206,9 @@ def test_detection_delta_columns_and_marker_exactly_where_the_ci_excludes_zero(t
                 cell = rows[m]["cells"][j]
                 assert cell == _expected_det(v), (proto, m, cell)
                 assert (SIG_MARK in cell) == v["excludes_zero"]
-                assert rows[m]["sig"][j] == (None if not v["excludes_zero"] else "better" if v["delta"] > 0 else "worse")
+                assert rows[m]["sig"][j] == (
+                    None if not v["excludes_zero"] else "better" if v["delta"] > 0 else "worse"
+                )
                 assert not rows[m]["best"][j]  # Δ columns are not ranked
         if proto == "retrain":
             assert rows["m_a"]["cells"][0] == "0.7500 ± 0.0100"  # ± std over seeds kept
@@ -163,11 +216,24 @@ def test_detection_delta_columns_and_marker_exactly_where_the_ci_excludes_zero(t
     z = {r["method"]: r for r in k["zero"]["rows"]}
     assert z["m_a"]["best"][0] and not z["ir"]["best"][0] and z["m_b"]["second"][0] and not z["base"]["second"][0]
     # exactly these Δ cells carry the marker: ir (2), m_a mAP50, m_b mAP50:95 (zero); vis (2), m_b mAP50 (retrain)
-    marked = {(proto, r["method"], t["head"][j + 1]) for proto in ("zero", "retrain") for t in [k[proto]]
-              for r in t["rows"] for j, c in enumerate(r["cells"]) if SIG_MARK in c}  # fmt: skip
+    marked = {
+        (proto, r["method"], t["head"][j + 1])
+        for proto in ("zero", "retrain")
+        for t in [k[proto]]
+        for r in t["rows"]
+        for j, c in enumerate(r["cells"])
+        if SIG_MARK in c
+    }
     d50, d95 = "Δ mAP50 vs base [95 % CI]", "Δ mAP50:95 vs base [95 % CI]"
-    assert marked == {("zero", "ir", d50), ("zero", "ir", d95), ("zero", "m_a", d50), ("zero", "m_b", d95),
-                      ("retrain", "vis", d50), ("retrain", "vis", d95), ("retrain", "m_b", d50)}  # fmt: skip
+    assert marked == {
+        ("zero", "ir", d50),
+        ("zero", "ir", d95),
+        ("zero", "m_a", d50),
+        ("zero", "m_b", d95),
+        ("retrain", "vis", d50),
+        ("retrain", "vis", d95),
+        ("retrain", "m_b", d50),
+    }
 
 
 def test_fusion_delta_table_and_summary_column(tmp_path):
@@ -230,7 +296,9 @@ def _strip_escapes(s: str) -> str:
 def _tabulars(tex: str) -> list[tuple[str, list[str], str]]:
     """``(column spec, body lines, caption)`` of every tabular."""
     out = []
-    for m in re.finditer(r"\\caption\{(.*?)\}\n.*?\\begin\{tabular\}\{([lr]+)\}\n(.*?)\\end\{tabular\}", tex, re.DOTALL):
+    for m in re.finditer(
+        r"\\caption\{(.*?)\}\n.*?\\begin\{tabular\}\{([lr]+)\}\n(.*?)\\end\{tabular\}", tex, re.DOTALL
+    ):
         out.append((m.group(2), [ln for ln in m.group(3).splitlines() if ln.endswith("\\\\")], m.group(1)))
     return out
 
@@ -239,7 +307,8 @@ def test_results_tex_structure_best_bold_second_underlined(tmp_path):
     res = make_results(tmp_path)
     tex = latex(res)
     assert tex.isascii()  # pdflatex-safe: every symbol mapped to a macro
-    assert tex.count("\\begin{tabular}") == tex.count("\\toprule") == tex.count("\\bottomrule") == 5  # fusion, Δ, zero, retrain, speed
+    # fusion, Δ, zero, retrain, speed
+    assert tex.count("\\begin{tabular}") == tex.count("\\toprule") == tex.count("\\bottomrule") == 5
     flat = _strip_escapes(tex)
     depth = 0
     for c in flat:  # balanced braces
@@ -256,17 +325,28 @@ def test_results_tex_structure_best_bold_second_underlined(tmp_path):
         assert len(re.split(r"(?<!\\)&", head)) == n
     captions = [c for _, _, c in tabs]
     assert captions[2] == "folder:all $\\cdot$ zero: frozen yolov5n (infrared labels)"
-    zero = {re.split(r"(?<!\\)&", ln)[0].strip(): [c.strip() for c in re.split(r"(?<!\\)&", ln[:-2])[1:]] for ln in tabs[2][1][1:]}
+    zero = {
+        re.split(r"(?<!\\)&", ln)[0].strip(): [c.strip() for c in re.split(r"(?<!\\)&", ln[:-2])[1:]]
+        for ln in tabs[2][1][1:]
+    }
     esc, MA, MB = "my\\_net\\&\\#\\%", "m\\_a", "m\\_b"  # escaped labels
     assert esc in zero and "\\textit{ir} (reference)" in zero
     assert zero[MA][0] == "\\textbf{0.6000}" and zero[MB][0] == "\\underline{0.5000}"  # mAP50: best, second
     assert zero["base"][0] == "0.4000" and zero[esc][0] == "0.3000" and zero["\\textit{ir} (reference)"][0] == "0.9000"
     assert zero["base"][2:4] == ["baseline", "baseline"]
     assert zero[MA][2] == "+0.2000 [0.0500, 0.3500] $^{\\dagger}$" and zero[MA][3] == "+0.1000 [$-$0.0200, 0.2000]"
-    retrain = {re.split(r"(?<!\\)&", ln)[0].strip(): [c.strip() for c in re.split(r"(?<!\\)&", ln[:-2])[1:]] for ln in tabs[3][1][1:]}
-    assert retrain[MA][0] == "\\textbf{0.7500 $\\pm$ 0.0100}" and retrain["base"][0] == "\\underline{0.7000 $\\pm$ 0.0100}"
+    retrain = {
+        re.split(r"(?<!\\)&", ln)[0].strip(): [c.strip() for c in re.split(r"(?<!\\)&", ln[:-2])[1:]]
+        for ln in tabs[3][1][1:]
+    }
+    assert (
+        retrain[MA][0] == "\\textbf{0.7500 $\\pm$ 0.0100}" and retrain["base"][0] == "\\underline{0.7000 $\\pm$ 0.0100}"
+    )
     # fusion: nabf (lower better) best m_b, second base; en best m_a (vis, higher, is a reference)
-    fus = {re.split(r"(?<!\\)&", ln)[0].strip(): [c.strip() for c in re.split(r"(?<!\\)&", ln[:-2])[1:]] for ln in tabs[0][1][1:]}
+    fus = {
+        re.split(r"(?<!\\)&", ln)[0].strip(): [c.strip() for c in re.split(r"(?<!\\)&", ln[:-2])[1:]]
+        for ln in tabs[0][1][1:]
+    }
     assert fus[MB][1] == "\\textbf{0.0010}" and fus["base"][1] == "\\underline{0.0120}"
     assert fus[MA][0].startswith("\\textbf{") and not fus["\\textit{vis} (reference)"][0].startswith("\\textbf")
     assert "\\usepackage{booktabs}" in tex and "\\midrule" in tex
@@ -275,10 +355,18 @@ def test_results_tex_structure_best_bold_second_underlined(tmp_path):
 def test_results_tex_compiles_with_pdflatex(tmp_path):
     exe = shutil.which("pdflatex")
     if exe is None:
-        pytest.skip("pdflatex not installed (structure is checked by test_results_tex_structure_best_bold_second_underlined)")
+        pytest.skip(
+            "pdflatex not installed (structure is checked by test_results_tex_structure_best_bold_second_underlined)"
+        )
     (tmp_path / "results.tex").write_text(latex(make_results(tmp_path)))
-    r = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", "results.tex"], check=False, cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [exe, "-interaction=nonstopmode", "-halt-on-error", "results.tex"],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout[-3000:]
     assert (tmp_path / "results.pdf").stat().st_size > 1000
 
@@ -296,12 +384,15 @@ def test_per_image_csv_rows_and_values(tmp_path):
     assert len(got) == len(body)  # one row per (protocol, method, image, measure)
     assert float(got[("fusion", "m_a", "p1", "en")]) == 6.6 and float(got[("fusion", "base", "p2", "nabf")]) == 0.014
     assert got[("fusion", USER, "p1", "en")] == ""  # NaN written empty
-    assert float(got[("zero", "m_b", "p2", "AP50")]) == 0.4 and got[("zero", "m_b", "p1", "AP50")] == ""  # no ground truth
+    # no ground truth
+    assert float(got[("zero", "m_b", "p2", "AP50")]) == 0.4 and got[("zero", "m_b", "p1", "AP50")] == ""
     assert float(got[("retrain", "m_a", "p0", "AP50")]) == 0.75
     assert all(r[0] == TAG for r in body)
     # the same numbers come back from a JSON round trip (NaN -> null)
     write_results(res, tmp_path / "out")
-    strict = json.loads((tmp_path / "out" / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    strict = json.loads(
+        (tmp_path / "out" / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}")
+    )
     assert (tmp_path / "out" / "results_per_image.csv").read_text() == per_image_csv(strict) == per_image_csv(res)
     assert (tmp_path / "out" / "results.tex").read_text() == latex(res)
     assert (tmp_path / "out" / "results.md").read_text() == markdown(strict)

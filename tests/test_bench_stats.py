@@ -19,8 +19,11 @@ def _gt(xyxy, labels):
 
 
 def _det(xyxy, scores, labels):
-    return Detections(torch.tensor(xyxy, dtype=torch.float32).reshape(-1, 4), torch.tensor(scores, dtype=torch.float32),
-                      torch.tensor(labels, dtype=torch.int64))  # fmt: skip
+    return Detections(
+        torch.tensor(xyxy, dtype=torch.float32).reshape(-1, 4),
+        torch.tensor(scores, dtype=torch.float32),
+        torch.tensor(labels, dtype=torch.int64),
+    )
 
 
 def _random_set(seed: int, n: int = 12, quality: float = 1.0):
@@ -79,7 +82,9 @@ def test_hand_checked_ap_on_two_images():
     assert map_from_matches(m)["mAP50"] == pytest.approx(r["mAP50"], abs=1e-12)
     assert map_from_matches(m, [2, 0])["mAP50"] == pytest.approx(1.0)  # {A, A}: every detection a hit
     assert map_from_matches(m, [0, 2])["mAP50"] == pytest.approx(0.5)  # {B, B}: the false alarm first
-    assert map_from_matches(m, [0, 2])["mAP50"] == pytest.approx(detection_map(dets[1:] * 2, gts[1:] * 2, NAMES)["mAP50"])
+    assert map_from_matches(m, [0, 2])["mAP50"] == pytest.approx(
+        detection_map(dets[1:] * 2, gts[1:] * 2, NAMES)["mAP50"]
+    )
     assert per_image_ap50(PreparedMatches(m)) == pytest.approx([1.0, 0.5])
 
 
@@ -89,9 +94,14 @@ def test_identical_methods_contain_zero_and_a_better_one_excludes_it():
     same = paired_map_ci(base, base)
     assert same["delta"] == 0 and same["ci"][0] <= 0 <= same["ci"][1] and not same["excludes_zero"]
     # a worse method: the same detections plus a confident false alarm in every image
-    worse = [_det(torch.cat([d.xyxy, torch.tensor([[400.0, 400.0, 450.0, 450.0]])]).numpy(),
-                  torch.cat([d.scores, torch.tensor([0.99])]).numpy(), torch.cat([d.labels, torch.tensor([0])]).numpy())
-             for d in dets]  # fmt: skip
+    worse = [
+        _det(
+            torch.cat([d.xyxy, torch.tensor([[400.0, 400.0, 450.0, 450.0]])]).numpy(),
+            torch.cat([d.scores, torch.tensor([0.99])]).numpy(),
+            torch.cat([d.labels, torch.tensor([0])]).numpy(),
+        )
+        for d in dets
+    ]
     bad = PreparedMatches(detection_map(worse, gts, NAMES, matches=True)["matches"])
     r = paired_map_ci(base, bad)
     assert r["delta"] > 0 and r["excludes_zero"] and r["ci"][0] > 0, r
@@ -158,6 +168,8 @@ def test_scene_maps_equal_cocoeval_on_each_scene_alone():
     one2 = scene_maps([PreparedMatches(r2)], NAMES, masks)
     assert two["night"]["mAP50"] == pytest.approx((got["night"]["mAP50"] + one2["night"]["mAP50"]) / 2, abs=1e-12)
     entry = {"names": names, "class_names": list(NAMES), "zero": {"a": {}}, "retrain": {"a": {}}}
-    assert add_scene_maps(entry, {"zero": {"a": [encode_matches(r1)]}, "retrain": {"a": [encode_matches(r1), encode_matches(r2)]}})
+    assert add_scene_maps(
+        entry, {"zero": {"a": [encode_matches(r1)]}, "retrain": {"a": [encode_matches(r1), encode_matches(r2)]}}
+    )
     assert entry["zero"]["a"]["by_scene"]["day"]["mAP50"] == pytest.approx(got["day"]["mAP50"], abs=1e-12)
     assert entry["retrain"]["a"]["by_scene"]["night"]["mAP50"] == pytest.approx(two["night"]["mAP50"], abs=1e-12)

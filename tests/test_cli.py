@@ -24,7 +24,18 @@ def run(capsys, *args):
 
 def test_fuse_pair_keeps_colour_and_size(capsys, pair_dirs, tmp_path):
     ir, vis = pair_dirs
-    rc, out, _ = run(capsys, "fuse", "--ir", ir / "p0.png", "--vis", vis / "p0.png", "-o", tmp_path / "f.png", "--method", "laplacian")
+    rc, out, _ = run(
+        capsys,
+        "fuse",
+        "--ir",
+        ir / "p0.png",
+        "--vis",
+        vis / "p0.png",
+        "-o",
+        tmp_path / "f.png",
+        "--method",
+        "laplacian",
+    )
     assert rc == 0 and "wrote" in out
     im = Image.open(tmp_path / "f.png")
     assert im.mode == "RGB" and im.size == (80, 64)
@@ -43,8 +54,23 @@ def test_fuse_folder_then_eval(capsys, pair_dirs, tmp_path):
     assert rc == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0.png", "p1.png", "p2.png"]
     for ext in ("json", "csv", "md"):
-        rc, out, _ = run(capsys, "eval", "--ir", ir, "--vis", vis, "--fused", tmp_path / "out", "--metrics", "en,qabf,mse",
-                         "--out", tmp_path / f"r.{ext}", "--workers", "1", "-q")  # fmt: skip
+        rc, out, _ = run(
+            capsys,
+            "eval",
+            "--ir",
+            ir,
+            "--vis",
+            vis,
+            "--fused",
+            tmp_path / "out",
+            "--metrics",
+            "en,qabf,mse",
+            "--out",
+            tmp_path / f"r.{ext}",
+            "--workers",
+            "1",
+            "-q",
+        )
         assert rc == 0 and "mean" in out
     res = json.loads((tmp_path / "r.json").read_text())
     assert set(res) == {"per_image", "mean"} and set(res["per_image"]) == {"p0", "p1", "p2"}
@@ -58,23 +84,41 @@ def test_fuse_folder_then_eval(capsys, pair_dirs, tmp_path):
 
 def test_method_options(capsys, pair_dirs, tmp_path):
     ir, vis = pair_dirs
-    rc, _, _ = run(capsys, "fuse", "--ir", ir / "p1.png", "--vis", vis / "p1.png", "-o", tmp_path / "f.png",
-                   "--method", "laplacian", "--opt", "levels=2")  # fmt: skip
+    rc, _, _ = run(
+        capsys,
+        "fuse",
+        "--ir",
+        ir / "p1.png",
+        "--vis",
+        vis / "p1.png",
+        "-o",
+        tmp_path / "f.png",
+        "--method",
+        "laplacian",
+        "--opt",
+        "levels=2",
+    )
     assert rc == 0
     from ivfuse.fusion import fuse_files
 
     # the option reaches the model: the CLI image is the API's with levels=2, and not the default's
     fuse_files(ir / "p1.png", vis / "p1.png", tmp_path / "api2.png", "laplacian", levels=2)
     fuse_files(ir / "p1.png", vis / "p1.png", tmp_path / "api_default.png", "laplacian")
-    cli, api2, default = (np.asarray(Image.open(tmp_path / n), np.int16) for n in ("f.png", "api2.png",
-                                                                                    "api_default.png"))
+    cli, api2, default = (
+        np.asarray(Image.open(tmp_path / n), np.int16) for n in ("f.png", "api2.png", "api_default.png")
+    )
     assert np.array_equal(cli, api2)
     assert np.abs(cli - default).max() > 0
 
 
 def test_list(capsys):
-    for what, item in (("methods", "gff"), ("metrics", "qcb"), ("datasets", "msrs"), ("detectors", "yolov5n"),
-                       ("segmenters", "espnetv2")):  # fmt: skip
+    for what, item in (
+        ("methods", "gff"),
+        ("metrics", "qcb"),
+        ("datasets", "msrs"),
+        ("detectors", "yolov5n"),
+        ("segmenters", "espnetv2"),
+    ):
         rc, out, _ = run(capsys, "list", what)
         assert rc == 0 and item in out
 
@@ -108,31 +152,64 @@ def test_bad_input_table(capsys, tmp_path, pair_dirs):
     _write(unp / "vi" / "b.png", g)
     out = tmp_path / "res"
     cases = [
-        (["fuse", "--ir", tmp_path / "missing.png", "--vis", ok_vis, "-o", out / "f.png"], "missing.png: file not found"),
+        (
+            ["fuse", "--ir", tmp_path / "missing.png", "--vis", ok_vis, "-o", out / "f.png"],
+            "missing.png: file not found",
+        ),
         (["fuse", "--ir", corrupt, "--vis", ok_vis, "-o", out / "f.png"], "corrupt.png: cannot be read as an image"),
         (["fuse", "--ir", ok_ir, "--vis", big, "-o", out / "f.png"], "big.png: visible image is 80x70 but infrared"),
         (["fuse", "--ir", unp / "ir", "--vis", unp / "vi", "-o", out], "only in"),
-        (["fuse", "--ir", small, "--vis", small_v, "-o", out / "f.png", "--method", "laplacian"],
-         "small.png: image 20x20 is smaller than the 32x32 minimum of 'laplacian'"),
+        (
+            ["fuse", "--ir", small, "--vis", small_v, "-o", out / "f.png", "--method", "laplacian"],
+            "small.png: image 20x20 is smaller than the 32x32 minimum of 'laplacian'",
+        ),
         (["fuse", "--ir", nan_tif, "--vis", ok_vis, "-o", out / "f.png"], "nan.tif: contains NaN or inf"),
         (["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--method", "gfff"], "did you mean 'gff'"),
         (["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.gif"], "unsupported output extension"),
         (["eval", "--ir", ir_d, "--vis", vis_d, "--fused", ir_d, "--metrics", "qabff"], "did you mean 'qabf'"),
         (["eval", "--ir", ir_d, "--vis", vis_d, "--fused", unp / "ir"], "no fused image"),
-        (["eval", "--ir", ir_d, "--vis", vis_d, "--fused", ir_d, "--out", out / "r.xlsx"], "unsupported results format"),
+        (
+            ["eval", "--ir", ir_d, "--vis", vis_d, "--fused", ir_d, "--out", out / "r.xlsx"],
+            "unsupported results format",
+        ),
         (["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--device", "gpu"], "did you mean 'cuda'"),
-        (["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--method", "laplacian", "--opt", "level=5"],
-         "did you mean 'levels'"),
-        (["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--method", "laplacian", "--opt", "levels=five"],
-         "option 'levels' of method 'laplacian' must be int, got 'five'"),
-        (["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--method", "gff", "--weights", ok_ir],
-         "method 'gff' has no learned weights"),
+        (
+            ["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--method", "laplacian", "--opt", "level=5"],
+            "did you mean 'levels'",
+        ),
+        (
+            [
+                "fuse",
+                "--ir",
+                ok_ir,
+                "--vis",
+                ok_vis,
+                "-o",
+                out / "f.png",
+                "--method",
+                "laplacian",
+                "--opt",
+                "levels=five",
+            ],
+            "option 'levels' of method 'laplacian' must be int, got 'five'",
+        ),
+        (
+            ["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--method", "gff", "--weights", ok_ir],
+            "method 'gff' has no learned weights",
+        ),
         (["downstream", "detect", "--images", ir_d, "--labels", unp], "unpaired: no label files (.txt/.xml) found"),
-        (["eval", "--ir", ir_d, "--vis", vis_d, "--fused", ir_d, "--names", tmp_path / "nonames.txt"], "names file not found"),
-    ]  # fmt: skip
+        (
+            ["eval", "--ir", ir_d, "--vis", vis_d, "--fused", ir_d, "--names", tmp_path / "nonames.txt"],
+            "names file not found",
+        ),
+    ]
     if not __import__("torch").cuda.is_available():
-        cases.append((["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--device", "cuda"],
-                      "--device cuda: no CUDA GPU is available"))  # fmt: skip
+        cases.append(
+            (
+                ["fuse", "--ir", ok_ir, "--vis", ok_vis, "-o", out / "f.png", "--device", "cuda"],
+                "--device cuda: no CUDA GPU is available",
+            )
+        )
     for args, msg in cases:
         rc, _, err = run(capsys, *args)
         assert rc == 2, args
@@ -177,7 +254,16 @@ def test_entry_point_exit_code(tmp_path):
 def test_real_tno_and_msrs(capsys, tmp_path):
     tno = need("data/TNO")
     msrs = need("data/MSRS")
-    rc, _, _ = run(capsys, "fuse", "--ir", msrs / "ir" / "00004N.png", "--vis", msrs / "vi" / "00004N.png", "-o", tmp_path / "m.png")
+    rc, _, _ = run(
+        capsys,
+        "fuse",
+        "--ir",
+        msrs / "ir" / "00004N.png",
+        "--vis",
+        msrs / "vi" / "00004N.png",
+        "-o",
+        tmp_path / "m.png",
+    )
     assert rc == 0
     im = Image.open(tmp_path / "m.png")
     assert im.mode == "RGB" and im.size == (640, 480)
@@ -186,9 +272,23 @@ def test_real_tno_and_msrs(capsys, tmp_path):
         (sub / d).mkdir(parents=True)
         for n in ("01", "02", "03"):
             (sub / d / f"{n}.png").write_bytes((tno / d / f"{n}.png").read_bytes())
-    rc, _, _ = run(capsys, "fuse", "--ir", sub / "ir", "--vis", sub / "vi", "-o", tmp_path / "f", "--method", "gff", "-q")
+    rc, _, _ = run(
+        capsys, "fuse", "--ir", sub / "ir", "--vis", sub / "vi", "-o", tmp_path / "f", "--method", "gff", "-q"
+    )
     assert rc == 0
-    rc, out, _ = run(capsys, "eval", "--ir", sub / "ir", "--vis", sub / "vi", "--fused", tmp_path / "f", "--out", tmp_path / "r.json", "-q")
+    rc, out, _ = run(
+        capsys,
+        "eval",
+        "--ir",
+        sub / "ir",
+        "--vis",
+        sub / "vi",
+        "--fused",
+        tmp_path / "f",
+        "--out",
+        tmp_path / "r.json",
+        "-q",
+    )
     res = json.loads((tmp_path / "r.json").read_text())
     assert rc == 0 and len(res["per_image"]) == 3 and 0.3 < res["mean"]["qabf"] < 0.9
 
@@ -214,8 +314,10 @@ def test_cli_logging_levels_and_one_line_records(capsys):
     log.info("[train] epoch 1/2: hidden by -q")
     log.log(NOTICE, "resuming from %s after %s", "run/last.pt", "stage train epoch 1")
     log.warning("resume=force: continuing %s", "run")
-    assert capsys.readouterr().err.splitlines() == ["ivfuse: resuming from run/last.pt after stage train epoch 1",
-                                                     "ivfuse: warning: resume=force: continuing run"]  # fmt: skip
+    assert capsys.readouterr().err.splitlines() == [
+        "ivfuse: resuming from run/last.pt after stage train epoch 1",
+        "ivfuse: warning: resume=force: continuing run",
+    ]
     _setup_logging(build_parser().parse_args(["train", "lite", "epochs=1"]))
     log.info("[train] epoch 1/2 (0.1 s): loss=1")
     log.debug("not shown at INFO")

@@ -19,8 +19,10 @@ from ivfuse.utils import shared_root
 from ivfuse.weights import WEIGHTS
 
 METHODS = ivfuse.list_models()
-SHIPPED = sorted(p.name.removesuffix("_default.safetensors")
-                 for p in (Path(ivfuse.__file__).parent / "weights").glob("*_default.safetensors"))  # fmt: skip
+SHIPPED = sorted(
+    p.name.removesuffix("_default.safetensors")
+    for p in (Path(ivfuse.__file__).parent / "weights").glob("*_default.safetensors")
+)
 
 
 def _shipped(name: str) -> Path:
@@ -33,7 +35,9 @@ def absent_weights(name: str) -> list[Path]:
     ``weights/<name>_default.safetensors`` when the method ships one, and the ``../shared`` files registered in
     :data:`ivfuse.weights.WEIGHTS` under the method's name (``name`` or ``name_*``)."""
     files = [_shipped(name)] if name in SHIPPED else []
-    files += [shared_root() / "weights" / w.filename for k, w in WEIGHTS.items() if k == name or k.startswith(f"{name}_")]
+    files += [
+        shared_root() / "weights" / w.filename for k, w in WEIGHTS.items() if k == name or k.startswith(f"{name}_")
+    ]
     return [f for f in files if not f.is_file()]
 
 
@@ -50,13 +54,14 @@ def build_or_skip(name: str):
         raise
 
 
-
 def _pair(h, w, channels):
     g = torch.Generator().manual_seed(0)
     yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
     ir = (0.2 + 0.1 * torch.rand(2, 1, h, w, generator=g)).clone()
     ir[..., h // 4 : h // 2, w // 4 : w // 2] = 0.95  # a hot target
-    vis = torch.stack([xx, yy, (xx + yy) / 2])[None].repeat(2, 1, 1, 1) * 0.8 + 0.1 * torch.rand(2, 3, h, w, generator=g)
+    vis = torch.stack([xx, yy, (xx + yy) / 2])[None].repeat(2, 1, 1, 1) * 0.8 + 0.1 * torch.rand(
+        2, 3, h, w, generator=g
+    )
     return ir.clamp(0, 1), (vis[:, :channels] if channels == 1 else vis).clamp(0, 1)
 
 
@@ -89,7 +94,9 @@ def test_one_default_weights_table_and_one_meaning_of_weights_none(tmp_path):
         shipped = ivfuse.create_model(name).state_dict()
         fresh = ivfuse.create_model(name, weights=None, **({"genotype": "ivif_light"} if name == "tim" else {}))
         new = fresh.state_dict()
-        assert any(k not in new or new[k].shape != v.shape or not torch.equal(new[k], v) for k, v in shipped.items()), name
+        assert any(k not in new or new[k].shape != v.shape or not torch.equal(new[k], v) for k, v in shipped.items()), (
+            name
+        )
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -104,7 +111,9 @@ def test_a_corrupted_shipped_file_fails_not_skips(tmp_path, monkeypatch, name, d
     bad = pkg / "weights" / real.name
     shutil.copyfile(real, bad)
     data = bad.read_bytes()
-    bad.write_bytes({"truncated": data[: len(data) // 2], "header": data[:8] + b"#" * 16 + data[24:], "empty": b""}[damage])
+    bad.write_bytes(
+        {"truncated": data[: len(data) // 2], "header": data[:8] + b"#" * 16 + data[24:], "empty": b""}[damage]
+    )
     files = importlib.resources.files
     monkeypatch.setattr(importlib.resources, "files", lambda p: pkg if p == "ivfuse" else files(p))
     assert absent_weights(name) == []  # the file is there: no reason to skip

@@ -11,8 +11,17 @@ from PIL import Image
 
 from conftest import need
 from ivfuse.data import (
-    Boxes, Joint, load_dataset, pair_by_stem, random_crop, read_coco, read_mask, read_voc, read_yolo, train_transform,
-)  # fmt: skip
+    Boxes,
+    Joint,
+    load_dataset,
+    pair_by_stem,
+    random_crop,
+    read_coco,
+    read_mask,
+    read_voc,
+    read_yolo,
+    train_transform,
+)
 from ivfuse.errors import InputError, PairingError, UnknownNameError
 
 
@@ -76,11 +85,15 @@ def test_voc_reader(tmp_path):
 
 def test_coco_reader(tmp_path):
     p = tmp_path / "c.json"
-    p.write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "x/00001.png"}, {"id": 2, "file_name": "00002.png"}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 20, 30, 40], "iscrowd": 0}],
-        "categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}],
-    }))  # fmt: skip
+    p.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "x/00001.png"}, {"id": 2, "file_name": "00002.png"}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 20, 30, 40], "iscrowd": 0}],
+                "categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}],
+            }
+        )
+    )
     boxes, names = read_coco(p)
     assert names == ("person", "car")
     assert boxes["00001"].xyxy[0].tolist() == [10, 20, 40, 60] and boxes["00001"].labels.tolist() == [1]
@@ -149,8 +162,12 @@ def test_joint_transform_moves_boxes_with_pixels():
     ir[:, 10:30, 50:70] = 1.0  # bright object
     vis = ir.repeat(3, 1, 1) * 0.5
     mask = (ir[0] > 0).long()
-    sample = {"ir": ir, "vis": vis, "mask": mask,
-              "boxes": Boxes(torch.tensor([[50.0, 10.0, 70.0, 30.0]]), torch.tensor([0]), ("person",))}
+    sample = {
+        "ir": ir,
+        "vis": vis,
+        "mask": mask,
+        "boxes": Boxes(torch.tensor([[50.0, 10.0, 70.0, 30.0]]), torch.tensor([0]), ("person",)),
+    }
     for _ in range(5):
         out = train_transform(crop=(48, 64), flip=True)(sample)
         assert out["ir"].shape == (1, 48, 64) and out["vis"].shape == (3, 48, 64) and out["mask"].shape == (48, 64)
@@ -161,8 +178,12 @@ def test_joint_transform_moves_boxes_with_pixels():
 
 
 def test_crop_drops_boxes_outside():
-    sample = {"ir": torch.zeros(1, 100, 100), "vis": torch.zeros(1, 100, 100), "mask": None,
-              "boxes": Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0], [80.0, 80.0, 99.0, 99.0]]), torch.tensor([0, 1]))}
+    sample = {
+        "ir": torch.zeros(1, 100, 100),
+        "vis": torch.zeros(1, 100, 100),
+        "mask": None,
+        "boxes": Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0], [80.0, 80.0, 99.0, 99.0]]), torch.tensor([0, 1])),
+    }
     from torchvision.transforms import v2
 
     out = Joint(v2.CenterCrop(50))(sample)
@@ -214,10 +235,14 @@ def test_msrs_dev_split_follows_its_rule(shared):
 def test_msrs_union_labels_merge_duplicates(tmp_path):
     """det_labels="union": a visible box that repeats a same-class infrared box (IoU > union_iou) is dropped."""
     _make_layout(tmp_path, "ir", "vi", names=("0001",), size=(100, 80))
-    for s, rows in {"infrared": ["0 0.20 0.50 0.20 0.50", "2 0.70 0.50 0.30 0.40"],
-                    "visible": ["0 0.22 0.50 0.20 0.50",  # the same person, IoU 0.82
-                                "1 0.20 0.50 0.20 0.50",  # a bicycle at the same place: kept
-                                "2 0.85 0.50 0.30 0.40"]}.items():  # the car, IoU 1/3: kept
+    for s, rows in {
+        "infrared": ["0 0.20 0.50 0.20 0.50", "2 0.70 0.50 0.30 0.40"],
+        "visible": [
+            "0 0.22 0.50 0.20 0.50",  # the same person, IoU 0.82
+            "1 0.20 0.50 0.20 0.50",  # a bicycle at the same place: kept
+            "2 0.85 0.50 0.30 0.40",  # the car, IoU 1/3: kept
+        ],
+    }.items():
         (tmp_path / "labels_det" / s).mkdir(parents=True)
         (tmp_path / "labels_det" / s / "0001.txt").write_text("\n".join(rows) + "\n")
     ds = load_dataset("msrs", root=tmp_path, det_labels="union")

@@ -167,8 +167,18 @@ def _env(**extra) -> dict:
 
 
 def _torchrun(args: list[str], timeout: int = 300, **env) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(**env), check=False)
 
 
@@ -180,10 +190,16 @@ def _run_worker(tmp: Path, name: str, cfg: dict, out: Path, **env) -> subprocess
     (tmp / f"{out.name}.json").write_text(json.dumps(cfg))
     args = [sys.executable, str(tmp / "worker.py"), name, str(tmp / f"{out.name}.json"), str(out)]
     port = str(_free_port())
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                                       MASTER_PORT=port, **env))
-             for r in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **env),
+        )
+        for r in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     rc = max(p.returncode for p in procs)
     return subprocess.CompletedProcess(args, rc, "".join(o[0] for o in outs), "".join(o[1] for o in outs))
@@ -231,8 +247,10 @@ def test_batch_source_shards_are_disjoint_and_union_is_the_single_process_batch(
     from ivfuse.engine import distributed as dist
 
     g = torch.Generator().manual_seed(0)
-    samples = [{"name": f"s{i}", "ir": torch.rand(1, 12, 14, generator=g), "vis": torch.rand(3, 12, 14, generator=g)}
-               for i in range(10)]  # fmt: skip
+    samples = [
+        {"name": f"s{i}", "ir": torch.rand(1, 12, 14, generator=g), "vis": torch.rand(3, 12, 14, generator=g)}
+        for i in range(10)
+    ]
     whole = BatchSource(samples, 4, [RandomCrop(8), RandomFlip()], seed=5)
     ref = list(whole.epoch(1, "k"))
     shards = []
@@ -302,10 +320,21 @@ def _folder(tmp: Path, n: int = 4, h: int = 40, w: int = 48) -> Path:
 
 def _mf_items(root: Path) -> list[str]:
     return [
-        "fusion.width=0.125", "mfe.mid=4", "data.crop=[24, 24]", "data.batch=4", "data.max_batches=null",
-        "epochs.pretrain=2", "epochs.det=0", "epochs.mfe=2", "inner.every=1", "inner.updates=1", "rounds=1",
-        "val.max=0", "detector.weights=scratch", f"data.train=[{{name: folder, root: {root}}}]",
-    ]  # fmt: skip
+        "fusion.width=0.125",
+        "mfe.mid=4",
+        "data.crop=[24, 24]",
+        "data.batch=4",
+        "data.max_batches=null",
+        "epochs.pretrain=2",
+        "epochs.det=0",
+        "epochs.mfe=2",
+        "inner.every=1",
+        "inner.updates=1",
+        "rounds=1",
+        "val.max=0",
+        "detector.weights=scratch",
+        f"data.train=[{{name: folder, root: {root}}}]",
+    ]
 
 
 @pytest.mark.slow
@@ -331,13 +360,27 @@ def _tim_items(root: Path) -> list[str]:
     initial weights the lower Hessian has negative curvature along ∇_ω F (pᵀHp ≈ -150), where truncated CG stops
     before its first step and the implicit term would be 0; damped, CG takes its 2 steps."""
     return [
-        "net.width=8", "search.candidates=[res_k3_d1, dil_k3_d2, eca_k3]", "guidance=false", "task.lambda_search=0", "search.cg_iters=2", "search.max_batches=2",
-        "search.lr_a=0.05", "search.damping=50.0",
-        "data.max_batches=2", "data.batch=2", "data.crop=[24, 24]", "data.det_crop=[32, 32]", "meta.steps=2",
-        "meta.inner_steps=2", "val.max=0", "epochs.search=2", "epochs.meta_init=1", "epochs.train=2",
+        "net.width=8",
+        "search.candidates=[res_k3_d1, dil_k3_d2, eca_k3]",
+        "guidance=false",
+        "task.lambda_search=0",
+        "search.cg_iters=2",
+        "search.max_batches=2",
+        "search.lr_a=0.05",
+        "search.damping=50.0",
+        "data.max_batches=2",
+        "data.batch=2",
+        "data.crop=[24, 24]",
+        "data.det_crop=[32, 32]",
+        "meta.steps=2",
+        "meta.inner_steps=2",
+        "val.max=0",
+        "epochs.search=2",
+        "epochs.meta_init=1",
+        "epochs.train=2",
         f"data.task=[{{name: folder, root: {root}}}]",
         f"data.meta=[{{name: folder, root: {root}, task: a}}, {{name: folder, root: {root}, task: b}}]",
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.slow
@@ -372,8 +415,11 @@ def test_ddp_tim_search_and_training_equal_ranks_and_single_process(tmp_path):
                 assert abs(a[k] - b[k]) < 1e-5 * max(1.0, abs(a[k])), (st, k, a[k], b[k])
     # the comparison is not vacuous: α moved from its initial value by far more than the two runs differ
     init = load_config("tim", "cpu", overrides=_tim_items(tmp_path / "pairs") + ["epochs.search=0", "stage=search"])
-    alpha0 = {k: v for k, v in _single(tmp_path, "ddp_probe_tim", init, tmp_path / "init")["modules"]["supernet"].items()
-              if k.endswith("alpha")}  # fmt: skip
+    alpha0 = {
+        k: v
+        for k, v in _single(tmp_path, "ddp_probe_tim", init, tmp_path / "init")["modules"]["supernet"].items()
+        if k.endswith("alpha")
+    }
     sa, da = single["modules"]["supernet"], e0["modules"]["supernet"]
     moved = {k: float((sa[k] - a).abs().max()) for k, a in alpha0.items()}
     diff = {k: float((sa[k] - da[k]).abs().max()) for k in alpha0}
@@ -392,10 +438,23 @@ def test_ddp_tim_task_guided_equal_ranks(tmp_path):
     need("data/MSRS")
     need("data/TNO")
     need("weights/yolov5n_coco_v6.1_state_dict.pt")
-    items = ["net.width=8", "search.cg_iters=1", "search.max_batches=1", "data.max_batches=2", "data.batch=2",
-             "data.crop=[32, 32]", "data.det_crop=[64, 64]", "meta.steps=1", "meta.inner_steps=1", "val.max=0",
-             "epochs.search=1", "epochs.meta_init=1", "epochs.train=2", "search.candidates=[res_k3_d1, eca_k3]",
-             "data.meta=[{name: tno, split: all, task: tno}]"]  # fmt: skip
+    items = [
+        "net.width=8",
+        "search.cg_iters=1",
+        "search.max_batches=1",
+        "data.max_batches=2",
+        "data.batch=2",
+        "data.crop=[32, 32]",
+        "data.det_crop=[64, 64]",
+        "meta.steps=1",
+        "meta.inner_steps=1",
+        "val.max=0",
+        "epochs.search=1",
+        "epochs.meta_init=1",
+        "epochs.train=2",
+        "search.candidates=[res_k3_d1, eca_k3]",
+        "data.meta=[{name: tno, split: all, task: tno}]",
+    ]
     cfg = load_config("tim", "cpu", overrides=items)
     _ok(_run_worker(tmp_path, "ddp_probe_tim", cfg, tmp_path / "ddp"))
     r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -408,8 +467,19 @@ def test_ddp_tim_task_guided_equal_ranks(tmp_path):
 def test_torchrun_module_cli_trains_metafusion_with_gloo(tmp_path):
     root = _folder(tmp_path)
     items = [*_mf_items(root), "epochs.mfe=0"]
-    p = _torchrun(["-m", "ivfuse", "train", "metafusion", "preset=cpu", f"out={tmp_path / 'run'}", "-q",
-                   f"export={tmp_path / 'f.safetensors'}", *items])  # fmt: skip
+    p = _torchrun(
+        [
+            "-m",
+            "ivfuse",
+            "train",
+            "metafusion",
+            "preset=cpu",
+            f"out={tmp_path / 'run'}",
+            "-q",
+            f"export={tmp_path / 'f.safetensors'}",
+            *items,
+        ]
+    )
     _ok(p)
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["world_size"] == 2 and s["export"] == str(tmp_path / "f.safetensors")
@@ -487,8 +557,18 @@ def test_amp_fp16_on_cpu_refused_bf16_autocasts(tmp_path, capsys, pair_dirs):
     assert seen == [torch.bfloat16] and precision() == ("none", "cpu")
     runs = {}
     for amp in ("none", "bf16"):
-        cfg = load_config("metafusion", "cpu", overrides=[*_mf_items(root), f"amp={amp}", "channels_last=true",
-                                                           "epochs.mfe=0", "epochs.pretrain=2", "data.batch=2"])  # fmt: skip
+        cfg = load_config(
+            "metafusion",
+            "cpu",
+            overrides=[
+                *_mf_items(root),
+                f"amp={amp}",
+                "channels_last=true",
+                "epochs.mfe=0",
+                "epochs.pretrain=2",
+                "data.batch=2",
+            ],
+        )
         s = train("metafusion", cfg, tmp_path / amp, progress=False)
         assert s["amp"] == amp and precision() == ("none", "cpu")  # train() restored the precision it set
         runs[amp] = (s, torch.load(tmp_path / amp / "final.pt", weights_only=True)["modules"]["F"])

@@ -20,9 +20,19 @@ from ivfuse.cli import main, parse_options
 from ivfuse.config import apply_overrides, check_types, parse_items, parse_value
 from ivfuse.data.labels import Boxes
 from ivfuse.engine import (
-    RECIPES, BatchSource, OptimStep, RandomCrop, RandomFlip, Recipe, Stage, Trainer, call_with, register_recipe, train,
+    RECIPES,
+    BatchSource,
+    OptimStep,
+    RandomCrop,
+    RandomFlip,
+    Recipe,
+    Stage,
+    Trainer,
+    call_with,
+    register_recipe,
+    train,
     virtual_step,
-)  # fmt: skip
+)
 from ivfuse.engine.config import load_config, split_items
 from ivfuse.errors import InputError, IvfuseError, UnknownNameError
 
@@ -34,7 +44,9 @@ def test_one_parser_reads_exponents_as_floats_and_yaml_collections():
     assert parse_value("5e-4") == 5e-4 and isinstance(parse_value("5e-4"), float)
     assert parse_value("1E3") == 1000.0 and parse_value("-2e+2") == -200.0 and parse_value("1.0e-3") == 1e-3
     assert parse_value("7") == 7 and isinstance(parse_value("7"), int)
-    assert parse_value("[1, 2]") == [1, 2] and parse_value("[{name: msrs, split: train}]") == [{"name": "msrs", "split": "train"}]
+    assert parse_value("[1, 2]") == [1, 2] and parse_value("[{name: msrs, split: train}]") == [
+        {"name": "msrs", "split": "train"}
+    ]
     assert parse_value("true") is True and parse_value("null") is None and parse_value("five") == "five"
     assert parse_value("[1") == "[1"  # not YAML: the raw string
     # --opt and train share it
@@ -51,10 +63,16 @@ def test_overrides_are_checked_against_the_defaults_types():
     assert cfg["crop"] == [64, 48] and cfg["sub"] == {"a": 2, "b": "y"} and cfg["any"] == [1]
     assert type(apply_overrides(d, ["lr=1"])["lr"]) is float  # int where a float is expected: converted
     assert apply_overrides(d, ["sub={b: z}"])["sub"] == {"a": 1, "b": "z"}  # a mapping merges into the section
-    for bad, msg in [("n=abc", "'n' must be an integer"), ("n=1.5", "'n' must be an integer"),
-                     ("flag=1", "'flag' must be a boolean"), ("crop=96", "'crop' must be a list"),
-                     ("sub=oops", "'sub' must be a mapping"), ("lr=fast", "'lr' must be a number"),
-                     ("name=3", "'name' must be a string"), ("sub={c: 1}", "unknown config key 'sub.c'")]:  # fmt: skip
+    for bad, msg in [
+        ("n=abc", "'n' must be an integer"),
+        ("n=1.5", "'n' must be an integer"),
+        ("flag=1", "'flag' must be a boolean"),
+        ("crop=96", "'crop' must be a list"),
+        ("sub=oops", "'sub' must be a mapping"),
+        ("lr=fast", "'lr' must be a number"),
+        ("name=3", "'name' must be a string"),
+        ("sub={c: 1}", "unknown config key 'sub.c'"),
+    ]:
         with pytest.raises(IvfuseError, match=re.escape(msg)):
             apply_overrides(d, [bad])
     with pytest.raises(UnknownNameError, match="did you mean 'lr'"):
@@ -203,9 +221,15 @@ def _samples(n=6, h=20, w=24):
     g = torch.Generator().manual_seed(0)
     out = []
     for i in range(n):
-        out.append({"name": f"s{i}", "ir": torch.rand(1, h, w, generator=g), "vis": torch.rand(3, h, w, generator=g),
-                    "mask": torch.randint(0, 3, (h, w), generator=g),
-                    "boxes": Boxes(torch.tensor([[2.0, 3.0, 12.0, 15.0]]), torch.tensor([1]), ("a", "b"))})  # fmt: skip
+        out.append(
+            {
+                "name": f"s{i}",
+                "ir": torch.rand(1, h, w, generator=g),
+                "vis": torch.rand(3, h, w, generator=g),
+                "mask": torch.randint(0, 3, (h, w), generator=g),
+                "boxes": Boxes(torch.tensor([[2.0, 3.0, 12.0, 15.0]]), torch.tensor([1]), ("a", "b")),
+            }
+        )
     return out
 
 
@@ -223,7 +247,9 @@ def test_batch_source_is_a_function_of_seed_key_and_epoch():
     torch.manual_seed(456)  # the global generator does not matter
     assert torch.equal(x, next(iter(src.epoch(1, "s")))["ir"])
     other = BatchSource(_samples(), 2, [RandomCrop(8)], seed=4)
-    assert [b["name"] for b in other.epoch(0, "s")] != a or not torch.equal(next(iter(other.epoch(0, "s")))["ir"], first["ir"])
+    assert [b["name"] for b in other.epoch(0, "s")] != a or not torch.equal(
+        next(iter(other.epoch(0, "s")))["ir"], first["ir"]
+    )
 
 
 def test_crop_and_flip_move_images_masks_boxes_and_extras_together():
@@ -313,8 +339,10 @@ def search_derive_retrain():
 
         def stages(self):
             e = self.cfg["epochs"]
-            return [Stage("search", e, self.data, self._step(self.search, self.step_s), on_stage_end=self.derive),
-                    Stage("retrain", e, self.data, lambda b, c: self._step(self.retrain, self.step_r)(b, c))]  # fmt: skip
+            return [
+                Stage("search", e, self.data, self._step(self.search, self.step_s), on_stage_end=self.derive),
+                Stage("retrain", e, self.data, lambda b, c: self._step(self.retrain, self.step_r)(b, c)),
+            ]
 
         def validate(self):
             x = torch.stack([s["x"] for s in self.data.samples])
@@ -347,7 +375,9 @@ def test_same_seed_runs_are_bitwise_equal_and_differ_from_another_seed(tmp_path,
     assert _equal_states(_final(tmp_path / "a")[0], _final(tmp_path / "b")[0])
     assert s1["history"] == s2["history"] and s1["metrics"]["val"] == s2["metrics"]["val"]
     train("toy_sdr", {"seed": 1, "epochs": 3}, tmp_path / "c", progress=False)
-    assert not torch.equal(_final(tmp_path / "a")[0]["retrain"]["0.weight"], _final(tmp_path / "c")[0]["retrain"]["0.weight"])
+    assert not torch.equal(
+        _final(tmp_path / "a")[0]["retrain"]["0.weight"], _final(tmp_path / "c")[0]["retrain"]["0.weight"]
+    )
     assert s1["history"]["retrain"][-1]["loss"] < s1["history"]["search"][0]["loss"]  # it learns
     assert s1["metrics"]["search/end"]["kept"] > 0 and len(s1["history"]["search"]) == 3
 
@@ -372,8 +402,10 @@ def test_interrupted_run_resumes_bitwise_equal(tmp_path, search_derive_retrain, 
     assert f"resuming from {tmp_path / 'cut' / 'last.pt'} after {pos}" in err
     full, cut = _final(tmp_path / "full"), _final(tmp_path / "cut")
     assert _equal_states(full[0], cut[0])
-    assert all(torch.equal(full[1]["retrain"]["state"][i]["momentum_buffer"], cut[1]["retrain"]["state"][i]["momentum_buffer"])
-               for i in full[1]["retrain"]["state"])  # fmt: skip
+    assert all(
+        torch.equal(full[1]["retrain"]["state"][i]["momentum_buffer"], cut[1]["retrain"]["state"][i]["momentum_buffer"])
+        for i in full[1]["retrain"]["state"]
+    )
     assert s["history"] == json.loads((tmp_path / "full" / "summary.json").read_text())["history"]
 
 
@@ -382,7 +414,9 @@ def test_resume_policy(tmp_path, search_derive_retrain, caplog):
     with pytest.raises(InputError, match=r"different config \(epochs: 1 -> 2\).*resume=force.*resume=new"):
         train("toy_sdr", {"seed": 0, "epochs": 2}, tmp_path / "r", progress=False)
     s = train("toy_sdr", {"seed": 0, "epochs": 2}, tmp_path / "r", progress=False, resume="force")
-    assert len(s["history"]["search"]) == 2 and [r.levelname for r in caplog.records if "resume=force" in r.message] == ["WARNING"]
+    assert len(s["history"]["search"]) == 2 and [
+        r.levelname for r in caplog.records if "resume=force" in r.message
+    ] == ["WARNING"]
     s = train("toy_sdr", {"seed": 0, "epochs": 2}, tmp_path / "r", progress=False, resume="new")
     fresh = train("toy_sdr", {"seed": 0, "epochs": 2}, tmp_path / "fresh", progress=False)
     assert s["history"] == fresh["history"]
@@ -427,8 +461,15 @@ def test_documented_example_recipe_trains(tmp_path, pair_dirs):
         exec(compile(code, str(ROOT / "docs" / "engine.md"), "exec"), ns)  # noqa: S102 - our own documentation
         cfg = yaml.load(_doc_block("yaml", "example config"), Loader=__import__("ivfuse.config").config.Loader)
         root = str(pair_dirs[0].parent)
-        cfg = apply_overrides(cfg, {"data": [{"name": "folder", "root": root}], "epochs": 1, "crop": [32, 32],
-                                    "val": {"name": "folder", "root": root, "max": 2}})  # fmt: skip
+        cfg = apply_overrides(
+            cfg,
+            {
+                "data": [{"name": "folder", "root": root}],
+                "epochs": 1,
+                "crop": [32, 32],
+                "val": {"name": "folder", "root": root, "max": 2},
+            },
+        )
         s = train("weightnet", cfg, tmp_path / "run", export=tmp_path / "w.safetensors", progress=False)
     finally:
         RECIPES._items.pop("weightnet", None)
@@ -447,7 +488,7 @@ def test_documented_example_recipe_trains(tmp_path, pair_dirs):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["export"] == str(tmp_path / "w.safetensors")
 
 
-# ------------------------------------------------------------------------------------------------ downstream fine-tuning
+# ----------------------------------------------------------------------------------------------- downstream fine-tuning
 def _det_folder(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "img").mkdir()
@@ -474,7 +515,9 @@ def test_finetune_detector_is_bitwise_reproducible_from_seed(tmp_path):
         det = create_detector("yolov5n", weights=None)
         det.load_state_dict(init)
         logged = []
-        hist = finetune_detector(det, data, epochs=2, batch_size=3, imgsz=64, seed=seed, progress=False, log=logged.append)
+        hist = finetune_detector(
+            det, data, epochs=2, batch_size=3, imgsz=64, seed=seed, progress=False, log=logged.append
+        )
         runs.append((hist, {k: v.clone() for k, v in det.state_dict().items()}))
         assert [r["epoch"] for r in logged] == [1, 2] and [r["loss"] for r in logged] == hist
         assert not det.training
@@ -504,27 +547,34 @@ def test_finetune_segmenter_is_bitwise_reproducible_from_seed(tmp_path):
     for seed in (3, 3):
         m = DeepLabV3Plus(2, "resnet18")
         m.load_state_dict(init)
-        out.append((finetune_segmenter(m, data, epochs=1, batch_size=2, crop=32, seed=seed, progress=False), m.state_dict()))
+        out.append(
+            (finetune_segmenter(m, data, epochs=1, batch_size=2, crop=32, seed=seed, progress=False), m.state_dict())
+        )
     assert out[0][0] == out[1][0] and all(torch.equal(out[0][1][k], out[1][1][k]) for k in out[0][1])
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-@pytest.mark.parametrize("items,msg", [
-    (["device=cuda"], "no CUDA GPU is available"),
-    (["device=gpu"], "did you mean 'cuda'"),
-    (["epochs.pretrain=abc"], "config key 'epochs.pretrain' must be an integer"),
-    (["data.crop=96"], "config key 'data.crop' must be a list"),
-    (["data=oops"], "config key 'data' must be a mapping"),
-    (["epochs.mfe=1"], "inner (meta) update of MFE would never run"),
-    (["resume=later"], "resume must be one of auto, force, new"),
-    (["preset=cpuu"], "did you mean 'cpu'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "items,msg",
+    [
+        (["device=cuda"], "no CUDA GPU is available"),
+        (["device=gpu"], "did you mean 'cuda'"),
+        (["epochs.pretrain=abc"], "config key 'epochs.pretrain' must be an integer"),
+        (["data.crop=96"], "config key 'data.crop' must be a list"),
+        (["data=oops"], "config key 'data' must be a mapping"),
+        (["epochs.mfe=1"], "inner (meta) update of MFE would never run"),
+        (["resume=later"], "resume must be one of auto, force, new"),
+        (["preset=cpuu"], "did you mean 'cpu'"),
+    ],
+)
 def test_train_cli_one_line_errors_before_any_run_folder(tmp_path, capsys, items, msg):
     if items == ["device=cuda"] and torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
     out = tmp_path / "run"
     # the flag before the key=value items must parse
-    rc = main(["train", "metafusion", "-q", f"out={out}", *([] if items[0].startswith("preset") else ["preset=cpu"]), *items])
+    rc = main(
+        ["train", "metafusion", "-q", f"out={out}", *([] if items[0].startswith("preset") else ["preset=cpu"]), *items]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and msg in err and err.startswith("ivfuse: error:") and len(err.strip().splitlines()) == 1
     assert not out.exists()

@@ -61,8 +61,9 @@ def test_batched_folder_keeps_robustness(tmp_path):
     assert not (tmp_path / "o").exists()  # validated before anything was written
     res = fuse_folder(ir, vi, tmp_path / "o", "average", progress=False, batch=3, continue_on_error=True)
     assert sorted(p.name for p in res) == ["00.png", "01.png", "02.png", "04.png"] and list(res.failed) == ["03"]
-    res2 = fuse_folder(ir, vi, tmp_path / "o", "average", progress=False, batch=3, skip_existing=True,
-                       continue_on_error=True)  # fmt: skip
+    res2 = fuse_folder(
+        ir, vi, tmp_path / "o", "average", progress=False, batch=3, skip_existing=True, continue_on_error=True
+    )
     assert len(res2) == 0 and len(res2.skipped) == 4
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["00.png", "01.png", "02.png", "04.png"]
 
@@ -99,12 +100,34 @@ def test_cli_batch_and_amp_flags(pair_dirs, tmp_path, capsys):
     register_model("flag_probe")(FlagProbe)
     ir, vi = pair_dirs
     try:
-        assert main(["fuse", "--ir", str(ir), "--vis", str(vi), "-o", str(tmp_path / "o"), "--method", "flag_probe",
-                     "--batch", "2", "--amp", "bf16", "--channels-last", "-q"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "fuse",
+                    "--ir",
+                    str(ir),
+                    "--vis",
+                    str(vi),
+                    "-o",
+                    str(tmp_path / "o"),
+                    "--method",
+                    "flag_probe",
+                    "--batch",
+                    "2",
+                    "--amp",
+                    "bf16",
+                    "--channels-last",
+                    "-q",
+                ]
+            )
+            == 0
+        )
         assert sorted(seen) == [(1, True, torch.bfloat16), (2, True, torch.bfloat16)]  # 3 pairs in batches of 2
         seen.clear()
-        assert main(["fuse", "--ir", str(ir), "--vis", str(vi), "-o", str(tmp_path / "n"), "--method", "flag_probe",
-                     "-q"]) == 0  # fmt: skip
+        assert (
+            main(["fuse", "--ir", str(ir), "--vis", str(vi), "-o", str(tmp_path / "n"), "--method", "flag_probe", "-q"])
+            == 0
+        )
         assert seen == [(1, False, None)] * 3  # without the flags: one pair at a time, fp32, contiguous
     finally:
         MODELS._items.pop("flag_probe", None)
@@ -177,16 +200,62 @@ def test_onnx_method_through_cli(pair_dirs, tmp_path, capsys):
     onnx_path = tmp_path / "mf.onnx"
     assert main(["export", "metafusion", "--format", "onnx", "-o", str(onnx_path)]) == 0
     assert main(["fuse", "--ir", str(ir), "--vis", str(vi), "-o", str(tmp_path / "a"), "-q"]) == 0
-    assert main(["fuse", "--ir", str(ir), "--vis", str(vi), "-o", str(tmp_path / "b"), "-q", "--batch", "3",
-                 "--method", f"onnx:{onnx_path}"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fuse",
+                "--ir",
+                str(ir),
+                "--vis",
+                str(vi),
+                "-o",
+                str(tmp_path / "b"),
+                "-q",
+                "--batch",
+                "3",
+                "--method",
+                f"onnx:{onnx_path}",
+            ]
+        )
+        == 0
+    )
     pair = next(ir.iterdir())
-    assert main(["fuse", "--ir", str(pair), "--vis", str(vi / pair.name), "-o", str(tmp_path / "c.png"),
-                 "--method", f"onnx:{onnx_path}"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fuse",
+                "--ir",
+                str(pair),
+                "--vis",
+                str(vi / pair.name),
+                "-o",
+                str(tmp_path / "c.png"),
+                "--method",
+                f"onnx:{onnx_path}",
+            ]
+        )
+        == 0
+    )
     a, b = _read(tmp_path / "a"), _read(tmp_path / "b")
     for k in a:
         assert np.abs(a[k].astype(int) - b[k].astype(int)).max() <= 1
     assert np.array_equal(np.asarray(Image.open(tmp_path / "c.png")), b[pair.name])
-    assert main(["fuse", "--ir", str(ir), "--vis", str(vi), "-o", str(tmp_path / "d"), "-q",
-                 "--method", f"onnx:{tmp_path / 'missing.onnx'}"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "fuse",
+                "--ir",
+                str(ir),
+                "--vis",
+                str(vi),
+                "-o",
+                str(tmp_path / "d"),
+                "-q",
+                "--method",
+                f"onnx:{tmp_path / 'missing.onnx'}",
+            ]
+        )
+        == 2
+    )
     assert "missing.onnx: ONNX file not found" in capsys.readouterr().err
     assert main(["export", "metafusion", "-o", str(tmp_path / "m.txt")]) == 2

@@ -62,7 +62,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def _png_claiming(w: int, h: int, idat: bytes = b"") -> bytes:
     """A PNG whose header says ``w x h`` gray 8-bit, with ``idat`` as its compressed data."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat or zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", idat or zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -256,12 +261,15 @@ def test_bad_yolo_box_is_an_error_naming_the_label_file(line, tmp_path):
     assert str(lab / "p1.txt") in str(e.value) and "line 2" in str(e.value)
 
 
-@pytest.mark.parametrize("box,says", [
-    ("<xmin>nan</xmin><ymin>1</ymin><xmax>10</xmax><ymax>10</ymax>", "NaN or infinite"),
-    ("<xmin>-20</xmin><ymin>1</ymin><xmax>10</xmax><ymax>10</ymax>", "outside the 64x48 image"),
-    ("<xmin>1</xmin><ymin>1</ymin><xmax>640</xmax><ymax>10</ymax>", "outside the 64x48 image"),
-    ("<xmin>10</xmin><ymin>1</ymin><xmax>5</xmax><ymax>10</ymax>", "non-positive size"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "box,says",
+    [
+        ("<xmin>nan</xmin><ymin>1</ymin><xmax>10</xmax><ymax>10</ymax>", "NaN or infinite"),
+        ("<xmin>-20</xmin><ymin>1</ymin><xmax>10</xmax><ymax>10</ymax>", "outside the 64x48 image"),
+        ("<xmin>1</xmin><ymin>1</ymin><xmax>640</xmax><ymax>10</ymax>", "outside the 64x48 image"),
+        ("<xmin>10</xmin><ymin>1</ymin><xmax>5</xmax><ymax>10</ymax>", "non-positive size"),
+    ],
+)
 def test_bad_voc_box_is_an_error_naming_the_label_file(box, says, tmp_path):
     from ivfuse.data import load_dataset
 
@@ -272,7 +280,10 @@ def test_bad_voc_box_is_an_error_naming_the_label_file(box, says, tmp_path):
     ann = root / "Annotation"
     ann.mkdir()
     head = "<annotation><size><width>64</width><height>48</height></size>"
-    good = "<object><name>People</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>10</xmax><ymax>10</ymax></bndbox></object>"
+    good = (
+        "<object><name>People</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>10</xmax><ymax>10</ymax></bndbox>"
+        "</object>"
+    )
     for i in range(3):
         (ann / f"p{i}.xml").write_text(head + good + "</annotation>")
     (ann / "p2.xml").write_text(head + good + f"<object><name>Car</name><bndbox>{box}</bndbox></object></annotation>")
@@ -291,7 +302,9 @@ def test_yaml_config_with_a_python_tag_is_refused_by_safe_loading(tmp_path, caps
     assert rc == 2 and err.count("\n") == 1 and str(evil) in err and "could not determine a constructor" in err, err
     assert not marker.exists() and not (tmp_path / "run").exists()
     # the same tag as a key=value override is a plain string, which the type check refuses
-    rc, _, err = _cli(capsys, "train", "lite", "epochs=!!python/object/apply:os.system [\"true\"]", f"out={tmp_path / 'run'}")
+    rc, _, err = _cli(
+        capsys, "train", "lite", 'epochs=!!python/object/apply:os.system ["true"]', f"out={tmp_path / 'run'}"
+    )
     assert rc == 2 and "config key 'epochs'" in err and not (tmp_path / "run").exists(), err
 
 
@@ -321,13 +334,22 @@ def _valid_boxes(b, size: tuple[float, float] | None = None) -> None:
     assert bool((xy[:, 2] >= xy[:, 0]).all()) and bool((xy[:, 3] >= xy[:, 1]).all())
     if size is not None and len(xy):
         w, h = size
-        assert xy[:, 0].min() >= -max(1, BOX_TOLERANCE * w) - 1e-3 and xy[:, 2].max() <= w + max(1, BOX_TOLERANCE * w) + 1e-3
-        assert xy[:, 1].min() >= -max(1, BOX_TOLERANCE * h) - 1e-3 and xy[:, 3].max() <= h + max(1, BOX_TOLERANCE * h) + 1e-3
+        assert (
+            xy[:, 0].min() >= -max(1, BOX_TOLERANCE * w) - 1e-3
+            and xy[:, 2].max() <= w + max(1, BOX_TOLERANCE * w) + 1e-3
+        )
+        assert (
+            xy[:, 1].min() >= -max(1, BOX_TOLERANCE * h) - 1e-3
+            and xy[:, 3].max() <= h + max(1, BOX_TOLERANCE * h) + 1e-3
+        )
 
 
-_num = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32).map(repr), st.integers(-5, 5).map(str),
-                 st.sampled_from(["0.5", "1", "0", "-0", "1e400", "nan", "inf", "0x10", "", "1_0", "½", "٣"]),
-                 st.text(max_size=4))  # fmt: skip
+_num = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=32).map(repr),
+    st.integers(-5, 5).map(str),
+    st.sampled_from(["0.5", "1", "0", "-0", "1e400", "nan", "inf", "0x10", "", "1_0", "½", "٣"]),
+    st.text(max_size=4),
+)
 _yolo_line = st.lists(_num, min_size=0, max_size=7).map(" ".join)
 
 
@@ -348,22 +370,34 @@ def test_fuzz_yolo_parser(data):
 
 _xml_val = st.one_of(_num, st.just("<x/>"), st.just("&amp;"), st.just("]]>"))
 _xml_obj = st.builds(
-    lambda name, tags, vals, drop: "<object><name>" + name + "</name><bndbox>" + "".join(
-        f"<{t}>{v}</{t}>" for t, v, d in zip(tags, vals, drop) if not d) + "</bndbox></object>",
+    lambda name, tags, vals, drop: (
+        "<object><name>"
+        + name
+        + "</name><bndbox>"
+        + "".join(f"<{t}>{v}</{t}>" for t, v, d in zip(tags, vals, drop) if not d)
+        + "</bndbox></object>"
+    ),
     st.sampled_from(["People", "Car", "car", "Nope", "", "&lt;"]),
-    st.just(["xmin", "ymin", "xmax", "ymax"]), st.lists(_xml_val, min_size=4, max_size=4),
+    st.just(["xmin", "ymin", "xmax", "ymax"]),
+    st.lists(_xml_val, min_size=4, max_size=4),
     st.lists(st.booleans(), min_size=4, max_size=4).map(lambda d: [x and i == 0 for i, x in enumerate(d)]),
-)  # fmt: skip
-_xml_size = st.one_of(st.just(""), st.builds(lambda w, h: f"<size><width>{w}</width><height>{h}</height></size>",
-                                             _num, _num))  # fmt: skip
+)
+_xml_size = st.one_of(
+    st.just(""), st.builds(lambda w, h: f"<size><width>{w}</width><height>{h}</height></size>", _num, _num)
+)
 
 
 @FUZZ
-@given(st.one_of(
-    st.builds(lambda s, objs: ("<annotation>" + s + "".join(objs) + "</annotation>").encode(), _xml_size,
-              st.lists(_xml_obj, max_size=3)),
-    st.binary(max_size=64),
-))  # fmt: skip
+@given(
+    st.one_of(
+        st.builds(
+            lambda s, objs: ("<annotation>" + s + "".join(objs) + "</annotation>").encode(),
+            _xml_size,
+            st.lists(_xml_obj, max_size=3),
+        ),
+        st.binary(max_size=64),
+    )
+)
 def test_fuzz_voc_parser(data):
     from ivfuse.data.labels import read_voc
 
@@ -376,27 +410,55 @@ def test_fuzz_voc_parser(data):
     _valid_boxes(b)
 
 
-_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True, allow_infinity=True),
-                       st.text(max_size=3))  # fmt: skip
-_json = st.recursive(_json_leaf, lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=3), c, max_size=3)),
-                     max_leaves=10)  # fmt: skip
+_json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3)
+)
+_json = st.recursive(
+    _json_leaf,
+    lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=3), c, max_size=3)),
+    max_leaves=10,
+)
 _coco_num = st.one_of(st.integers(-10, 100), st.floats(allow_nan=True, allow_infinity=True), st.just("1"), st.none())
-_coco = st.fixed_dictionaries({
-    "images": st.lists(st.fixed_dictionaries({"id": st.one_of(st.integers(0, 3), st.just("a")),
-                                              "file_name": st.one_of(st.just("a/x.png"), st.integers())},
-                                             optional={"width": _coco_num, "height": _coco_num}), max_size=3),
-    "annotations": st.lists(st.fixed_dictionaries(
-        {"image_id": st.one_of(st.integers(0, 4), st.just("a")), "category_id": st.one_of(st.integers(0, 3), st.none()),
-         "bbox": st.one_of(st.lists(_coco_num, min_size=3, max_size=5), _json)},
-        optional={"iscrowd": _json_leaf, "id": _json}), max_size=4),
-    "categories": st.lists(st.fixed_dictionaries({"id": st.one_of(st.integers(0, 3), st.just("c")),
-                                                  "name": st.one_of(st.text(max_size=3), st.none())}), max_size=3),
-}, optional={"x": _json})  # fmt: skip
+_coco = st.fixed_dictionaries(
+    {
+        "images": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "id": st.one_of(st.integers(0, 3), st.just("a")),
+                    "file_name": st.one_of(st.just("a/x.png"), st.integers()),
+                },
+                optional={"width": _coco_num, "height": _coco_num},
+            ),
+            max_size=3,
+        ),
+        "annotations": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "image_id": st.one_of(st.integers(0, 4), st.just("a")),
+                    "category_id": st.one_of(st.integers(0, 3), st.none()),
+                    "bbox": st.one_of(st.lists(_coco_num, min_size=3, max_size=5), _json),
+                },
+                optional={"iscrowd": _json_leaf, "id": _json},
+            ),
+            max_size=4,
+        ),
+        "categories": st.lists(
+            st.fixed_dictionaries(
+                {"id": st.one_of(st.integers(0, 3), st.just("c")), "name": st.one_of(st.text(max_size=3), st.none())}
+            ),
+            max_size=3,
+        ),
+    },
+    optional={"x": _json},
+)
 
 
 @FUZZ
-@given(st.one_of(_coco.map(lambda d: json.dumps(d).encode()), _json.map(lambda d: json.dumps(d).encode()),
-                 st.binary(max_size=40)))  # fmt: skip
+@given(
+    st.one_of(
+        _coco.map(lambda d: json.dumps(d).encode()), _json.map(lambda d: json.dumps(d).encode()), st.binary(max_size=40)
+    )
+)
 def test_fuzz_coco_parser(data):
     from ivfuse.data.labels import read_coco
 
@@ -417,13 +479,48 @@ def test_fuzz_coco_parser(data):
 
 
 _item = st.one_of(
-    st.builds(lambda k, v: f"{k}={v}", st.sampled_from(["epochs", "lr", "crop", "data", "loss.ssim", "teacher.method",
-                                                        "loss", "val.max", "x", "", " ", "epochs.x", "seed", "."]),
-              st.one_of(_num, st.text(max_size=8), st.sampled_from(["[1, 2]", "{a: 1}", "{ssim: x}", "[", "!!binary x",
-                                                                    "!!python/name:os.system", "*a", "&a 1", "null",
-                                                                    "2001-01-01", "{ssim: 1, x: 2}"]))),
+    st.builds(
+        lambda k, v: f"{k}={v}",
+        st.sampled_from(
+            [
+                "epochs",
+                "lr",
+                "crop",
+                "data",
+                "loss.ssim",
+                "teacher.method",
+                "loss",
+                "val.max",
+                "x",
+                "",
+                " ",
+                "epochs.x",
+                "seed",
+                ".",
+            ]
+        ),
+        st.one_of(
+            _num,
+            st.text(max_size=8),
+            st.sampled_from(
+                [
+                    "[1, 2]",
+                    "{a: 1}",
+                    "{ssim: x}",
+                    "[",
+                    "!!binary x",
+                    "!!python/name:os.system",
+                    "*a",
+                    "&a 1",
+                    "null",
+                    "2001-01-01",
+                    "{ssim: 1, x: 2}",
+                ]
+            ),
+        ),
+    ),
     st.text(max_size=10),
-)  # fmt: skip
+)
 
 
 @FUZZ
@@ -455,10 +552,24 @@ def test_fuzzers_are_not_vacuous():
     from ivfuse.data.labels import read_coco, read_voc, read_yolo
 
     assert len(read_yolo(_tmpfile("g.txt", b"1 0.5 0.5 0.2 0.2\n"), 64, 48, ("a", "b"))) == 1
-    assert len(read_voc(_tmpfile("g.xml", b"<annotation><object><name>Car</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
-                                          b"<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>"), ("Car",))) == 1
-    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}], "categories": [{"id": 3, "name": "c"}],
-            "annotations": [{"image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5]}]}  # fmt: skip
+    assert (
+        len(
+            read_voc(
+                _tmpfile(
+                    "g.xml",
+                    b"<annotation><object><name>Car</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+                    b"<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>",
+                ),
+                ("Car",),
+            )
+        )
+        == 1
+    )
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+        "categories": [{"id": 3, "name": "c"}],
+        "annotations": [{"image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5]}],
+    }
     assert len(read_coco(_tmpfile("g.json", json.dumps(coco).encode()))[0]["a"]) == 1
     coco["annotations"][0]["bbox"] = [1, 1, 50, 5]
     with pytest.raises(InputError, match="outside the 10x10 image"):
@@ -514,8 +625,13 @@ def test_cache_deletes_damaged_fused_pngs(tmp_path, caplog):
     png = _png(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
     flipped = bytearray(png)
     flipped[len(png) // 2] ^= 0x10
-    files = {"ok.png": png, "trunc.png": png[: len(png) // 2], "zero.png": b"", "noiend.png": png[:-12],
-             "flip.png": bytes(flipped)}  # fmt: skip
+    files = {
+        "ok.png": png,
+        "trunc.png": png[: len(png) // 2],
+        "zero.png": b"",
+        "noiend.png": png[:-12],
+        "flip.png": bytes(flipped),
+    }
     for n, b in files.items():
         (d / n).write_bytes(b)
     with caplog.at_level("WARNING", logger="ivfuse"):
@@ -524,8 +640,19 @@ def test_cache_deletes_damaged_fused_pngs(tmp_path, caplog):
     assert len(caplog.records) == 1 and "4 damaged cached fused image(s)" in caplog.text
 
 
-BENCH = ["--methods", "average", "--data", "msrs:dev-val", "--protocols", "fusion,zero", "--limit", "2", "--no-speed",
-         "--no-references", "-q"]  # fmt: skip
+BENCH = [
+    "--methods",
+    "average",
+    "--data",
+    "msrs:dev-val",
+    "--protocols",
+    "fusion,zero",
+    "--limit",
+    "2",
+    "--no-speed",
+    "--no-references",
+    "-q",
+]
 
 
 def _untimed(x):
@@ -567,7 +694,9 @@ def test_two_benches_on_one_out_then_damaged_cache_is_recomputed(tmp_path):
     need("weights")
     out = tmp_path / "shared"
     cmd = [sys.executable, "-m", "ivfuse", "bench", *BENCH, "--out", str(out)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()) for _ in range(2)
+    ]
     for p in procs:
         _, e = p.communicate(timeout=600)
         assert p.returncode == 0, e[-2000:]
@@ -586,8 +715,16 @@ def test_two_benches_on_one_out_then_damaged_cache_is_recomputed(tmp_path):
     res.write_text(res.read_text()[:100])
     img = images[0]
     img.write_bytes(img.read_bytes()[:1000])
-    r = run_bench("average", data="msrs:dev-val", protocols="fusion,zero", out=out, limit=2, speed=False,
-                  references=False, progress=False)  # fmt: skip
+    r = run_bench(
+        "average",
+        data="msrs:dev-val",
+        protocols="fusion,zero",
+        out=out,
+        limit=2,
+        speed=False,
+        references=False,
+        progress=False,
+    )
     c = r["meta"]["cache"]
     assert c["fused_written"] == 1 and c["result_misses"] == 1 and c["result_hits"] == 1, c
     assert _digest(out) == ref
@@ -596,8 +733,16 @@ def test_two_benches_on_one_out_then_damaged_cache_is_recomputed(tmp_path):
 # -- training: SIGKILL at any point, resume, the same weights --------------------------------------------------------
 
 #: a tiny lite run: 4 epochs of 2 batches of 2 crops of 64 x 64, fusion losses only (no teacher), no validation
-LITE = ["epochs=4", "max_batches=2", "batch=2", "crop=[64, 64]", "val.max=0", "teacher.method=null", "loss.ssim=1",
-        "loss.gradient=10"]  # fmt: skip
+LITE = [
+    "epochs=4",
+    "max_batches=2",
+    "batch=2",
+    "crop=[64, 64]",
+    "val.max=0",
+    "teacher.method=null",
+    "loss.ssim=1",
+    "loss.gradient=10",
+]
 
 
 def _train_cmd(method: str, out: Path, items: list[str]) -> list[str]:
@@ -620,7 +765,8 @@ def _bitwise_equal(a: dict, b: dict) -> bool:
     import torch
 
     return a.keys() == b.keys() and all(
-        a[m].keys() == b[m].keys() and all(torch.equal(a[m][k], b[m][k]) for k in a[m]) for m in a)
+        a[m].keys() == b[m].keys() and all(torch.equal(a[m][k], b[m][k]) for k in a[m]) for m in a
+    )
 
 
 def test_checkpoint_seal_detects_damage_and_falls_back_to_the_previous(tmp_path, caplog):
@@ -637,14 +783,20 @@ def test_checkpoint_seal_detects_damage_and_falls_back_to_the_previous(tmp_path,
     good = p.read_bytes()
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0x01  # inside the tensor data: torch.load alone would not notice
-    for what, data in {"flipped": bytes(flipped), "truncated": good[: len(good) // 2], "empty": b"",
-                       "seal cut": good[:-10]}.items():  # fmt: skip
+    for what, data in {
+        "flipped": bytes(flipped),
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+        "seal cut": good[:-10],
+    }.items():
         p.write_bytes(data)
         caplog.clear()
         with caplog.at_level("WARNING", logger="ivfuse"):
             ck = load_checkpoint(p)
         assert ck["epoch"] == 1 and torch.equal(ck["w"], torch.zeros(1000)), what
-        assert len(caplog.records) == 1 and "using the previous checkpoint" in caplog.text and str(p) in caplog.text, what
+        assert len(caplog.records) == 1 and "using the previous checkpoint" in caplog.text and str(p) in caplog.text, (
+            what
+        )
     previous_of(p).unlink()
     p.write_bytes(bytes(flipped))
     with pytest.raises(InputError, match=r"last.pt: damaged checkpoint \(checksum mismatch\)"):
@@ -696,10 +848,25 @@ def _log_rows(run):
 
 
 #: a tiny MetaFusion run (the stages pretrain_f, det_1, mfe_1 with an inner update), detector from scratch
-METAFUSION = ["mode=metafusion", "fusion.width=0.125", "mfe.mid=4", "data.crop=[48, 48]", "data.det_crop=96",
-              "data.batch=2", "data.det_batch=2", "data.max_batches=2", "epochs.pretrain=2", "epochs.det=1",
-              "epochs.mfe=2", "inner.every=2", "inner.updates=1", "rounds=1", "val.max=0",
-              "data.train=[{name: msrs, split: train}]", "detector.weights=scratch"]  # fmt: skip
+METAFUSION = [
+    "mode=metafusion",
+    "fusion.width=0.125",
+    "mfe.mid=4",
+    "data.crop=[48, 48]",
+    "data.det_crop=96",
+    "data.batch=2",
+    "data.det_batch=2",
+    "data.max_batches=2",
+    "epochs.pretrain=2",
+    "epochs.det=1",
+    "epochs.mfe=2",
+    "inner.every=2",
+    "inner.updates=1",
+    "rounds=1",
+    "val.max=0",
+    "data.train=[{name: msrs, split: train}]",
+    "detector.weights=scratch",
+]
 
 
 @pytest.mark.realdata
@@ -725,8 +892,9 @@ def test_metafusion_training_killed_in_a_torn_write_resumes_to_the_same_weights(
 
 
 def _bench_recipes() -> dict[str, list[str]]:
-    """The tiny runs of tim, occo and tsjnet: ``benchmarks/fault_injection.py``'s ``RECIPES`` (one definition; ``{tmp}``:
-    the test's folder, where the first run caches OCCO's MobileSAM masks and TSJNet's pseudo-masks for the others)."""
+    """The tiny runs of tim, occo and tsjnet: ``benchmarks/fault_injection.py``'s ``RECIPES`` (one definition;
+    ``{tmp}``: the test's folder, where the first run caches OCCO's MobileSAM masks and TSJNet's pseudo-masks for the
+    others)."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "fault_injection.py"
@@ -792,8 +960,23 @@ def test_recipe_training_killed_in_checkpoint_writes_resumes_to_the_same_weights
 
 def _torchrun_cmd(out: Path, items: list[str]) -> list[str]:
     """``torchrun --standalone --nproc_per_node 2 --max-restarts 1 -m ivfuse train lite``: gloo on the CPU."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--max-restarts", "1",
-            "-m", "ivfuse", "train", "lite", "-q", f"out={out}", *items]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--max-restarts",
+        "1",
+        "-m",
+        "ivfuse",
+        "train",
+        "lite",
+        "-q",
+        f"out={out}",
+        *items,
+    ]
 
 
 def _workers(tag: str) -> dict[int, str]:
@@ -816,8 +999,8 @@ def _workers(tag: str) -> dict[int, str]:
 def test_torchrun_worker_killed_mid_epoch_restarts_and_resumes_to_the_same_weights(tmp_path):
     """``torchrun --nproc_per_node 2 --max-restarts 1 -m ivfuse train lite`` (gloo, CPU): rank 1 SIGKILLed once the
     first epoch's checkpoint exists (in the next epoch). torchrun stops rank 0, restarts both, they resume from
-    ``last.pt`` and the final weights equal an uninterrupted 2-process run's bit for bit. Before the restart store
-    of ``ivfuse.engine.distributed`` the restarted workers hung in gloo's connection (stale keys in torchrun's store)."""
+    ``last.pt`` and the final weights equal an uninterrupted 2-process run's bit for bit. Before the restart store of
+    ``ivfuse.engine.distributed`` the restarted workers hung in gloo's connection (stale keys in torchrun's store)."""
     import signal
     import subprocess
     import time
@@ -831,8 +1014,13 @@ def test_torchrun_worker_killed_mid_epoch_restarts_and_resumes_to_the_same_weigh
     p = subprocess.run(_torchrun_cmd(ref, items), capture_output=True, text=True, env=_env(), timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     tag = uuid.uuid4().hex
-    proc = subprocess.Popen(_torchrun_cmd(run, items), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(IVFUSE_TEST_TAG=tag))  # fmt: skip
+    proc = subprocess.Popen(
+        _torchrun_cmd(run, items),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(IVFUSE_TEST_TAG=tag),
+    )
     try:
         deadline = time.monotonic() + 600
         while proc.poll() is None and not (run / "last.pt").exists() and time.monotonic() < deadline:
@@ -878,7 +1066,9 @@ def test_fuse_folder_killed_midway_resumes_with_skip_existing_to_the_same_bytes(
     want = _outputs(ref)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "ivfuse", *args, "-o", str(out)]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(IVFUSE_FAULT_WRITE=f"{victim}:1:kill"), timeout=600)
+    p = subprocess.run(
+        cmd, capture_output=True, text=True, env=_env(IVFUSE_FAULT_WRITE=f"{victim}:1:kill"), timeout=600
+    )
     assert p.returncode == -9, p.stderr[-2000:]
     done = _outputs(out) if out.is_dir() else {}
     assert len(done) == int(victim[1]), sorted(done)  # the pairs are fused in name order
@@ -913,8 +1103,14 @@ def _ivfuse_proc(*args, limit: int | None = None, **env):
     import subprocess
 
     cmd = [sys.executable, "-m", "ivfuse", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(**env), timeout=600,
-                          preexec_fn=_fsize_limit(limit) if limit else None)  # fmt: skip
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env=_env(**env),
+        timeout=600,
+        preexec_fn=_fsize_limit(limit) if limit else None,
+    )
 
 
 def _disk_full_error(stderr: str, path: Path) -> str:
@@ -922,7 +1118,9 @@ def _disk_full_error(stderr: str, path: Path) -> str:
     assert "Traceback" not in stderr, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.startswith("ivfuse: error: ")]
     assert len(lines) == 1 and stderr.rstrip().endswith(lines[0]), stderr[-3000:]
-    assert lines[0].startswith(f"ivfuse: error: {path}: cannot be written (") and "free space and rerun" in lines[0], lines
+    assert lines[0].startswith(f"ivfuse: error: {path}: cannot be written (") and "free space and rerun" in lines[0], (
+        lines
+    )
     return lines[0]
 
 
@@ -972,8 +1170,20 @@ def test_disk_full_in_bench_is_a_one_line_error_and_a_rerun_completes(tmp_path):
     from ivfuse.bench.cache import CHECKSUM_KEY, _checksum, valid_png
 
     need("data/MSRS")
-    args = ["bench", "--methods", "average", "--data", "msrs:dev-val", "--limit", "2", "--protocols", "fusion",
-            "--no-speed", "--no-references", "-q"]  # fmt: skip
+    args = [
+        "bench",
+        "--methods",
+        "average",
+        "--data",
+        "msrs:dev-val",
+        "--limit",
+        "2",
+        "--protocols",
+        "fusion",
+        "--no-speed",
+        "--no-references",
+        "-q",
+    ]
     ref, out = tmp_path / "ref", tmp_path / "out"
     p = _ivfuse_proc(*args, "--out", ref)
     assert p.returncode == 0, p.stderr[-2000:]

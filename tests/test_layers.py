@@ -19,8 +19,7 @@ SRC = ROOT / "src" / "ivfuse"
 # Imports that break the rule and cannot be fixed in this change, as (importer, target) — target ``module:name`` for
 # a private name. The test fails on any violation not listed here AND on a listed one that no longer exists, so the
 # list can only shrink. Each entry: why it stays, and the issue that removes it.
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 
 def _unexpected_and_stale(found: list[L.Violation], known) -> tuple[list[str], list[tuple[str, str]]]:
@@ -42,7 +41,9 @@ def test_every_unit_is_in_exactly_one_layer_and_every_listed_unit_exists():
 
 def test_no_import_climbs_a_layer():
     unexpected, stale = _unexpected_and_stale(_found(), KNOWN_VIOLATIONS)
-    assert unexpected == [], "imports that break ivfuse._layers.LAYERS (docs/architecture.md):\n" + "\n".join(unexpected)
+    assert unexpected == [], "imports that break ivfuse._layers.LAYERS (docs/architecture.md):\n" + "\n".join(
+        unexpected
+    )
     assert stale == [], f"KNOWN_VIOLATIONS lists imports that no longer exist; delete them: {stale}"
 
 
@@ -96,11 +97,16 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 def test_checker_resolves_every_import_form(tmp_path):
     """A synthetic package, layers low < mid < high: each import form that climbs is caught; downward ones are not."""
     layers = (("_lazy", "low"), ("mid", "mid2"), ("high",), ("ivfuse",))
-    pkg = _write(tmp_path, {
-        "__init__.py": "from ._lazy import lazy_exports\n__getattr__, __dir__, __all__ = lazy_exports(__name__, {'high': ['h']})\n",
-        "_lazy.py": "def lazy_exports(p, e):\n    return None, None, []\n",
-        "low/__init__.py": "",
-        "low/a.py": """\
+    pkg = _write(
+        tmp_path,
+        {
+            "__init__.py": (
+                "from ._lazy import lazy_exports\n"
+                "__getattr__, __dir__, __all__ = lazy_exports(__name__, {'high': ['h']})\n"
+            ),
+            "_lazy.py": "def lazy_exports(p, e):\n    return None, None, []\n",
+            "low/__init__.py": "",
+            "low/a.py": """\
             from typing import TYPE_CHECKING
             from . import b                       # same unit: free
             if TYPE_CHECKING:
@@ -112,12 +118,13 @@ def test_checker_resolves_every_import_form(tmp_path):
                 import importlib
                 return importlib.import_module("ivfuse.high")   # climbs (constant import_module)
             """,
-        "low/b.py": "",
-        "mid/__init__.py": "M = 1\n",
-        "mid/sub.py": "from ..low import a\nfrom ..low.a import _hidden\n",  # down: fine; private name: not
-        "mid2.py": "from .mid import M\n",  # a peer
-        "high.py": "from .mid import sub\nfrom ivfuse.low import b\nh = 1\n",  # down: fine
-    })  # fmt: skip
+            "low/b.py": "",
+            "mid/__init__.py": "M = 1\n",
+            "mid/sub.py": "from ..low import a\nfrom ..low.a import _hidden\n",  # down: fine; private name: not
+            "mid2.py": "from .mid import M\n",  # a peer
+            "high.py": "from .mid import sub\nfrom ivfuse.low import b\nh = 1\n",  # down: fine
+        },
+    )
     got = sorted((v.kind, v.imp.importer, v.imp.target, v.imp.where) for v in L.check(pkg, layers))
     assert got == [
         ("climbs", "ivfuse.low.a", "ivfuse.high", "function"),
@@ -128,8 +135,17 @@ def test_checker_resolves_every_import_form(tmp_path):
         ("private", "ivfuse.mid.sub", "ivfuse.low.a", "module"),
     ]
     assert L.cycles(pkg) == [["high", "low", "mid"]]
-    assert L.cycles(pkg, excused={("ivfuse.low.a", "ivfuse.high"), ("ivfuse.low.a", "ivfuse.mid"),
-                                  ("ivfuse.low.a", "ivfuse.mid.sub")}) == []  # fmt: skip
+    assert (
+        L.cycles(
+            pkg,
+            excused={
+                ("ivfuse.low.a", "ivfuse.high"),
+                ("ivfuse.low.a", "ivfuse.mid"),
+                ("ivfuse.low.a", "ivfuse.mid.sub"),
+            },
+        )
+        == []
+    )
     (pkg / "extra.py").write_text("")
     assert [v.kind for v in L.check(pkg, layers) if v.kind == "unlisted"] == ["unlisted"]
 
@@ -144,7 +160,9 @@ def test_known_violations_cannot_rot(case, tmp_path):
         unexpected, stale = _unexpected_and_stale(found, {})
         assert unexpected == [f"{found[0].imp.file}:2: {found[0].message}"] and stale == []
     else:
-        unexpected, stale = _unexpected_and_stale(found, {("ivfuse.low", "ivfuse.high"): "x", ("ivfuse.low", "ivfuse.gone"): "y"})
+        unexpected, stale = _unexpected_and_stale(
+            found, {("ivfuse.low", "ivfuse.high"): "x", ("ivfuse.low", "ivfuse.gone"): "y"}
+        )
         assert unexpected == [] and stale == [("ivfuse.low", "ivfuse.gone")]
 
 
@@ -168,7 +186,7 @@ MOVED = [  # (old public path, new home) of the moves of #21 item 1
     ("ivfuse.export:OnnxFusionModel", "ivfuse.models.onnx:OnnxFusionModel"),
     ("ivfuse.export:load_onnx_model", "ivfuse.models.onnx:load_onnx_model"),
     ("ivfuse.export:ONNX_PREFIX", "ivfuse.models.onnx:ONNX_PREFIX"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("old, new", MOVED)

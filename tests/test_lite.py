@@ -23,8 +23,10 @@ def test_shipped_lite_loads_with_training_metadata():
 
     m = ivfuse.create_model("lite")
     assert isinstance(m, LiteFusionNet) and sum(p.numel() for p in m.parameters()) < 20_000
-    with resources.as_file(resources.files("ivfuse") / "weights" / "lite_default.safetensors") as f, \
-            safe_open(f, "pt") as st:  # fmt: skip
+    with (
+        resources.as_file(resources.files("ivfuse") / "weights" / "lite_default.safetensors") as f,
+        safe_open(f, "pt") as st,
+    ):
         meta = st.metadata()
     tr = json.loads(meta["training"])
     assert tr["data"] == [{"name": "msrs", "split": "dev-train"}] and tr["epochs"] > 0 and tr["wall_s"] > 0
@@ -69,8 +71,20 @@ def test_lite_recipe_trains_exports_and_refuses_held_out_data(tmp_path):
     with pytest.raises(UnknownNameError, match="did you mean .tim."):
         train("lite", load_config("lite", "cpu", overrides=["teacher.method=tmi"]), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()  # refused before anything is written
-    cfg = load_config("lite", "cpu", overrides=["epochs=2", "max_batches=2", "batch=2", "crop=[64, 64]", "val.max=1",
-                                                "teacher.method=null", "loss.ssim=1", "loss.gradient=10"])
+    cfg = load_config(
+        "lite",
+        "cpu",
+        overrides=[
+            "epochs=2",
+            "max_batches=2",
+            "batch=2",
+            "crop=[64, 64]",
+            "val.max=1",
+            "teacher.method=null",
+            "loss.ssim=1",
+            "loss.gradient=10",
+        ],
+    )
     train("lite", cfg, tmp_path / "run", export=tmp_path / "l.safetensors", progress=False)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert len(summary["history"]["train"]) == 2
@@ -89,8 +103,16 @@ def test_lite_distillation_reads_the_teacher_once_and_learns_towards_it(tmp_path
     from kornia.color import rgb_to_ycbcr
     from safetensors.torch import load_file
 
-    over = ["data=[{name: tno}]", "epochs=6", "batch=4", "crop=[96, 96]", "val.max=0", "lr=0.01",
-            "teacher.method=average", f"teacher.cache={tmp_path / 'teacher'}"]  # fmt: skip
+    over = [
+        "data=[{name: tno}]",
+        "epochs=6",
+        "batch=4",
+        "crop=[96, 96]",
+        "val.max=0",
+        "lr=0.01",
+        "teacher.method=average",
+        f"teacher.cache={tmp_path / 'teacher'}",
+    ]
     train("lite", load_config("lite", "cpu", overrides=over), tmp_path / "run", progress=False)
     ds = ivfuse.load_dataset("tno")
     files = sorted((tmp_path / "teacher").glob("*.safetensors"))
@@ -118,8 +140,11 @@ def test_box_mask_and_target_loss():
     from ivfuse.data.labels import Boxes
     from ivfuse.engine.lite import box_mask, target_loss
 
-    b = Boxes(torch.tensor([[10.0, 5.0, 20.0, 25.0], [30.0, 0.0, 40.0, 10.0]]), torch.tensor([0, 2]),
-              ("person", "bicycle", "car"))  # fmt: skip
+    b = Boxes(
+        torch.tensor([[10.0, 5.0, 20.0, 25.0], [30.0, 0.0, 40.0, 10.0]]),
+        torch.tensor([0, 2]),
+        ("person", "bicycle", "car"),
+    )
     m = box_mask(b, (32, 48), ["person"])
     assert m.shape == (1, 32, 48) and float(m.sum()) == 10 * 20
     assert float(m[0, 5:25, 10:20].min()) == 1 and float(m[0, :, 30:40].max()) == 0  # the car box is not a target
@@ -183,10 +208,20 @@ def test_lite_moving_judge_trains_the_detector_and_reaches_the_net(tmp_path):
     with pytest.raises(UnknownNameError, match="did you mean .yolov5n."):
         train("lite", load_config("lite", "judge", overrides=["judge.detector=yolov5nn"]), tmp_path / "bad")
     with pytest.raises(InputError, match="needs detection labels"):
-        train("lite", load_config("lite", "judge", overrides=["data=[{name: tno}]", "target.weight=0"]), tmp_path / "bad")
+        train(
+            "lite", load_config("lite", "judge", overrides=["data=[{name: tno}]", "target.weight=0"]), tmp_path / "bad"
+        )
     assert not (tmp_path / "bad").exists()
-    over = ["epochs=1", "max_batches=2", "crop=[96, 96]", "val.max=0", "width=4", "judge.epochs=1", "judge.batch=2",
-            "judge.imgsz=128"]  # fmt: skip
+    over = [
+        "epochs=1",
+        "max_batches=2",
+        "crop=[96, 96]",
+        "val.max=0",
+        "width=4",
+        "judge.epochs=1",
+        "judge.batch=2",
+        "judge.imgsz=128",
+    ]
     runs = {}
     for lam in (0.02, 2.0):
         out = tmp_path / f"run{lam}"
@@ -210,8 +245,17 @@ def test_lite_learned_loss_is_trained_by_the_moving_judge(tmp_path):
     with pytest.raises(UnknownNameError, match="did you mean .meta."):
         train("lite", load_config("lite", "meta", overrides=["judge.mode=mta"]), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
-    over = ["epochs=1", "max_batches=2", "crop=[96, 96]", "val.max=0", "width=4", "judge.epochs=1", "judge.batch=2",
-            "judge.imgsz=128", "judge.gen_width=4"]
+    over = [
+        "epochs=1",
+        "max_batches=2",
+        "crop=[96, 96]",
+        "val.max=0",
+        "width=4",
+        "judge.epochs=1",
+        "judge.batch=2",
+        "judge.imgsz=128",
+        "judge.gen_width=4",
+    ]
     out = tmp_path / "run"
     train("lite", load_config("lite", "meta", overrides=over), out, progress=False)
     hist = json.loads((out / "summary.json").read_text())["history"]

@@ -38,15 +38,26 @@ def test_partition_identities_on_hand_masks():
     assert torch.equal(s, m_ir * m_vis) and torch.equal(ui, m_ir - s) and torch.equal(uv, m_vis - s)
 
     cm = R.class_map(m_ir[0, 0], m_vis[0, 0])
-    assert cm.dtype == torch.uint8 and int(cm[2, 3]) == 1 and int(cm[1, 1]) == 2 and int(cm[4, 6]) == 3 and int(cm[0, 0]) == 0
+    assert (
+        cm.dtype == torch.uint8
+        and int(cm[2, 3]) == 1
+        and int(cm[1, 1]) == 2
+        and int(cm[4, 6]) == 3
+        and int(cm[0, 0]) == 0
+    )
     back_ir, back_vis = R.object_masks_from_class_map(cm.numpy())
     assert torch.equal(back_ir, m_ir[0, 0]) and torch.equal(back_vis, m_vis[0, 0])
     with pytest.raises(InputError, match="expected 0-3"):
         R.object_masks_from_class_map(np.full((2, 2), 7, np.uint8))
     with pytest.raises(InputError, match="differ in shape"):
         R.partition(m_ir, m_vis[..., :4])
+    # the old public path still works
     assert (M.partition, M.class_map, M.object_masks_from_class_map, M.CLASS_NAMES) == (
-        R.partition, R.class_map, R.object_masks_from_class_map, R.CLASS_NAMES)  # the old public path still works
+        R.partition,
+        R.class_map,
+        R.object_masks_from_class_map,
+        R.CLASS_NAMES,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ SAM
@@ -78,7 +89,8 @@ def test_mobile_sam_loads_strictly_and_segments_a_person(sam):
     from ivfuse import read_ir
     from ivfuse.tasks.sam import mask_box_stats
 
-    assert sum(p.numel() for p in sam.parameters()) == 10_130_092  # every tensor of mobile_sam.pt (no extra, none missing)
+    # every tensor of mobile_sam.pt (no extra, none missing)
+    assert sum(p.numel() for p in sam.parameters()) == 10_130_092
     ir = read_ir(need("data/MSRS/ir/00004N.png"))
     # the pedestrian of labels_det/infrared/00004N.txt line 2 (YOLO cx cy w h = .8367 .5740 .0828 .2979 of 640×480)
     box = torch.tensor([[509.0, 204.0, 562.0, 347.0]])
@@ -126,7 +138,9 @@ def test_sam_vit_checkpoint_path_loads_strictly(tmp_path):
     path = tmp_path / "sam_vit_b.pth"
     torch.save(sd, path)
     model = load_sam(path)  # strict: every key mapped, none left over
-    assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for k, v in sd.items() if "gaussian_matrix" not in k)
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        v.numel() for k, v in sd.items() if "gaussian_matrix" not in k
+    )
     assert type(model.image_encoder.vit).__name__ == "VisionTransformerSAM"
 
 
@@ -203,7 +217,8 @@ def test_masks_command_on_msrs_pairs_and_cache(tmp_path, capsys):
 @pytest.mark.slow
 def test_masks_command_seg_pseudo_masks_on_msrs(tmp_path, capsys):
     """``ivfuse masks --kind seg`` writes TSJNet's pseudo-masks (MSRS class ids) as PNGs: the same values as
-    :func:`pseudo_mask` in memory, the night pedestrian of 00004N labelled person, cached reruns, bad options refused."""
+    :func:`pseudo_mask` in memory, the night pedestrian of 00004N labelled person, cached reruns, bad options
+    refused."""
     from ivfuse.data.images import read_ir, read_vis
     from ivfuse.tasks.pseudo import pseudo_mask
     from ivfuse.errors import UnknownNameError

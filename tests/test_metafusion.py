@@ -25,8 +25,15 @@ def test_fusion_net_matches_official_layout():
     assert sum(p.numel() for p in f.parameters()) == 2_252_994  # ≈2.25M as in the paper
     sd = f.state_dict()
     assert sd["block1.0.conv1_1.weight"].shape == (64, 4, 3, 3)  # IR + RGB input
-    assert sd["block1.1.conv1_1.weight"].shape == (128, 128, 3, 3) and sd["block1.2.conv1_1.weight"].shape == (128, 256, 3, 3)
-    assert [k for k in sd if k.startswith("block2") and k.endswith("weight")] == [f"block2.{i}.weight" for i in (0, 2, 4, 6, 8, 10)]
+    assert sd["block1.1.conv1_1.weight"].shape == (128, 128, 3, 3) and sd["block1.2.conv1_1.weight"].shape == (
+        128,
+        256,
+        3,
+        3,
+    )
+    assert [k for k in sd if k.startswith("block2") and k.endswith("weight")] == [
+        f"block2.{i}.weight" for i in (0, 2, 4, 6, 8, 10)
+    ]
     assert sd["block2.10.weight"].shape == (2, 64, 1, 1)
 
 
@@ -156,33 +163,54 @@ def test_target_options_are_checked():
     with pytest.raises(UnknownNameError, match="did you mean 'max'"):
         MetaFusionRecipe.check(load_config("metafusion", "cpu", overrides=["target.source=maxx"]))
     with pytest.raises(InputError, match="held-out"):
-        MetaFusionRecipe.check(load_config("metafusion", "cpu", overrides=[
-            "data.detection=[{name: msrs, split: dev-val, labels: infrared}]"]))  # fmt: skip
+        MetaFusionRecipe.check(
+            load_config(
+                "metafusion", "cpu", overrides=["data.detection=[{name: msrs, split: dev-val, labels: infrared}]"]
+            )
+        )
     with pytest.raises(InputError, match="must be >= 0"):
         MetaFusionRecipe.check(load_config("metafusion", "cpu", overrides=["target.det=-1"]))
 
 
 def _tiny_cfg(tmp_mode: str, **extra):
     ov = [
-        f"mode={tmp_mode}", "fusion.width=0.125", "mfe.mid=4", "data.crop=[48, 48]", "data.det_crop=96",
-        "data.batch=2", "data.det_batch=2", "data.max_batches=2", "epochs.pretrain=1", "epochs.det=1",
-        "epochs.mfe=1", "inner.every=1", "inner.updates=1", "rounds=2", "val.max=1",
+        f"mode={tmp_mode}",
+        "fusion.width=0.125",
+        "mfe.mid=4",
+        "data.crop=[48, 48]",
+        "data.det_crop=96",
+        "data.batch=2",
+        "data.det_batch=2",
+        "data.max_batches=2",
+        "epochs.pretrain=1",
+        "epochs.det=1",
+        "epochs.mfe=1",
+        "inner.every=1",
+        "inner.updates=1",
+        "rounds=2",
+        "val.max=1",
         "data.train=[{name: msrs, split: train}]",
-    ] + [f"{k}={v}" for k, v in extra.items()]  # fmt: skip
+    ] + [f"{k}={v}" for k, v in extra.items()]
     return load_config("metafusion", "cpu", overrides=ov)
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
-@pytest.mark.parametrize("mode,levels", [("metafusion", "[1, 2, 3]"), ("metafusion", "[1]"), ("sofusion", "[1, 2, 3]"), ("cofusion", "[1, 2, 3]")])
+@pytest.mark.parametrize(
+    "mode,levels",
+    [("metafusion", "[1, 2, 3]"), ("metafusion", "[1]"), ("sofusion", "[1, 2, 3]"), ("cofusion", "[1, 2, 3]")],
+)
 def test_short_training_run_per_mode(tmp_path, mode, levels):
     need("data/MSRS")
     need("weights/yolov5n_coco_v6.1_state_dict.pt")
     cfg = _tiny_cfg(mode, levels=levels)
     summary = train_metafusion(cfg, tmp_path / "run", export=tmp_path / "f.safetensors", progress=False)
     assert summary["export"] == str(tmp_path / "f.safetensors")
-    stages = {"metafusion": ["pretrain_f", "det_1", "mfe_1", "det_2", "mfe_2"], "sofusion": ["pretrain_f", "det_1"],
-              "cofusion": ["pretrain_f", "det_1", "co_1", "det_2", "co_2"]}[mode]  # fmt: skip
+    stages = {
+        "metafusion": ["pretrain_f", "det_1", "mfe_1", "det_2", "mfe_2"],
+        "sofusion": ["pretrain_f", "det_1"],
+        "cofusion": ["pretrain_f", "det_1", "co_1", "det_2", "co_2"],
+    }[mode]
     assert list(summary["timings_s"]) == stages
     m = summary["metrics"]
     assert m["pretrain_f"]["L_f"] > 0 and "val_qabf" in m["val"]
@@ -213,14 +241,25 @@ def test_same_seed_is_bitwise_equal_and_interrupted_run_resumes_exactly(tmp_path
     """Seeding happens before F/MFE/D are built and the data order is a function of (seed, stage, epoch): two runs
     with one seed end bitwise equal, and a run killed inside mfe_1 and resumed ends bitwise equal to both."""
     need("data/MSRS")
-    cfg = _tiny_cfg("metafusion", **{"detector.weights": "scratch", "epochs.mfe": 2, "inner.every": 2, "rounds": 1,
-                                     "epochs.pretrain": 2, "val.max": 0})  # fmt: skip
+    cfg = _tiny_cfg(
+        "metafusion",
+        **{
+            "detector.weights": "scratch",
+            "epochs.mfe": 2,
+            "inner.every": 2,
+            "rounds": 1,
+            "epochs.pretrain": 2,
+            "val.max": 0,
+        },
+    )
     train_metafusion(cfg, tmp_path / "a", progress=False)
     train_metafusion(cfg, tmp_path / "b", progress=False)
     _assert_same_states(_states(tmp_path / "a" / "final.pt"), _states(tmp_path / "b" / "final.pt"))
     other = train_metafusion({**cfg, "seed": 1}, tmp_path / "c", progress=False)
-    assert not torch.equal(_states(tmp_path / "c" / "final.pt")["F"]["block2.10.weight"],
-                           _states(tmp_path / "a" / "final.pt")["F"]["block2.10.weight"])  # fmt: skip
+    assert not torch.equal(
+        _states(tmp_path / "c" / "final.pt")["F"]["block2.10.weight"],
+        _states(tmp_path / "a" / "final.pt")["F"]["block2.10.weight"],
+    )
     assert other["metrics"]["pretrain_f"]["L_f"] > 0
 
     calls = {"n": 0}
@@ -274,8 +313,17 @@ def test_train_cli_prints_resume_and_export(tmp_path, capsys):
     need("data/MSRS")
     from ivfuse.cli import main
 
-    items = ["mode=sofusion", "fusion.width=0.125", "data.crop=[48, 48]", "data.batch=2", "data.max_batches=2",
-             "epochs.pretrain=1", "epochs.det=0", "val.max=1", "data.train=[{name: msrs, split: train}]"]  # fmt: skip
+    items = [
+        "mode=sofusion",
+        "fusion.width=0.125",
+        "data.crop=[48, 48]",
+        "data.batch=2",
+        "data.max_batches=2",
+        "epochs.pretrain=1",
+        "epochs.det=0",
+        "val.max=1",
+        "data.train=[{name: msrs, split: train}]",
+    ]
     out, exp = tmp_path / "run", tmp_path / "f.safetensors"
     assert main(["train", "metafusion", "-q", "preset=cpu", f"out={out}", f"export={exp}", *items]) == 0
     cap = capsys.readouterr()
@@ -312,7 +360,9 @@ def test_shipped_default_model_is_the_default_method():
     training = json.loads(meta["training"])
     assert training["mode"] == "metafusion" and training["detector"]["name"] == "yolov5n"
     # trained on the fixed split's dev-train only (never dev-val), with the target-aware term (preset cpu_task)
-    assert training["data"] == training["detection_data"] == [{"name": "msrs", "split": "dev-train", "labels": "infrared"}]
+    assert (
+        training["data"] == training["detection_data"] == [{"name": "msrs", "split": "dev-train", "labels": "infrared"}]
+    )
     assert training["target"]["intensity"] > 0
     # it fuses: a hot IR target and visible texture both survive
     ir = torch.full((1, 1, 96, 96), 0.2)

@@ -29,8 +29,28 @@ def triple():
 
 
 def test_registry_lists_all_required_metrics():
-    need = {"en", "sd", "sf", "ag", "mi", "fmi", "scd", "vif", "qabf", "nabf", "ssim", "ms_ssim", "psnr", "mse",
-            "cc", "qcb", "qcv", "qy", "qncie", "qg"}  # fmt: skip
+    need = {
+        "en",
+        "sd",
+        "sf",
+        "ag",
+        "mi",
+        "fmi",
+        "scd",
+        "vif",
+        "qabf",
+        "nabf",
+        "ssim",
+        "ms_ssim",
+        "psnr",
+        "mse",
+        "cc",
+        "qcb",
+        "qcv",
+        "qy",
+        "qncie",
+        "qg",
+    }
     assert need <= set(list_metrics())
     assert set(DEFAULT_METRICS) <= set(list_metrics())
 

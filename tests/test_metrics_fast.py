@@ -57,8 +57,13 @@ def test_compute_all_equals_individual_metrics_on_msrs(stem):
 def test_compute_all_equals_individual_metrics_on_golden_cases(case):
     d = need(f"metrics_golden/{case}")
     F, A, B = (_gray(d / f"{n}.png") for n in ("fused", "ir", "vi"))
-    _assert_same(compute_all(F, A, B, SUITE + ["nabf_tang_as_called", "psnr_cddfuse"]), F, A, B,
-                 SUITE + ["nabf_tang_as_called", "psnr_cddfuse"])  # fmt: skip
+    _assert_same(
+        compute_all(F, A, B, SUITE + ["nabf_tang_as_called", "psnr_cddfuse"]),
+        F,
+        A,
+        B,
+        SUITE + ["nabf_tang_as_called", "psnr_cddfuse"],
+    )
 
 
 def _scene(seed, h=64, w=80):
@@ -151,8 +156,13 @@ def test_vectorised_exp_and_atan_are_within_two_ulp():
     if K is None:
         pytest.skip("numba not installed")
     rng = np.random.default_rng(0)
-    x = np.concatenate([rng.normal(0, 3, 50000), rng.normal(0, 300, 20000),
-                        [0.0, 0.66, 2.414213562373095, 1.0, -1.0, np.inf, -np.inf, 1e300, 1e-300]])  # fmt: skip
+    x = np.concatenate(
+        [
+            rng.normal(0, 3, 50000),
+            rng.normal(0, 300, 20000),
+            [0.0, 0.66, 2.414213562373095, 1.0, -1.0, np.inf, -np.inf, 1e300, 1e-300],
+        ]
+    )
     out = np.empty_like(x)
     K["atan"](x, out, x.size)
     ref = np.arctan(x)

@@ -136,10 +136,15 @@ def test_pixel_terms():
 def _small_vgg() -> VGGFeatures:
     torch.manual_seed(0)
     feats = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-    )  # fmt: skip
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+    )
     return VGGFeatures(features=feats, layers={"relu1": 1, "relu4": 4, "relu5": 7})
 
 
@@ -287,8 +292,15 @@ def test_object_crop_contains_objects_when_there_are_objects():
 
 
 def _tiny_items(tmp_path, masks_dir):
-    return ["max_pairs=2", "crop=[32, 32]", "batch=2", "epochs=1", "val.max=1", "val.metrics=[en, sf]",
-            f"masks.dir={masks_dir}"]  # fmt: skip
+    return [
+        "max_pairs=2",
+        "crop=[32, 32]",
+        "batch=2",
+        "epochs=1",
+        "val.max=1",
+        "val.metrics=[en, sf]",
+        f"masks.dir={masks_dir}",
+    ]
 
 
 @pytest.mark.realdata
@@ -383,8 +395,10 @@ def test_shipped_occo_model_fuses_a_real_pair():
     hot = ir > ir.mean() + 2 * ir.std()  # warm objects of the infrared image
     assert bool(hot.any())
     assert float(y_f[hot].mean()) > float(y_v[hot].mean()) + 0.05  # fused is brighter there than the visible image
-    with resources.as_file(resources.files("ivfuse") / "weights" / "occo_default.safetensors") as f, \
-            safe_open(str(f), "pt") as sf:  # fmt: skip
+    with (
+        resources.as_file(resources.files("ivfuse") / "weights" / "occo_default.safetensors") as f,
+        safe_open(str(f), "pt") as sf,
+    ):
         meta = sf.metadata()
     tr = json.loads(meta["training"])
     assert (

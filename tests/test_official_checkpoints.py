@@ -112,7 +112,9 @@ def test_metafusion_official_default_preset_keeps_ivfuse_conventions():
 def test_tim_full_official_parity():
     d = SEED / "TIMFusion" / "full"
     _need(d / "weights_1_seed.pth", d / "weights_2_seed.pth")
-    model = ivfuse.create_model("tim", weights=d / "weights_1_seed.pth", stage2=d / "weights_2_seed.pth", preset="official")
+    model = ivfuse.create_model(
+        "tim", weights=d / "weights_1_seed.pth", stage2=d / "weights_2_seed.pth", preset="official"
+    )
     assert model.layout == "official" and model.stage2 is not None
     assert sum(p.numel() for p in model.parameters()) == 994_917 + 237_308  # the official counts (README)
     before = _state(model)
@@ -138,11 +140,29 @@ def test_tim_light_official_through_the_cli(tmp_path):
     f = SEED / "TIMFusion" / "light" / "weights_1_seed.pth"
     _need(f, MSRS / "ir" / "00004N.png")
     out = tmp_path / "fused.png"
-    rc = main(["fuse", "--ir", str(MSRS / "ir" / "00004N.png"), "--vis", str(MSRS / "vi" / "00004N.png"), "-o", str(out),
-               "--method", "tim", "--weights", str(f), "--opt", "preset=official", "-q"])  # fmt: skip
+    rc = main(
+        [
+            "fuse",
+            "--ir",
+            str(MSRS / "ir" / "00004N.png"),
+            "--vis",
+            str(MSRS / "vi" / "00004N.png"),
+            "-o",
+            str(out),
+            "--method",
+            "tim",
+            "--weights",
+            str(f),
+            "--opt",
+            "preset=official",
+            "-q",
+        ]
+    )
     assert rc == 0
     got = np.asarray(Image.open(out)).astype(np.int16)
-    mean, mx = _compare(got[..., None] if got.ndim == 2 else got, SEED / "TIMFusion" / "light" / "00004N.png", "CLI light")
+    mean, mx = _compare(
+        got[..., None] if got.ndim == 2 else got, SEED / "TIMFusion" / "light" / "00004N.png", "CLI light"
+    )
     assert mean <= 1.0 and mx <= 3
 
 
@@ -274,7 +294,9 @@ def _tsjnet_official_parts(seed: int = 0, drop_rpb: bool = False) -> dict:
         for key, shape, dtype in info["keys"]:
             if drop_rpb and key.endswith(".attn.rpb"):
                 continue
-            sd[key] = torch.randint(0, 1000, shape, generator=g) if dtype == "int64" else torch.randn(shape, generator=g)
+            sd[key] = (
+                torch.randint(0, 1000, shape, generator=g) if dtype == "int64" else torch.randn(shape, generator=g)
+            )
         assert len(info["keys"]) == info["n_keys"]
         parts[part] = sd
     assert sum(len(v) for v in parts.values()) == (816 - 36 if drop_rpb else 816)
@@ -297,8 +319,9 @@ def test_tsjnet_official_key_map_fills_the_paper_configuration(tmp_path):
     flat = {f"{p}.{k}": v for p, sd in parts.items() for k, v in sd.items()}
     mapping = OFFICIAL_KEYS.mapping(list(flat))
     dropped = sorted(set(flat) - set(mapping))
-    assert len(dropped) == 44 and all(".spa." in k or ".attn.norm." in k or ".avgpool." in k or ".conv_head." in k
-                                      for k in dropped)  # fmt: skip
+    assert len(dropped) == 44 and all(
+        ".spa." in k or ".attn.norm." in k or ".avgpool." in k or ".conv_head." in k for k in dropped
+    )
     filled = set()
     for key, tgt in mapping.items():
         if tgt.endswith("]"):  # one head of the decoder's grouped attention conv
@@ -341,8 +364,21 @@ def test_cli_wrong_official_file_exits_2_with_one_line(tmp_path, capsys):
     f = SEED / "OCCO" / "occo_seed.pth"
     _need(f, MSRS / "ir" / "00004N.png")
     out = tmp_path / "f.png"
-    rc = main(["fuse", "--ir", str(MSRS / "ir" / "00004N.png"), "--vis", str(MSRS / "vi" / "00004N.png"), "-o", str(out),
-               "--method", "tim", "--weights", str(f)])  # fmt: skip
+    rc = main(
+        [
+            "fuse",
+            "--ir",
+            str(MSRS / "ir" / "00004N.png"),
+            "--vis",
+            str(MSRS / "vi" / "00004N.png"),
+            "-o",
+            str(out),
+            "--method",
+            "tim",
+            "--weights",
+            str(f),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and not out.exists()
     assert err.count("\n") == 0 and err.startswith("ivfuse: error:") and "not a TIM checkpoint" in err and str(f) in err
@@ -369,8 +405,11 @@ def test_tim_official_light_saved_by_ivfuse_keeps_layout_and_input_order(tmp_pat
 
 @pytest.mark.parametrize("method", ["metafusion", "tim", "occo", "tsjnet"])
 def test_official_preset_needs_the_authors_network(method):
-    """The shipped (ivfuse-format) models cannot run the official pre/post-processing: one line, naming the file kind."""
-    with pytest.raises(InputError, match=rf"^{method}: preset='official' .*(authors'|official) (network|weights)") as ei:
+    """The shipped (ivfuse-format) models cannot run the official pre/post-processing: one line, naming the file
+    kind."""
+    with pytest.raises(
+        InputError, match=rf"^{method}: preset='official' .*(authors'|official) (network|weights)"
+    ) as ei:
         ivfuse.create_model(method, preset="official")
     assert "\n" not in str(ei.value) and "weights=" in str(ei.value)
     with pytest.raises(InputError, match=rf"{method}: unknown preset 'offical' \(choose from ivfuse, official\)"):

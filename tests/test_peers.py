@@ -121,16 +121,40 @@ def test_tardal_matches_official_outputs(stem, record_property):
 # the same command with --eval and tardal++.pt reproduces ../shared/peers_reference/TarDAL byte for byte.
 # Kept here: statistics of the official 8-bit RGB outputs (4×4 block means, mean, std) and their sha256.
 AUTHORS_TARDAL = {
-    "00001D": {"mean": 79.276, "std": 32.028, "sha256": "12f69cdd10a61a46f3d2e755a36c3b39cfa8cdf0c9f89bf7670cdc35cde9f40d",
-               "grid_4x4": [[56.58, 62.48, 80.86, 71.03], [57.77, 90.15, 102.56, 82.26],
-                            [69.8, 87.56, 91.27, 90.25], [72.6, 91.33, 80.78, 81.13]]},
-    "00004N": {"mean": 76.498, "std": 27.332, "sha256": "049e8adcf43d7b06339eed13cdb7908b08ec41e5873b00094db08afa0b26454a",
-               "grid_4x4": [[63.88, 91.28, 71.2, 58.3], [60.26, 73.42, 60.53, 63.3],
-                            [75.14, 117.2, 91.45, 77.29], [80.8, 84.24, 81.22, 74.47]]},
-    "00633D": {"mean": 99.361, "std": 57.31, "sha256": "c59fd848b89506ce6135261a8d71dc20c042e3c89f8f20f3c544c03b2bd0d561",
-               "grid_4x4": [[172.96, 199.28, 138.23, 76.66], [54.05, 65.54, 63.01, 66.11],
-                            [101.68, 98.25, 78.64, 73.57], [102.5, 102.79, 100.24, 96.26]]},
-}  # fmt: skip
+    "00001D": {
+        "mean": 79.276,
+        "std": 32.028,
+        "sha256": "12f69cdd10a61a46f3d2e755a36c3b39cfa8cdf0c9f89bf7670cdc35cde9f40d",
+        "grid_4x4": [
+            [56.58, 62.48, 80.86, 71.03],
+            [57.77, 90.15, 102.56, 82.26],
+            [69.8, 87.56, 91.27, 90.25],
+            [72.6, 91.33, 80.78, 81.13],
+        ],
+    },
+    "00004N": {
+        "mean": 76.498,
+        "std": 27.332,
+        "sha256": "049e8adcf43d7b06339eed13cdb7908b08ec41e5873b00094db08afa0b26454a",
+        "grid_4x4": [
+            [63.88, 91.28, 71.2, 58.3],
+            [60.26, 73.42, 60.53, 63.3],
+            [75.14, 117.2, 91.45, 77.29],
+            [80.8, 84.24, 81.22, 74.47],
+        ],
+    },
+    "00633D": {
+        "mean": 99.361,
+        "std": 57.31,
+        "sha256": "c59fd848b89506ce6135261a8d71dc20c042e3c89f8f20f3c544c03b2bd0d561",
+        "grid_4x4": [
+            [172.96, 199.28, 138.23, 76.66],
+            [54.05, 65.54, 63.01, 66.11],
+            [101.68, 98.25, 78.64, 73.57],
+            [102.5, 102.79, 100.24, 96.26],
+        ],
+    },
+}
 
 
 def _tardal_official_save(model, ir, vis, vis_path, cv2) -> np.ndarray:
@@ -210,8 +234,10 @@ def test_tardal_per_image_batchnorm():
 def _check_stats(record_property, key: str, u8: np.ndarray, st: dict) -> None:
     g = grid(u8)
     d = np.abs(g - np.asarray(st["grid_12x16"]))
-    msg = (f"block means: mean abs diff {d.mean():.3f}/255 (max {d.max():.3f}); "
-           f"mean {u8.mean():.3f} vs {st['mean']}, std {u8.std():.3f} vs {st['std']}")  # fmt: skip
+    msg = (
+        f"block means: mean abs diff {d.mean():.3f}/255 (max {d.max():.3f}); "
+        f"mean {u8.mean():.3f} vs {st['mean']}, std {u8.std():.3f} vs {st['std']}"
+    )
     record_property(key, msg)
     print(f"{key}: {msg}")
     assert d.mean() <= 1.0
@@ -269,10 +295,14 @@ def test_state_dicts_load_strictly_and_completely(name):
     model = peer(name)
     files = [torch.load(need(f"weights/peers/{f}"), map_location="cpu", weights_only=True) for f in WEIGHT_FILES[name]]
     files = [f["weight"] if "weight" in f else f for f in files]
-    own = model.state_dict() if name != "didfuse" else {
-        **{f"encoder.{k}": v for k, v in model.encoder.state_dict().items()},
-        **{f"decoder.{k}": v for k, v in model.decoder.state_dict().items()},
-    }  # fmt: skip
+    own = (
+        model.state_dict()
+        if name != "didfuse"
+        else {
+            **{f"encoder.{k}": v for k, v in model.encoder.state_dict().items()},
+            **{f"decoder.{k}": v for k, v in model.decoder.state_dict().items()},
+        }
+    )
     prefixes = ["encoder.", "decoder."] if name == "didfuse" else [""]
     n = 0
     for prefix, sd in zip(prefixes, files):
@@ -411,13 +441,37 @@ def test_peers_through_the_cli(capsys, pair_dirs, tmp_path):
 
     need("weights/peers/SeAFusion_SeAFusion.pth")
     ir, vis = pair_dirs
-    rc = main(["fuse", "--ir", str(ir / "p0.png"), "--vis", str(vis / "p0.png"), "-o", str(tmp_path / "f.png"),
-               "--method", "seafusion"])  # fmt: skip
+    rc = main(
+        [
+            "fuse",
+            "--ir",
+            str(ir / "p0.png"),
+            "--vis",
+            str(vis / "p0.png"),
+            "-o",
+            str(tmp_path / "f.png"),
+            "--method",
+            "seafusion",
+        ]
+    )
     assert rc == 0
     im = np.asarray(Image.open(tmp_path / "f.png"))
     assert im.shape == (64, 80, 3) and im.min() == 0 and im.max() == 255  # SeAFusion's min-max stretch
-    rc = main(["fuse", "--ir", str(ir / "p0.png"), "--vis", str(vis / "p0.png"), "-o", str(tmp_path / "t.png"),
-               "--method", "tardal", "--opt", "variant=tardal+"])  # fmt: skip
+    rc = main(
+        [
+            "fuse",
+            "--ir",
+            str(ir / "p0.png"),
+            "--vis",
+            str(vis / "p0.png"),
+            "-o",
+            str(tmp_path / "t.png"),
+            "--method",
+            "tardal",
+            "--opt",
+            "variant=tardal+",
+        ]
+    )
     assert rc == 0 and Image.open(tmp_path / "t.png").size == (80, 64)
 
 
@@ -492,5 +546,7 @@ def test_llvip_1280x1024_and_toy_21x17(name):
             toy = model(ti, tv)
         assert toy.shape == (1, 3, 17, 21) and torch.isfinite(toy).all() and float(toy.std()) > 0.005
     else:
-        with pytest.raises(InputError, match=rf"smaller than the {model.min_size}x{model.min_size} minimum of '{name}'"):
+        with pytest.raises(
+            InputError, match=rf"smaller than the {model.min_size}x{model.min_size} minimum of '{name}'"
+        ):
             model(ti, tv)

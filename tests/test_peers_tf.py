@@ -156,8 +156,13 @@ def test_minimum_sizes():
     """Reflection padding needs 2 pixels (U2Fusion, DenseFuse); CSF's classifier reflect-pads by 2 after three
     2× poolings, so 17 is its minimum (⌈17/8⌉ = 3); zero-padded nets take 1 pixel."""
     assert {n: peer(n).min_size for n in NAMES} == {
-        "densefuse": 2, "u2fusion": 2, "sdnet": 1, "stdfusionnet": 1, "pmgi": 1, "csf": 17,
-    }  # fmt: skip
+        "densefuse": 2,
+        "u2fusion": 2,
+        "sdnet": 1,
+        "stdfusionnet": 1,
+        "pmgi": 1,
+        "csf": 17,
+    }
     with torch.no_grad():
         for n in ("sdnet", "stdfusionnet", "pmgi"):
             assert peer(n)(torch.rand(1, 1, 1, 3), torch.rand(1, 3, 1, 3)).shape == (1, 3, 1, 3)
@@ -276,8 +281,21 @@ def test_presets_validated_and_through_the_cli(capsys, pair_dirs, tmp_path):
     written = {}
     for preset in ("official", "ivfuse"):
         out = tmp_path / f"{preset}.png"
-        rc = main(["fuse", "--ir", str(ir / "p0.png"), "--vis", str(vis / "p0.png"), "-o", str(out),
-                   "--method", "sdnet", "--opt", f"preset={preset}"])  # fmt: skip
+        rc = main(
+            [
+                "fuse",
+                "--ir",
+                str(ir / "p0.png"),
+                "--vis",
+                str(vis / "p0.png"),
+                "-o",
+                str(out),
+                "--method",
+                "sdnet",
+                "--opt",
+                f"preset={preset}",
+            ]
+        )
         assert rc == 0
         written[preset] = np.asarray(Image.open(out).convert("RGB"), dtype=np.float64)
     # the official preset returns 8-bit values, so the written file is exactly the Python result
@@ -295,8 +313,14 @@ def test_methods_are_listed_with_paper_and_licence(capsys):
 
     assert main(["list", "methods"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    for name, paper in [("u2fusion", "TPAMI 2022"), ("stdfusionnet", "TIM 2021"), ("sdnet", "IJCV 2021"),
-                        ("pmgi", "AAAI 2020"), ("csf", "TCI 2021"), ("densefuse", "TIP 2019")]:  # fmt: skip
+    for name, paper in [
+        ("u2fusion", "TPAMI 2022"),
+        ("stdfusionnet", "TIM 2021"),
+        ("sdnet", "IJCV 2021"),
+        ("pmgi", "AAAI 2020"),
+        ("csf", "TCI 2021"),
+        ("densefuse", "TIP 2019"),
+    ]:
         assert name in text and paper in text
     assert text.count("licence") >= 6 and "licence MIT" in text
 
@@ -321,11 +345,20 @@ def test_every_checkpoint_array_is_used_or_documented_unused(name):
     for f in METHODS[name][1]:
         with np.load(need(f"weights/peers/{f}")) as z:
             arrays.update({f"{f}:{k}": z[k].size for k in z.files})
-    unused = sum(v for k, v in arrays.items() if "/BatchNorm/" in k or k.endswith(":Variable")
-                 or k.startswith("CSF_EC.npz:Encoder/"))  # fmt: skip
+    unused = sum(
+        v
+        for k, v in arrays.items()
+        if "/BatchNorm/" in k or k.endswith(":Variable") or k.startswith("CSF_EC.npz:Encoder/")
+    )
     assert n_model == sum(arrays.values()) - unused
-    expected = {"densefuse": 74193, "u2fusion": 659217, "sdnet": 67091, "stdfusionnet": 282513, "pmgi": 41633,
-                "csf": 185067}  # fmt: skip
+    expected = {
+        "densefuse": 74193,
+        "u2fusion": 659217,
+        "sdnet": 67091,
+        "stdfusionnet": 282513,
+        "pmgi": 41633,
+        "csf": 185067,
+    }
     assert sum(p.numel() for p in model.parameters()) == expected[name]
 
 
@@ -423,8 +456,12 @@ def test_max_pool_same_and_batch_norms():
     assert p[0, 0].tolist() == [[-14.0, -12.0, -11.0], [-9.0, -7.0, -6.0]]  # padding at the bottom/right
     y = torch.randn(2, 4, 6, 7) * 3 + 1
     torch.testing.assert_close(_tf.tf_instance_standardise(y, 1e-5), F.instance_norm(y, eps=1e-5), atol=1e-5, rtol=0)
-    bn = {"gamma": torch.full((4,), 2.0), "beta": torch.ones(4), "moving_mean": torch.full((4,), 0.5),
-          "moving_variance": torch.full((4,), 4.0)}  # fmt: skip
+    bn = {
+        "gamma": torch.full((4,), 2.0),
+        "beta": torch.ones(4),
+        "moving_mean": torch.full((4,), 0.5),
+        "moving_variance": torch.full((4,), 4.0),
+    }
     torch.testing.assert_close(_tf.tf_batch_norm(y, bn, 1e-3), 2 * (y - 0.5) / np.sqrt(4.001) + 1)
 
 

@@ -82,17 +82,23 @@ def test_every_imported_package_is_a_declared_dependency():
 def _fake_python(tmp: Path, log: Path, pytest_rc: int) -> Path:
     """A stand-in for python3 whose ``-m venv DIR`` makes a venv whose pip/python only log what they are asked."""
     fake = tmp / "fake_python3"
-    fake.write_text(textwrap.dedent(f"""\
+    python_stub = (
+        '#!/usr/bin/env bash\\nif [ "$1" = "-c" ]; then echo "$VIRTUAL_ENV"; exit 0; fi\\n'
+        f'echo "venv-python $*" >> {log}\\n[ "$*" = "-m pytest -q" ] && exit {pytest_rc}\\nexit 0\\n'
+    )
+    fake.write_text(
+        textwrap.dedent(f"""\
         #!/usr/bin/env bash
         echo "system-python $*" >> {log}
         [ "$1 $2" = "-m venv" ] || exit 9
         d="$(pwd)/$3"; mkdir -p "$d/bin"
         printf 'export VIRTUAL_ENV=%s\\nexport PATH=%s/bin:$PATH\\n' "$d" "$d" > "$d/bin/activate"
-        printf '#!/usr/bin/env bash\\nif [ "$1" = "-c" ]; then echo "$VIRTUAL_ENV"; exit 0; fi\\necho "venv-python $*" >> {log}\\n[ "$*" = "-m pytest -q" ] && exit {pytest_rc}\\nexit 0\\n' > "$d/bin/python"
+        printf '{python_stub}' > "$d/bin/python"
         printf '#!/usr/bin/env bash\\necho "venv-pip $*" >> {log}\\n' > "$d/bin/pip"
         printf '#!/usr/bin/env bash\\necho "venv-ruff $*" >> {log}\\n' > "$d/bin/ruff"
         chmod +x "$d/bin/python" "$d/bin/pip" "$d/bin/ruff"
-        """))
+        """)
+    )
     fake.chmod(0o755)
     return fake
 
@@ -114,8 +120,16 @@ def test_ci_run_installs_into_a_fresh_venv(tmp_path, pytest_rc, want_rc):
     readme_cmd = 'pip install -e ".[test]" && python -m pytest -q'
     assert readme_cmd in (REPO / "README.md").read_text()
     lint = ["venv-ruff check src tests benchmarks"] if pytest_rc in (0, 5) else []
-    assert calls == ["system-python -m venv .ci-venv", "venv-python -m pip install -q --upgrade pip",
-                     "venv-pip install -e .[test]", "venv-python -m pytest -q"] + lint  # fmt: skip
+    assert (
+        calls
+        == [
+            "system-python -m venv .ci-venv",
+            "venv-python -m pip install -q --upgrade pip",
+            "venv-pip install -e .[test]",
+            "venv-python -m pytest -q",
+        ]
+        + lint
+    )
     assert not (clone / ".ci-venv" / "stale").exists(), "the venv must be fresh, not reused"
     assert "/.ci-venv/" in (REPO / ".gitignore").read_text().splitlines()
 
@@ -185,11 +199,17 @@ def test_segmentation_masks_are_matched_too(tmp_path):
 def test_merge_boxes_hand_case():
     ir = Boxes(torch.tensor([[10.0, 10, 50, 90], [100, 100, 200, 160]]), torch.tensor([0, 2]), MSRS_NAMES)
     vis = Boxes(
-        torch.tensor([[14.0, 12, 54, 92],  # same person, IoU 0.75 -> merged into the infrared box
-                      [10, 10, 50, 90],  # same place, but a bicycle: another object
-                      [150, 100, 250, 160],  # the car moved half its width: IoU 1/3 -> kept
-                      [300, 300, 320, 340]]),  # only in the visible set
-        torch.tensor([0, 1, 2, 0]), MSRS_NAMES)  # fmt: skip
+        torch.tensor(
+            [
+                [14.0, 12, 54, 92],  # same person, IoU 0.75 -> merged into the infrared box
+                [10, 10, 50, 90],  # same place, but a bicycle: another object
+                [150, 100, 250, 160],  # the car moved half its width: IoU 1/3 -> kept
+                [300, 300, 320, 340],  # only in the visible set
+            ]
+        ),
+        torch.tensor([0, 1, 2, 0]),
+        MSRS_NAMES,
+    )
     out = merge_boxes(ir, vis, 0.5)
     assert out.labels.tolist() == [0, 2, 1, 2, 0]
     assert torch.equal(out.xyxy[:2], ir.xyxy), "the infrared boxes are kept as drawn"
@@ -226,14 +246,19 @@ def test_msrs_union_merges_the_duplicate_boxes():
         w, h = Image.open(ip).size
         a, b = (sets[k].read_boxes(key, w, h) for k in ("infrared", "visible"))
         u = sets["union"].read_boxes(key, w, h)
-        n_ir, n_vis, n_union, n_concat = n_ir + len(a), n_vis + len(b), n_union + len(u), n_concat + len(concat.read_boxes(key, w, h))
+        n_ir, n_vis, n_union, n_concat = (
+            n_ir + len(a),
+            n_vis + len(b),
+            n_union + len(u),
+            n_concat + len(concat.read_boxes(key, w, h)),
+        )
         assert torch.equal(u.xyxy[: len(a)], a.xyxy), "every infrared box is kept"
         if len(a) and len(b):
             m = box_iou(a.xyxy, b.xyxy) * (a.labels[:, None] == b.labels[None]).float()
             n_dup += int((m > 0.5).any(1).sum())
             dropped = len(a) + len(b) - len(u)
             assert dropped <= int((m > 0.5).any(0).sum()) and dropped <= int((m > 0.5).any(1).sum())
-            kept_vis = u.xyxy[len(a):]
+            kept_vis = u.xyxy[len(a) :]
             for j in range(len(b)):  # a visible box is dropped only if it duplicates an infrared box
                 if not (kept_vis == b.xyxy[j]).all(1).any():
                     assert (m[:, j] > 0.5).any()
@@ -252,8 +277,19 @@ def test_union_iou_option_is_checked(tmp_path, capsys):
 
     with pytest.raises(InputError, match="union_iou"):
         load_dataset("msrs", root=root, split="test", det_labels="union", union_iou=2)
-    rc, _, err = run(capsys, "downstream", "detect", "--images", root / "vi", "--labels", root / "labels_det" / "infrared",
-                     "--labels", root / "labels_det" / "visible", "--merge-iou", "-1")  # fmt: skip
+    rc, _, err = run(
+        capsys,
+        "downstream",
+        "detect",
+        "--images",
+        root / "vi",
+        "--labels",
+        root / "labels_det" / "infrared",
+        "--labels",
+        root / "labels_det" / "visible",
+        "--merge-iou",
+        "-1",
+    )
     assert rc == 2 and "--merge-iou -1.0: must lie in [0, 1]" in err
 
 
@@ -298,7 +334,9 @@ def test_continue_on_error_and_skip_existing(capsys, tmp_path):
     ir, vi = _pairs(tmp_path, 4)
     Image.fromarray(np.zeros((40, 64, 3), np.uint8)).save(vi / "01.png")  # wrong size
     out = tmp_path / "out"
-    rc, stdout, err = run(capsys, "fuse", "--ir", ir, "--vis", vi, "-o", out, "--method", "average", "--continue-on-error", "-q")
+    rc, stdout, err = run(
+        capsys, "fuse", "--ir", ir, "--vis", vi, "-o", out, "--method", "average", "--continue-on-error", "-q"
+    )
     assert rc == 1
     assert "vi/01.png: visible image is 64x40" in err and "1 of 4 pairs failed: 01" in err
     assert sorted(p.name for p in out.iterdir()) == ["00.png", "02.png", "03.png"]
@@ -307,7 +345,9 @@ def test_continue_on_error_and_skip_existing(capsys, tmp_path):
     (out / "03.png").unlink()
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     time.sleep(0.01)
-    rc, stdout, _ = run(capsys, "fuse", "--ir", ir, "--vis", vi, "-o", out, "--method", "average", "--skip-existing", "-q")
+    rc, stdout, _ = run(
+        capsys, "fuse", "--ir", ir, "--vis", vi, "-o", out, "--method", "average", "--skip-existing", "-q"
+    )
     assert rc == 0 and "fused 2 pairs" in stdout and "2 already there, skipped" in stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in before} == before
     assert sorted(p.name for p in out.iterdir()) == ["00.png", "01.png", "02.png", "03.png"]
@@ -347,7 +387,9 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _start_and_wait(args: list[str], out: Path, n_done: int) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-c", _SLOW_FUSE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_FUSE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         done = [f for f in out.glob("*.png")] if out.exists() else []
@@ -377,7 +419,9 @@ def test_sigterm_and_kill_9_mid_run_then_resume(tmp_path):
     p.send_signal(signal.SIGKILL)
     p.communicate(timeout=30)
     done = {f.name: f.stat().st_mtime_ns for f in out.glob("*.png")}
-    r = subprocess.run([sys.executable, "-m", "ivfuse.cli", *args, "--skip-existing"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "ivfuse.cli", *args, "--skip-existing"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert f"{len(done)} already there, skipped" in r.stdout
     assert sorted(f.name for f in out.iterdir()) == [f"{i:02d}.png" for i in range(12)]  # no .ivfuse-* left
@@ -387,27 +431,43 @@ def test_sigterm_and_kill_9_mid_run_then_resume(tmp_path):
 # --------------------------------------------------------------------------------- 6. one-line errors, not tracebacks
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: --device cuda is valid here")
 @pytest.mark.parametrize("mode", ["fuse", "downstream", "detect", "segment"])
-@pytest.mark.parametrize("device, msg", [("cuda", "--device cuda: no CUDA GPU is available"),
-                                         ("gpu", "--device gpu: not a torch device .*did you mean 'cuda'")])  # fmt: skip
+@pytest.mark.parametrize(
+    "device, msg",
+    [
+        ("cuda", "--device cuda: no CUDA GPU is available"),
+        ("gpu", "--device gpu: not a torch device .*did you mean 'cuda'"),
+    ],
+)
 def test_device_without_gpu(capsys, tmp_path, pair_dirs, mode, device, msg):
     ir, vi = pair_dirs
-    args = {"fuse": ["fuse", "--ir", ir / "p0.png", "--vis", vi / "p0.png", "-o", tmp_path / "f.png"],
-            "downstream": ["downstream", "detect", "--images", vi, "--labels", tmp_path],
-            "detect": ["detect", "--images", vi, "-o", tmp_path / "d"],
-            "segment": ["segment", "--images", vi, "-o", tmp_path / "s"]}[mode]  # fmt: skip
+    args = {
+        "fuse": ["fuse", "--ir", ir / "p0.png", "--vis", vi / "p0.png", "-o", tmp_path / "f.png"],
+        "downstream": ["downstream", "detect", "--images", vi, "--labels", tmp_path],
+        "detect": ["detect", "--images", vi, "-o", tmp_path / "d"],
+        "segment": ["segment", "--images", vi, "-o", tmp_path / "s"],
+    }[mode]
     rc, _, err = run(capsys, *args, "--device", device)
     assert rc == 2 and err.count("\n") == 1 and re.search(msg, err), err
     assert not (tmp_path / "f.png").exists() and not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("opts, msg", [
-    (["--method", "laplacian", "--opt", "level=5"], "unknown option 'level' for method 'laplacian'; did you mean 'levels'?"),
-    (["--method", "laplacian", "--opt", "levels=five"], "option 'levels' of method 'laplacian' must be int, got 'five'"),
-    (["--method", "laplacian", "--opt", "levels=0"], "method 'laplacian': levels must be >= 1"),
-    (["--method", "gff", "--opt", "eps1=small"], "option 'eps1' of method 'gff' must be float, got 'small'"),
-    (["--method", "gff", "--weights", "f.pt"], "method 'gff' has no learned weights"),
-    (["--method", "average", "--opt", "levels=2"], "method 'average' takes no options"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "opts, msg",
+    [
+        (
+            ["--method", "laplacian", "--opt", "level=5"],
+            "unknown option 'level' for method 'laplacian'; did you mean 'levels'?",
+        ),
+        (
+            ["--method", "laplacian", "--opt", "levels=five"],
+            "option 'levels' of method 'laplacian' must be int, got 'five'",
+        ),
+        (["--method", "laplacian", "--opt", "levels=0"], "method 'laplacian': levels must be >= 1"),
+        (["--method", "gff", "--opt", "eps1=small"], "option 'eps1' of method 'gff' must be float, got 'small'"),
+        (["--method", "gff", "--weights", "f.pt"], "method 'gff' has no learned weights"),
+        (["--method", "average", "--opt", "levels=2"], "method 'average' takes no options"),
+    ],
+)
 def test_method_option_errors(capsys, tmp_path, pair_dirs, opts, msg):
     ir, vi = pair_dirs
     rc, _, err = run(capsys, "fuse", "--ir", ir, "--vis", vi, "-o", tmp_path / "o", *opts)
@@ -421,22 +481,77 @@ def test_eval_names_file_and_only_fused(capsys, tmp_path):
     out = tmp_path / "out"
     fuse_folder(ir, vi, out, "average", progress=False)
     full = tmp_path / "full.json"
-    assert run(capsys, "eval", "--ir", ir, "--vis", vi, "--fused", out, "--metrics", "en,qabf", "--workers", "1",
-               "-q", "--out", full)[0] == 0  # fmt: skip
+    assert (
+        run(
+            capsys,
+            "eval",
+            "--ir",
+            ir,
+            "--vis",
+            vi,
+            "--fused",
+            out,
+            "--metrics",
+            "en,qabf",
+            "--workers",
+            "1",
+            "-q",
+            "--out",
+            full,
+        )[0]
+        == 0
+    )
     full = json.loads(full.read_text())["per_image"]
     names = tmp_path / "names.txt"
     names.write_text("02.png\n00\n")
     res = tmp_path / "r.json"
-    rc, _, _ = run(capsys, "eval", "--ir", ir, "--vis", vi, "--fused", out, "--metrics", "en,qabf", "--names", names,
-                   "--workers", "1", "-q", "--out", res)  # fmt: skip
+    rc, _, _ = run(
+        capsys,
+        "eval",
+        "--ir",
+        ir,
+        "--vis",
+        vi,
+        "--fused",
+        out,
+        "--metrics",
+        "en,qabf",
+        "--names",
+        names,
+        "--workers",
+        "1",
+        "-q",
+        "--out",
+        res,
+    )
     r = json.loads(res.read_text())
     assert rc == 0 and list(r["per_image"]) == ["02", "00"]
-    assert r["per_image"]["02"] == full["02"] and r["mean"]["en"] == pytest.approx((full["00"]["en"] + full["02"]["en"]) / 2)
+    assert r["per_image"]["02"] == full["02"] and r["mean"]["en"] == pytest.approx(
+        (full["00"]["en"] + full["02"]["en"]) / 2
+    )
     (out / "01.png").unlink()
     (out / "03.png").unlink()
-    rc, _, err = run(capsys, "eval", "--ir", ir, "--vis", vi, "--fused", out, "--metrics", "en", "--only-fused",
-                     "--workers", "1", "-q", "--out", res)  # fmt: skip
-    assert rc == 0 and "ivfuse: warning:" in err and "2 of 4 source pairs have no fused image" in err and "01, 03" in err
+    rc, _, err = run(
+        capsys,
+        "eval",
+        "--ir",
+        ir,
+        "--vis",
+        vi,
+        "--fused",
+        out,
+        "--metrics",
+        "en",
+        "--only-fused",
+        "--workers",
+        "1",
+        "-q",
+        "--out",
+        res,
+    )
+    assert (
+        rc == 0 and "ivfuse: warning:" in err and "2 of 4 source pairs have no fused image" in err and "01, 03" in err
+    )
     assert list(json.loads(res.read_text())["per_image"]) == ["00", "02"]
     names.write_text("01\n")
     rc, _, err = run(capsys, "eval", "--ir", ir, "--vis", vi, "--fused", out, "--names", names, "-q")
@@ -457,11 +572,30 @@ def test_eval_ir_norm_reads_16_bit_infrared_like_fuse(capsys, tmp_path):
         tifffile.imwrite(ir16 / f"{i:02d}.tif", rng.integers(7000, 9000, (48, 64)).astype(np.uint16))
     out = tmp_path / "out"
     fuse_folder(ir16, vi, out, "average", ir_norm="percentile", progress=False)
-    rc, _, err = run(capsys, "eval", "--ir", ir16, "--vis", vi, "--fused", out, "--metrics", "mi", "-q", "--workers", "1")
+    rc, _, err = run(
+        capsys, "eval", "--ir", ir16, "--vis", vi, "--fused", out, "--metrics", "mi", "-q", "--workers", "1"
+    )
     assert rc == 2 and "expect 8-bit" in err and "--ir-norm" in err
     res = tmp_path / "r.json"
-    rc, _, err = run(capsys, "eval", "--ir", ir16, "--vis", vi, "--fused", out, "--metrics", "mi", "--ir-norm",
-                     "percentile", "-q", "--workers", "1", "--out", res)  # fmt: skip
+    rc, _, err = run(
+        capsys,
+        "eval",
+        "--ir",
+        ir16,
+        "--vis",
+        vi,
+        "--fused",
+        out,
+        "--metrics",
+        "mi",
+        "--ir-norm",
+        "percentile",
+        "-q",
+        "--workers",
+        "1",
+        "--out",
+        res,
+    )
     assert rc == 0, err
     a = np.round(read_ir(ir16 / "00.tif", "percentile")[0].numpy().astype(np.float64) * 255)
     f, b = read_gray_u8(out / "00.png"), read_gray_u8(vi / "00.png")
@@ -474,10 +608,24 @@ def test_package_summary_names_only_existing_methods():
 
     import ivfuse
 
-    methods = ["MetaFusion", "TSJNet", "TIM", "OCCO", "SeAFusion", "TarDAL", "IFCNN", "DIDFuse", "U2Fusion", "DenseFuse"]
+    methods = [
+        "MetaFusion",
+        "TSJNet",
+        "TIM",
+        "OCCO",
+        "SeAFusion",
+        "TarDAL",
+        "IFCNN",
+        "DIDFuse",
+        "U2Fusion",
+        "DenseFuse",
+    ]
     summary = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["description"]
-    texts = {"pyproject description": summary, "ivfuse docstring": ivfuse.__doc__,
-             "README summary": (REPO / "README.md").read_text().split("## Command line")[0]}  # fmt: skip
+    texts = {
+        "pyproject description": summary,
+        "ivfuse docstring": ivfuse.__doc__,
+        "README summary": (REPO / "README.md").read_text().split("## Command line")[0],
+    }
     for where, text in texts.items():
         for m in methods:
             if re.search(rf"\b{m}\b", text):
@@ -501,8 +649,20 @@ def test_downstream_json_names_the_default_weights(capsys, tmp_path):
     for n in ("00004N", "00010N"):
         os.symlink((root / "vi" / f"{n}.png").resolve(), img / f"{n}.png")
     res = tmp_path / "r.json"
-    rc, _, err = run(capsys, "downstream", "detect", "--images", img, "--labels", root / "labels_det" / "infrared",
-                     "--labels", root / "labels_det" / "visible", "-q", "--out", res)  # fmt: skip
+    rc, _, err = run(
+        capsys,
+        "downstream",
+        "detect",
+        "--images",
+        img,
+        "--labels",
+        root / "labels_det" / "infrared",
+        "--labels",
+        root / "labels_det" / "visible",
+        "-q",
+        "--out",
+        res,
+    )
     assert "ivfuse: warning: " in err and "273 of 275 label files have no image" in err
     r = json.loads(res.read_text())
     assert rc == 0 and r["weights"] is not None and Path(r["weights"]).is_file()

@@ -301,8 +301,21 @@ def test_sage_through_the_cli_with_preset(pair_dirs, tmp_path):
     outs = {}
     for preset in ("ivfuse", "official"):
         f = tmp_path / f"{preset}.png"
-        rc = main(["fuse", "--ir", str(ir_d / "p0.png"), "--vis", str(vis_d / "p0.png"), "-o", str(f),
-                   "--method", "sage", "--opt", f"preset={preset}"])  # fmt: skip
+        rc = main(
+            [
+                "fuse",
+                "--ir",
+                str(ir_d / "p0.png"),
+                "--vis",
+                str(vis_d / "p0.png"),
+                "-o",
+                str(f),
+                "--method",
+                "sage",
+                "--opt",
+                f"preset={preset}",
+            ]
+        )
         assert rc == 0
         outs[preset] = np.asarray(Image.open(f), dtype=np.float64)
         with torch.no_grad():

@@ -14,9 +14,15 @@ from ivfuse.cli import main
 from ivfuse.data.labels import Boxes
 from ivfuse.errors import InputError
 from ivfuse.tasks import (
-    DeepLabV3Plus, Detections, ESPNetv2Seg, confusion_matrix, create_detector, detection_map, segmentation_iou,
+    DeepLabV3Plus,
+    Detections,
+    ESPNetv2Seg,
+    confusion_matrix,
+    create_detector,
+    detection_map,
+    segmentation_iou,
     segmentation_loss,
-)  # fmt: skip
+)
 from ivfuse.engine.finetune import finetune_segmenter
 from ivfuse.tasks.downstream import class_mapping, load_segmentation_set, evaluate_segmenter
 
@@ -28,8 +34,11 @@ def _gt(*rows):
 
 
 def _det(*rows):
-    return Detections(torch.tensor([r[:4] for r in rows], dtype=torch.float32), torch.tensor([r[5] for r in rows]),
-                      torch.tensor([r[4] for r in rows]))  # fmt: skip
+    return Detections(
+        torch.tensor([r[:4] for r in rows], dtype=torch.float32),
+        torch.tensor([r[5] for r in rows]),
+        torch.tensor([r[4] for r in rows]),
+    )
 
 
 def test_map_perfect_and_half():
@@ -66,7 +75,11 @@ def test_miou_hand_case():
 
 
 def test_class_mapping():
-    assert class_mapping(("person", "bicycle", "car"), create_detector("yolov5n", weights=None).class_names) == {0: 0, 1: 1, 2: 2}
+    assert class_mapping(("person", "bicycle", "car"), create_detector("yolov5n", weights=None).class_names) == {
+        0: 0,
+        1: 1,
+        2: 2,
+    }
     assert class_mapping(("People", "Car"), ("person", "bicycle", "car")) == {0: 0, 1: 2}
     with pytest.raises(InputError, match="Lamp"):
         class_mapping(("Lamp",), ("person", "car"))
@@ -94,7 +107,9 @@ def test_deeplabv3plus_trains_on_made_up_masks(tmp_path):
         m = np.zeros((64, 64), np.uint8)
         r, c = rng.integers(8, 40, 2)
         m[r : r + 20, c : c + 20] = 1  # bright square = class 1
-        img = np.where(m[..., None] == 1, 220, 40).astype(np.uint8).repeat(3, -1) + rng.integers(0, 20, (64, 64, 3)).astype(np.uint8)
+        img = np.where(m[..., None] == 1, 220, 40).astype(np.uint8).repeat(3, -1) + rng.integers(
+            0, 20, (64, 64, 3)
+        ).astype(np.uint8)
         Image.fromarray(img).save(tmp_path / "img" / f"{i}.png")
         Image.fromarray(m).save(tmp_path / "mask" / f"{i}.png")
     data = load_segmentation_set(tmp_path / "img", tmp_path / "mask")
@@ -141,8 +156,21 @@ def test_downstream_detect_cli(tmp_path, capsys):
     for n in ("00001D", "00004N", "00633D", "00881N", "00556D", "00039N"):
         (sub / f"{n}.png").write_bytes((msrs / "vi" / f"{n}.png").read_bytes())
     labels = msrs / "labels_det"
-    rc = main(["downstream", "detect", "--images", str(sub), "--labels", str(labels / "visible"), "--labels",
-               str(labels / "infrared"), "--out", str(tmp_path / "r.json"), "-q"])  # fmt: skip
+    rc = main(
+        [
+            "downstream",
+            "detect",
+            "--images",
+            str(sub),
+            "--labels",
+            str(labels / "visible"),
+            "--labels",
+            str(labels / "infrared"),
+            "--out",
+            str(tmp_path / "r.json"),
+            "-q",
+        ]
+    )
     assert rc == 0
     r = json.loads((tmp_path / "r.json").read_text())
     assert set(r["per_class"]) == {"person", "bicycle", "car"} and r["n_images"] == 6
@@ -174,10 +202,38 @@ def test_segmenter_registry_builds_loads_and_reports(tmp_path, capsys):
         create_segmenter("deeplabv3plus", weights=tmp_path / "dl.pt", num_classes=3, backbone="resnet18")
     # the CLI builds segmenters through the registry: its errors are one line
     Image.fromarray(np.full((48, 64, 3), 120, np.uint8)).save(tmp_path / "x.png")
-    rc = main(["segment", "--images", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--model", "deeplabv3plus",
-               "--backbone", "resnet18", "-q"])  # fmt: skip
+    rc = main(
+        [
+            "segment",
+            "--images",
+            str(tmp_path / "x.png"),
+            "-o",
+            str(tmp_path / "o"),
+            "--model",
+            "deeplabv3plus",
+            "--backbone",
+            "resnet18",
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("ivfuse: error:") and "number of classes" in err
-    rc = main(["segment", "--images", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--model", "deeplabv3plus",
-               "--backbone", "resnet18", "--num-classes", "2", "--weights", str(tmp_path / "dl.pt"), "-q"])  # fmt: skip
+    rc = main(
+        [
+            "segment",
+            "--images",
+            str(tmp_path / "x.png"),
+            "-o",
+            str(tmp_path / "o"),
+            "--model",
+            "deeplabv3plus",
+            "--backbone",
+            "resnet18",
+            "--num-classes",
+            "2",
+            "--weights",
+            str(tmp_path / "dl.pt"),
+            "-q",
+        ]
+    )
     assert rc == 0 and (tmp_path / "o" / "x.png").is_file()

@@ -48,8 +48,19 @@ class Counting(FusionModel):
 # the tiling itself
 
 
-@pytest.mark.parametrize("n,tile,overlap,align", [(480, 256, 32, 16), (640, 256, 32, 16), (101, 32, 7, 8), (101, 32, 7, 1),
-                                                (33, 32, 0, 8), (256, 256, 32, 16), (20, 32, 8, 8), (1000, 64, 63, 16)])  # fmt: skip
+@pytest.mark.parametrize(
+    "n,tile,overlap,align",
+    [
+        (480, 256, 32, 16),
+        (640, 256, 32, 16),
+        (101, 32, 7, 8),
+        (101, 32, 7, 1),
+        (33, 32, 0, 8),
+        (256, 256, 32, 16),
+        (20, 32, 8, 8),
+        (1000, 64, 63, 16),
+    ],
+)
 def test_tile_windows_cover_inside_aligned(n, tile, overlap, align):
     wins = tile_starts(n, tile, overlap, align)
     assert wins[0][0] == 0 and sum(wins[-1]) == n  # the last window ends at the border: shifted inside, never padded
@@ -59,8 +70,10 @@ def test_tile_windows_cover_inside_aligned(n, tile, overlap, align):
     assert all(b > a for (a, _), (b, _) in zip(wins, wins[1:]))
 
 
-@pytest.mark.parametrize("b,c,h,w,tile,overlap", [(1, 3, 97, 131, 32, 8), (2, 1, 61, 45, 16, 5), (2, 3, 40, 200, 64, 0),
-                                                  (1, 3, 50, 300, 64, 63)])  # fmt: skip
+@pytest.mark.parametrize(
+    "b,c,h,w,tile,overlap",
+    [(1, 3, 97, 131, 32, 8), (2, 1, 61, 45, 16, 5), (2, 3, 40, 200, 64, 0), (1, 3, 50, 300, 64, 63)],
+)
 def test_blending_of_a_per_pixel_method_is_exact(b, c, h, w, tile, overlap):
     """A per-pixel method tiled equals its untiled output up to float round-off: the weights sum to 1 everywhere,
     for odd sizes, batches, 1- and 3-channel visible images and the shifted last window."""
@@ -94,13 +107,16 @@ def test_tiled_lite_odd_size_gray_and_batch():
         assert (tiled - whole).abs().mean() < 1 / 255
 
 
-@pytest.mark.parametrize("tile,overlap,msg", [
-    (2, None, "--tile 2: smaller than the 4x4 minimum of 'lite'"),
-    (64, 64, "--tile-overlap 64: must be smaller than --tile 64"),
-    (64, -1, "--tile-overlap -1: must be >= 0"),
-    (-5, None, "--tile -5: must be a positive number"),
-    (None, 16, "--tile-overlap 16: needs --tile N"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "tile,overlap,msg",
+    [
+        (2, None, "--tile 2: smaller than the 4x4 minimum of 'lite'"),
+        (64, 64, "--tile-overlap 64: must be smaller than --tile 64"),
+        (64, -1, "--tile-overlap -1: must be >= 0"),
+        (-5, None, "--tile -5: must be a positive number"),
+        (None, 16, "--tile-overlap 16: needs --tile N"),
+    ],
+)
 def test_bad_tile_arguments(tile, overlap, msg):
     with pytest.raises(InputError, match=msg.replace("(", r"\(")):
         Runner(get_model("lite"), tile=tile, tile_overlap=overlap)
@@ -112,8 +128,22 @@ def test_default_overlap():
 
 def test_cli_tile_equals_api(capsys, pair_dirs, tmp_path):
     ir, vis = pair_dirs
-    rc, out, _ = run(capsys, "fuse", "--ir", ir / "p0.png", "--vis", vis / "p0.png", "-o", tmp_path / "cli.png",
-                     "--method", "lite", "--tile", 32, "--tile-overlap", 8)  # fmt: skip
+    rc, out, _ = run(
+        capsys,
+        "fuse",
+        "--ir",
+        ir / "p0.png",
+        "--vis",
+        vis / "p0.png",
+        "-o",
+        tmp_path / "cli.png",
+        "--method",
+        "lite",
+        "--tile",
+        32,
+        "--tile-overlap",
+        8,
+    )
     assert rc == 0 and "wrote" in out
     fuse_files(ir / "p0.png", vis / "p0.png", tmp_path / "api.png", "lite", tile=32, tile_overlap=8)
     cli, api = np.asarray(Image.open(tmp_path / "cli.png")), np.asarray(Image.open(tmp_path / "api.png"))
@@ -124,16 +154,34 @@ def test_cli_tile_equals_api(capsys, pair_dirs, tmp_path):
     t = fuse(ivfuse.read_ir(ir / "p0.png"), ivfuse.read_vis(vis / "p0.png"), "lite", tile=32, tile_overlap=8)
     assert np.abs(np.round(t.permute(1, 2, 0).numpy() * 255) - cli).max() <= 1
     # folders: every image as in pair mode
-    rc, _, _ = run(capsys, "fuse", "--ir", ir, "--vis", vis, "-o", tmp_path / "out", "--method", "lite", "--tile", 32, "-q")
+    rc, _, _ = run(
+        capsys, "fuse", "--ir", ir, "--vis", vis, "-o", tmp_path / "out", "--method", "lite", "--tile", 32, "-q"
+    )
     assert rc == 0
     fuse_files(ir / "p2.png", vis / "p2.png", tmp_path / "api2.png", "lite", tile=32)
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "p2.png")), np.asarray(Image.open(tmp_path / "api2.png")))
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "out" / "p2.png")), np.asarray(Image.open(tmp_path / "api2.png"))
+    )
 
 
 def test_cli_bad_tile_one_line(capsys, pair_dirs, tmp_path):
     ir, vis = pair_dirs
-    rc, _, err = run(capsys, "fuse", "--ir", ir / "p0.png", "--vis", vis / "p0.png", "-o", tmp_path / "f.png",
-                     "--method", "lite", "--tile", 32, "--tile-overlap", 40)  # fmt: skip
+    rc, _, err = run(
+        capsys,
+        "fuse",
+        "--ir",
+        ir / "p0.png",
+        "--vis",
+        vis / "p0.png",
+        "-o",
+        tmp_path / "f.png",
+        "--method",
+        "lite",
+        "--tile",
+        32,
+        "--tile-overlap",
+        40,
+    )
     assert rc == 2 and err == "ivfuse: error: --tile-overlap 40: must be smaller than --tile 32\n"
     assert not (tmp_path / "f.png").exists()
 
@@ -183,13 +231,35 @@ def test_guard_cli_pair_one_line_before_decoding(capsys, pair_dirs, tmp_path, mo
     avail = estimate_memory(model, 64, 80, tile=64)  # a 64 px window fits, the whole image does not
     assert avail < estimate_memory(model, 64, 80)
     monkeypatch.setenv("IVFUSE_AVAILABLE_MEMORY", str(avail))
-    rc, out, err = run(capsys, "fuse", "--ir", ir / "p0.png", "--vis", vis / "p0.png", "-o", tmp_path / "f.png", "--method", "metafusion")
+    rc, out, err = run(
+        capsys,
+        "fuse",
+        "--ir",
+        ir / "p0.png",
+        "--vis",
+        vis / "p0.png",
+        "-o",
+        tmp_path / "f.png",
+        "--method",
+        "metafusion",
+    )
     assert rc == 2 and out == "" and err.count("\n") == 1
     assert err.startswith(f"ivfuse: error: {ir / 'p0.png'}: image 80x64 needs about ")
     assert err.endswith(f"with 'metafusion' but {avail / 2**20:.0f} MiB is available on the CPU; use --tile 64\n")
     assert not (tmp_path / "f.png").exists()
     monkeypatch.setenv("IVFUSE_AVAILABLE_MEMORY", "1K")  # nothing helps: says so
-    rc, _, err = run(capsys, "fuse", "--ir", ir / "p0.png", "--vis", vis / "p0.png", "-o", tmp_path / "f.png", "--method", "metafusion")
+    rc, _, err = run(
+        capsys,
+        "fuse",
+        "--ir",
+        ir / "p0.png",
+        "--vis",
+        vis / "p0.png",
+        "-o",
+        tmp_path / "f.png",
+        "--method",
+        "metafusion",
+    )
     assert rc == 2 and err.endswith("no --tile or --batch makes it fit: free memory or fuse a smaller image\n")
 
 
@@ -199,7 +269,9 @@ def test_guard_folder_batch_hint(capsys, pair_dirs, tmp_path, monkeypatch):
     model = get_model("lite")
     one = estimate_memory(model, 64, 80)
     monkeypatch.setenv("IVFUSE_AVAILABLE_MEMORY", str(one + 1))
-    rc, _, err = run(capsys, "fuse", "--ir", ir, "--vis", vis, "-o", tmp_path / "out", "--method", "lite", "--batch", 2, "-q")
+    rc, _, err = run(
+        capsys, "fuse", "--ir", ir, "--vis", vis, "-o", tmp_path / "out", "--method", "lite", "--batch", 2, "-q"
+    )
     assert rc == 2 and err.count("\n") == 1 and "image 80x64 (batch 2) needs about" in err and "use --batch 1" in err
     assert not (tmp_path / "out").exists()  # nothing fused, nothing written
     res = fuse_folder(ir, vis, tmp_path / "out", "lite", progress=False)  # batch 1 fits
@@ -242,11 +314,16 @@ def _tiled_vs_untiled(method: str, tile: int = 256, overlap: int = 32) -> tuple[
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("method", [
-    "lite", "metafusion", "tim",
-    pytest.param("occo", marks=pytest.mark.slow),
-    pytest.param("tsjnet", marks=pytest.mark.slow),  # ~2.5 s per untiled pair; one pair only
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "method",
+    [
+        "lite",
+        "metafusion",
+        "tim",
+        pytest.param("occo", marks=pytest.mark.slow),
+        pytest.param("tsjnet", marks=pytest.mark.slow),  # ~2.5 s per untiled pair; one pair only
+    ],
+)
 def test_tiled_equals_untiled_on_msrs(method):
     """The issue's criterion: tile 256 (overlap 32) within 1/255 mean absolute difference of the untiled image.
     Measured (docs/deployment.md): lite 0.0006/255, metafusion 0.0004, tim 0.0014, occo 0.45, tsjnet 0.37

@@ -114,8 +114,12 @@ def test_gauss_newton_exact_for_scalar_residual_and_official_sign_is_flipped():
         assert float(off[0]) - direct == pytest.approx(-eta * (float(gn[0]) - direct), rel=1e-9)
     # and the IFT (CG) at the exact solution
     w = torch.tensor([wstar], dtype=dt, requires_grad=True)
-    cg, _ = implicit_hypergrad(lambda: 0.5 * ((w - t) ** 2).sum() + 0.5 * kappa * (alpha**2).sum(),
-                               lambda: 0.5 * ((a * w - b(alpha)) ** 2).sum(), [w], [alpha])  # fmt: skip
+    cg, _ = implicit_hypergrad(
+        lambda: 0.5 * ((w - t) ** 2).sum() + 0.5 * kappa * (alpha**2).sum(),
+        lambda: 0.5 * ((a * w - b(alpha)) ** 2).sum(),
+        [w],
+        [alpha],
+    )
     assert float(cg[0]) == pytest.approx(exact, rel=1e-10)
 
 
@@ -189,18 +193,34 @@ def test_hypergradient_on_shards_is_the_global_batchs(tmp_path):
     hyper-gradients is not (relative error > 1e-3 for the implicit methods) — which is why the pieces are averaged."""
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "w.py").write_text(SHARDED_WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
         port = str(sk.getsockname()[1])
     out = tmp_path / "h.pt"
     single = subprocess.run([sys.executable, str(tmp_path / "w.py"), str(out)], env=env, capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-3000:]
-    procs = [subprocess.Popen([sys.executable, str(tmp_path / "w.py"), str(out)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
-                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
-             for r in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(tmp_path / "w.py"), str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **env,
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            },
+        )
+        for r in range(2)
+    ]
     errs = [p.communicate(timeout=120)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), "".join(errs)[-3000:]
     ref = torch.load(out, weights_only=True)
@@ -439,8 +459,14 @@ def test_latency_penalty_lowers_expected_cost():
     def upper():
         return intensity_loss(net.forward_train(ir, vis)["fused"], ir, vis)
 
-    arch = Architect(net.arch_parameters(), net.weight_parameters(), lr=0.1, method="first_order",
-                     latency=net.expected_cost, latency_weight=10.0)  # fmt: skip
+    arch = Architect(
+        net.arch_parameters(),
+        net.weight_parameters(),
+        lr=0.1,
+        method="first_order",
+        latency=net.expected_cost,
+        latency_weight=10.0,
+    )
     c0 = float(net.expected_cost().detach())
     for _ in range(5):
         info = arch.step(upper, upper)
@@ -448,10 +474,22 @@ def test_latency_penalty_lowers_expected_cost():
 
 
 # ------------------------------------------------------------------------------------------ recipe (engine/tim.py)
-TINY = ["net.width=8", "search.cg_iters=1", "search.max_batches=1", "data.max_batches=1", "data.batch=1",
-        "data.crop=[32, 32]", "data.det_crop=[64, 64]", "meta.steps=2", "meta.inner_steps=1", "val.max=1",
-        "epochs.search=1", "epochs.meta_init=1", "epochs.train=1",
-        "data.meta=[{name: llvip, split: all, task: llvip}, {name: tno, split: all, task: tno}]"]  # fmt: skip
+TINY = [
+    "net.width=8",
+    "search.cg_iters=1",
+    "search.max_batches=1",
+    "data.max_batches=1",
+    "data.batch=1",
+    "data.crop=[32, 32]",
+    "data.det_crop=[64, 64]",
+    "meta.steps=2",
+    "meta.inner_steps=1",
+    "val.max=1",
+    "epochs.search=1",
+    "epochs.meta_init=1",
+    "epochs.train=1",
+    "data.meta=[{name: llvip, split: all, task: llvip}, {name: tno, split: all, task: tno}]",
+]
 
 
 def test_recipe_config_checks_and_hand_cell(tmp_path):
@@ -459,8 +497,13 @@ def test_recipe_config_checks_and_hand_cell(tmp_path):
     from ivfuse.engine.config import load_config
     from ivfuse.engine.tim import hand_genotype
 
-    for bad, msg in (("stage=serch", "TIM stage"), ("cell=manual", "TIM cell"), ("init=zero", "TIM init"),
-                     ("search.method=fd", "architecture gradient"), ("epochs.train=-1", "epochs.train")):  # fmt: skip
+    for bad, msg in (
+        ("stage=serch", "TIM stage"),
+        ("cell=manual", "TIM cell"),
+        ("init=zero", "TIM init"),
+        ("search.method=fd", "architecture gradient"),
+        ("epochs.train=-1", "epochs.train"),
+    ):
         with pytest.raises(IvfuseError, match=msg):
             train("tim", load_config("tim", "cpu", overrides=[bad]), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # refused before a run folder is written

@@ -38,7 +38,9 @@ def _pair(b: int, h: int, w: int, rgb: bool = True, seed: int = 0):
     yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
     ir = (0.2 + 0.1 * torch.rand(b, 1, h, w, generator=g)).clone()
     ir[..., h // 4 : h // 2, w // 4 : w // 2] = 0.95  # a hot object
-    vis = torch.stack([xx, yy, (xx + yy) / 2], 0)[None].repeat(b, 1, 1, 1) * 0.8 + 0.1 * torch.rand(b, 3, h, w, generator=g)
+    vis = torch.stack([xx, yy, (xx + yy) / 2], 0)[None].repeat(b, 1, 1, 1) * 0.8 + 0.1 * torch.rand(
+        b, 3, h, w, generator=g
+    )
     return ir, (vis if rgb else vis[:, 1:2])
 
 
@@ -260,7 +262,8 @@ def test_mff_terms(cpu_net):
     f, i, v = out.fused_y.detach(), out.ir, out.vis_y
     ssim = 0.5 * (1 - kornia.metrics.ssim(f, i, 11).mean()) + 0.5 * (1 - kornia.metrics.ssim(f, v, 11).mean())
     assert parts["ssim"] == pytest.approx(float(ssim.detach()), rel=1e-5)
-    assert parts["rec_ir"] == pytest.approx(6 * float(((out.ir_hat.detach() - i) ** 2).mean()), rel=1e-5)  # α2 = 6 on IR
+    # α2 = 6 on IR
+    assert parts["rec_ir"] == pytest.approx(6 * float(((out.ir_hat.detach() - i) ** 2).mean()), rel=1e-5)
     assert parts["rec_vis"] == pytest.approx(1 * float(((out.vis_hat.detach() - v) ** 2).mean()), rel=1e-5)
     assert parts["div"] == pytest.approx(0.1 * float(diversity_loss(out.attn.detach())), rel=1e-5)
     assert float(total.detach()) == pytest.approx(sum(parts.values()), rel=1e-5)
@@ -308,7 +311,9 @@ def test_detection_gradient_faster_rcnn():
     from ivfuse.tasks.detectors import create_detector
 
     torch.manual_seed(0)
-    det = create_detector("fasterrcnn_mobilenet_v3_large_fpn", weights=None, num_classes=2, class_names=("person", "car"))
+    det = create_detector(
+        "fasterrcnn_mobilenet_v3_large_fpn", weights=None, num_classes=2, class_names=("person", "car")
+    )
     det.model.transform.min_size, det.model.transform.max_size = (96,), 128  # small CPU test
     loss = DetectionLoss(det)
     assert not any(p.requires_grad for p in det.parameters())
@@ -386,12 +391,17 @@ def test_pseudo_mask_mapping_hand_case():
 
     cs = {n: i for i, n in enumerate(CITYSCAPES_CLASSES)}
     ms = {n: i for i, n in enumerate(MSRS_SEG_CLASSES)}
-    src = torch.tensor([[cs["road"], cs["person"], cs["rider"], cs["car"]],
-                        [cs["truck"], cs["bicycle"], cs["motorcycle"], cs["fence"]],
-                        [cs["sky"], cs["bus"], cs["sidewalk"], cs["background"]]])  # fmt: skip
-    want = torch.tensor([[0, ms["person"], ms["person"], ms["car"]],
-                         [ms["car"], ms["bike"], ms["bike"], 0],
-                         [0, ms["car"], 0, 0]], dtype=torch.uint8)  # fmt: skip
+    src = torch.tensor(
+        [
+            [cs["road"], cs["person"], cs["rider"], cs["car"]],
+            [cs["truck"], cs["bicycle"], cs["motorcycle"], cs["fence"]],
+            [cs["sky"], cs["bus"], cs["sidewalk"], cs["background"]],
+        ]
+    )
+    want = torch.tensor(
+        [[0, ms["person"], ms["person"], ms["car"]], [ms["car"], ms["bike"], ms["bike"], 0], [0, ms["car"], 0, 0]],
+        dtype=torch.uint8,
+    )
     assert torch.equal(map_to_msrs(src), want)
 
     class Fixed(torch.nn.Module):  # logits fixed per class, constant over the image
@@ -465,8 +475,11 @@ def test_guidance_switch_removes_terms(two_msrs_samples, monkeypatch, tmp_path):
     monkeypatch.setattr(rt, "load_samples", lambda *a, **k: [dict(s) for s in two_msrs_samples])
     res = {}
     for g in ("both", "det", "seg", "none"):
-        cfg = load_config("tsjnet", preset="cpu", overrides=[f"guidance={g}", "data.batch=2", "data.crop=[64,96]",
-                                                             f"seg.cache={tmp_path}"])  # fmt: skip
+        cfg = load_config(
+            "tsjnet",
+            preset="cpu",
+            overrides=[f"guidance={g}", "data.batch=2", "data.crop=[64,96]", f"seg.cache={tmp_path}"],
+        )
         torch.manual_seed(0)
         rec = rt.TSJNetRecipe(cfg, "cpu", progress=False)
         rec.build()
@@ -476,8 +489,13 @@ def test_guidance_switch_removes_terms(two_msrs_samples, monkeypatch, tmp_path):
         batch = next(iter(rec.data.epoch(0, "t")))
         loss, parts = rec.losses(batch)
         grads = torch.autograd.grad(loss, list(rec.net.parameters()), allow_unused=True)
-        res[g] = (float(loss.detach()), parts, torch.cat([(x if x is not None else torch.zeros_like(p)).flatten()
-                                                 for x, p in zip(grads, rec.net.parameters())]))  # fmt: skip
+        res[g] = (
+            float(loss.detach()),
+            parts,
+            torch.cat(
+                [(x if x is not None else torch.zeros_like(p)).flatten() for x, p in zip(grads, rec.net.parameters())]
+            ),
+        )
     assert "det" in res["both"][1] and "seg" in res["both"][1]
     assert "det" not in res["seg"][1] and "seg" in res["seg"][1]
     assert "seg" not in res["det"][1] and "det" in res["det"][1]
@@ -500,8 +518,15 @@ def test_train_cli_end_to_end(tmp_path, capsys):
     need("weights/yolov5n_coco_v6.1_state_dict.pt")
     need("weights/espnetv2_s2.0_cityscapes_1024x512.pth")
     out, exp = tmp_path / "run", tmp_path / "m.safetensors"
-    items = ["data.max_pairs=2", "data.batch=2", "data.crop=[64,64]", "data.max_batches=1", "epochs=1", "val.max=1",
-             f"seg.cache={tmp_path / 'masks'}"]  # fmt: skip
+    items = [
+        "data.max_pairs=2",
+        "data.batch=2",
+        "data.crop=[64,64]",
+        "data.max_batches=1",
+        "epochs=1",
+        "val.max=1",
+        f"seg.cache={tmp_path / 'masks'}",
+    ]
     assert main(["train", "tsjnet", "-q", "preset=cpu", f"out={tmp_path / 'bad'}", "data.crop=[48,64]"]) == 2
     assert "multiples of 32" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["train", "tsjnet", "-q", "preset=cpu", f"out={out}", f"export={exp}", *items]) == 0
@@ -539,6 +564,7 @@ def test_shipped_model_fuses_real_pair():
         # a fusion: correlated with both sources, and sharper than a blur (gradient energy near the sources')
         cc = [float(torch.corrcoef(torch.stack([y.flatten(), x.flatten()]))[0, 1]) for x in (ir, vy)]
         assert min(cc) > 0.15, cc  # measured: 0.27 (IR) and 0.93 (visible) on the day pair
+
         def g(x):
             return float(kornia.filters.sobel(x).mean())
 

@@ -48,8 +48,11 @@ def test_fuser_numpy_and_tensor_frames_match_fuse():
     fuser = ivfuse.Fuser("metafusion", device="cpu")
     out = fuser(ir, vis)
     assert out.dtype == np.uint8 and out.shape == (40, 56, 3)
-    ref = ivfuse.fuse(torch.from_numpy(ir)[None].float() / 255, torch.from_numpy(vis).permute(2, 0, 1).float() / 255,
-                      method="metafusion")  # fmt: skip
+    ref = ivfuse.fuse(
+        torch.from_numpy(ir)[None].float() / 255,
+        torch.from_numpy(vis).permute(2, 0, 1).float() / 255,
+        method="metafusion",
+    )
     assert np.abs(out.astype(int) - np.round(ref.permute(1, 2, 0).numpy() * 255).astype(int)).max() <= 1
     gray = fuser(ir, vis[..., 1])
     assert gray.shape == (40, 56) and gray.dtype == np.uint8
@@ -69,8 +72,23 @@ def test_video_fusion_of_msrs_frames(tmp_path, capsys):
     _write_video(tmp_path / "ir.mp4", ir)
     _write_video(tmp_path / "vis.mp4", vi)
     out = tmp_path / "fused.mp4"
-    assert main(["fuse", "--ir", str(tmp_path / "ir.mp4"), "--vis", str(tmp_path / "vis.mp4"), "-o", str(out),
-                 "--method", "metafusion", "-q"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fuse",
+                "--ir",
+                str(tmp_path / "ir.mp4"),
+                "--vis",
+                str(tmp_path / "vis.mp4"),
+                "-o",
+                str(out),
+                "--method",
+                "metafusion",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert "4 frames" in capsys.readouterr().out
     frames, codec, rate = _read_video(out)
     assert codec == "h264" and rate == 10 and len(frames) == 4 and frames[0].shape == (120, 160, 3)
@@ -93,10 +111,40 @@ def test_video_frame_mismatches_are_refused(tmp_path, capsys):
     _write_video(tmp_path / "short.mp4", vi[:3])
     _write_video(tmp_path / "fast.mp4", vi, rate=25)
     for other, msg in (("short.mp4", "3 frames but infrared ir.mp4 has 4"), ("fast.mp4", "frame rate 25.000 differs")):
-        assert main(["fuse", "--ir", str(tmp_path / "ir.mp4"), "--vis", str(tmp_path / other), "-o",
-                     str(tmp_path / "f.mp4"), "--method", "average", "-q"]) == 2  # fmt: skip
+        assert (
+            main(
+                [
+                    "fuse",
+                    "--ir",
+                    str(tmp_path / "ir.mp4"),
+                    "--vis",
+                    str(tmp_path / other),
+                    "-o",
+                    str(tmp_path / "f.mp4"),
+                    "--method",
+                    "average",
+                    "-q",
+                ]
+            )
+            == 2
+        )
         assert msg in capsys.readouterr().err
     assert not (tmp_path / "f.mp4").exists()
-    assert main(["fuse", "--ir", str(tmp_path / "ir.mp4"), "--vis", str(tmp_path / "short.mp4"), "-o",
-                 str(tmp_path / "f.png"), "--method", "average", "-q"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "fuse",
+                "--ir",
+                str(tmp_path / "ir.mp4"),
+                "--vis",
+                str(tmp_path / "short.mp4"),
+                "-o",
+                str(tmp_path / "f.png"),
+                "--method",
+                "average",
+                "-q",
+            ]
+        )
+        == 2
+    )
     assert "must end in .mp4" in capsys.readouterr().err

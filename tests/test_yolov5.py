@@ -38,8 +38,16 @@ def test_backbone_head_split_equals_forward_and_gray_input():
 
 def test_nms_hand_case():
     # two overlapping boxes of class 0 (keep the better), one of class 1 at the same place (kept), one weak box
-    pred = torch.tensor([[[50, 50, 20, 20, 0.9, 0.9, 0.1], [51, 50, 20, 20, 0.8, 0.9, 0.1],
-                          [50, 50, 20, 20, 0.9, 0.1, 0.8], [10, 10, 4, 4, 0.2, 0.9, 0.1]]])  # fmt: skip
+    pred = torch.tensor(
+        [
+            [
+                [50, 50, 20, 20, 0.9, 0.9, 0.1],
+                [51, 50, 20, 20, 0.8, 0.9, 0.1],
+                [50, 50, 20, 20, 0.9, 0.1, 0.8],
+                [10, 10, 4, 4, 0.2, 0.9, 0.1],
+            ]
+        ]
+    )
     out = non_max_suppression(pred, 0.25, 0.45)[0]
     assert out.shape == (2, 6)
     assert torch.allclose(out[:, :4], torch.tensor([[40.0, 40, 60, 60], [40.0, 40, 60, 60]]))

@@ -169,13 +169,25 @@ def imports(root: str | Path, package: str = PACKAGE) -> list[Import]:
                 fn = node.func
                 name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
                 args = node.args
-                if name == "import_module" and args and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):
+                if (
+                    name == "import_module"
+                    and args
+                    and isinstance(args[0], ast.Constant)
+                    and isinstance(args[0].value, str)
+                ):
                     add(node, args[0].value, where="import_module")
                 elif name == "lazy_exports" and len(args) >= 2:
                     table = args[1]
                     if isinstance(table, ast.Name):  # a module-level dict assigned to that name
-                        table = next((a.value for a in tree.body if isinstance(a, ast.Assign)
-                                      and any(getattr(t, "id", None) == table.id for t in a.targets)), None)  # fmt: skip
+                        table = next(
+                            (
+                                a.value
+                                for a in tree.body
+                                if isinstance(a, ast.Assign)
+                                and any(getattr(t, "id", None) == table.id for t in a.targets)
+                            ),
+                            None,
+                        )
                     if isinstance(table, ast.Dict):
                         for k, v in zip(table.keys, table.values):
                             if isinstance(k, ast.Constant):
@@ -203,14 +215,23 @@ def check(root: str | Path, layers=LAYERS, package: str = PACKAGE) -> list[Viola
         how = "" if imp.where == "module" else f" ({imp.where})"
         what = imp.target + (f" [{', '.join(imp.names)}]" if imp.names else "")
         if rb > ra:
-            out.append(Violation(imp, "climbs", f"{imp.importer} ({a}, layer {ra}) imports {what} ({b}, layer {rb}){how}: climbs"))
+            out.append(
+                Violation(
+                    imp, "climbs", f"{imp.importer} ({a}, layer {ra}) imports {what} ({b}, layer {rb}){how}: climbs"
+                )
+            )
         elif rb == ra:
             out.append(Violation(imp, "peer", f"{imp.importer} ({a}) imports {what} ({b}), a peer on layer {ra}{how}"))
         tail = imp.target.split(".")[2:]
         private = [n for n in (*tail, *imp.names) if _private(n)]
         if private:
-            out.append(Violation(imp, "private", f"{imp.importer} ({a}) imports {b}'s private {', '.join(private)} "
-                                                 f"from {imp.target}{how}"))  # fmt: skip
+            out.append(
+                Violation(
+                    imp,
+                    "private",
+                    f"{imp.importer} ({a}) imports {b}'s private {', '.join(private)} from {imp.target}{how}",
+                )
+            )
     return out
 
 

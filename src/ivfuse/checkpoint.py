@@ -52,7 +52,7 @@ def _check_seal(data: bytes) -> str | None:
     """``None`` when the seal matches or there is none; else what is wrong."""
     n = len(_TAG) + 64
     if len(data) < n + 22 or data[-n:-64] != _TAG:
-        return None if data[-n - 22:].find(_TAG) < 0 else "truncated after its checksum"
+        return None if data[-n - 22 :].find(_TAG) < 0 else "truncated after its checksum"
     body = data[: -n - 2] + b"\0\0"
     if body[-22:-18] != _EOCD:
         return "damaged archive end"
@@ -88,7 +88,9 @@ def _load(p: Path) -> dict[str, Any]:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"{p}: not a readable ivfuse checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+        raise InputError(
+            f"{p}: not a readable ivfuse checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+        ) from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

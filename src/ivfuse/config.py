@@ -31,8 +31,18 @@ import yaml
 
 from .errors import InputError, suggest
 
-__all__ = ["Loader", "parse_value", "parse_items", "read_yaml", "merge", "flatten", "check_types", "apply_overrides",
-           "Limit", "check_limits"]
+__all__ = [
+    "Loader",
+    "parse_value",
+    "parse_items",
+    "read_yaml",
+    "merge",
+    "flatten",
+    "check_types",
+    "apply_overrides",
+    "Limit",
+    "check_limits",
+]
 
 
 class Loader(yaml.SafeLoader):
@@ -98,8 +108,14 @@ def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-_TYPES = [(bool, "a boolean (true/false)"), (int, "an integer"), (float, "a number"), (str, "a string"),
-          (list, "a list [a, b]"), (dict, "a mapping {k: v}")]  # fmt: skip
+_TYPES = [
+    (bool, "a boolean (true/false)"),
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (list, "a list [a, b]"),
+    (dict, "a mapping {k: v}"),
+]
 
 
 def _kind(v: Any) -> tuple[type, str] | None:
@@ -141,8 +157,9 @@ def check_types(cfg: Mapping, defaults: Mapping, where: str = "config", prefix: 
     return out
 
 
-def apply_overrides(cfg: Mapping, overrides: Iterable[str] | Mapping[str, Any], defaults: Mapping | None = None,
-                    where: str = "config") -> dict:  # fmt: skip
+def apply_overrides(
+    cfg: Mapping, overrides: Iterable[str] | Mapping[str, Any], defaults: Mapping | None = None, where: str = "config"
+) -> dict:
     """``cfg`` with ``key.sub=value`` overrides applied; keys and types are checked against ``defaults``
     (default: ``cfg`` itself)."""
     cfg = copy.deepcopy(dict(cfg))

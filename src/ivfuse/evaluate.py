@@ -41,7 +41,9 @@ def _read_ir_u8(path: str, ir_norm: str | None):
         try:
             return read_gray_u8(path)
         except InputError as e:
-            raise InputError(f"{e} (for 16-bit/float infrared pass --ir-norm minmax|percentile|scale, as for fuse)") from None
+            raise InputError(
+                f"{e} (for 16-bit/float infrared pass --ir-norm minmax|percentile|scale, as for fuse)"
+            ) from None
     import numpy as np
 
     from .data.images import read_ir
@@ -50,12 +52,16 @@ def _read_ir_u8(path: str, ir_norm: str | None):
     return np.round(np.clip(x, 0, 1) * 255.0)
 
 
-def score_triple(fused_path: str, ir_path: str, vis_path: str, metrics: Sequence[str], ir_norm: str | None = None) -> dict[str, float]:
+def score_triple(
+    fused_path: str, ir_path: str, vis_path: str, metrics: Sequence[str], ir_norm: str | None = None
+) -> dict[str, float]:
     """Read one triple of 8-bit images and score it (fused, ir, vis order as everywhere)."""
     f, a, b = read_gray_u8(fused_path), _read_ir_u8(ir_path, ir_norm), read_gray_u8(vis_path)
     for arr, p in ((a, ir_path), (b, vis_path)):
         if arr.shape != f.shape:
-            raise PairingError(f"{fused_path}: fused image is {f.shape[1]}x{f.shape[0]} but {p} is {arr.shape[1]}x{arr.shape[0]}")
+            raise PairingError(
+                f"{fused_path}: fused image is {f.shape[1]}x{f.shape[0]} but {p} is {arr.shape[1]}x{arr.shape[0]}"
+            )
     try:  # all metrics in one pass, sharing intermediates (ivfuse.metrics.compute_all)
         res = compute_arrays(f, a, b, [create_metric(name) for name in metrics])
     except InputError as e:
@@ -94,37 +100,50 @@ def evaluate_folder(
     pairs = pair_by_stem(ir_dir, vis_dir, allow_unmatched=subset)
     fused = list_images(fused_dir)
     if names is not None:
-        wanted = list(dict.fromkeys(Path(str(n)).stem if Path(str(n)).suffix.lower() in IMAGE_EXTENSIONS else str(n)
-                                    for n in names))  # fmt: skip
+        wanted = list(
+            dict.fromkeys(
+                Path(str(n)).stem if Path(str(n)).suffix.lower() in IMAGE_EXTENSIONS else str(n) for n in names
+            )
+        )
         if not wanted:
             raise InputError("no image names given to score")
         by_key = {k: (ip, vp) for k, ip, vp in pairs}
         absent = [k for k in wanted if k not in by_key or k not in fused]
         if absent:
             where = [f"{k} ({'no fused image' if k in by_key else 'no source pair'})" for k in absent[:8]]
-            raise PairingError(f"{len(absent)} of the {len(wanted)} names to score are missing: {', '.join(where)}"
-                               + (" ..." if len(absent) > 8 else ""))  # fmt: skip
+            raise PairingError(
+                f"{len(absent)} of the {len(wanted)} names to score are missing: {', '.join(where)}"
+                + (" ..." if len(absent) > 8 else "")
+            )
         pairs = [(k, *by_key[k]) for k in wanted]
     elif only_fused:
         keys = {k for k, _, _ in pairs}
         orphans = sorted(set(fused) - keys)
         if orphans:
-            raise PairingError(f"fused images without a source pair: {', '.join(orphans[:8])}" + (" ..." if len(orphans) > 8 else ""))
+            raise PairingError(
+                f"fused images without a source pair: {', '.join(orphans[:8])}" + (" ..." if len(orphans) > 8 else "")
+            )
         unscored = [k for k, _, _ in pairs if k not in fused]
         if not fused:
             raise InputError(f"{fused_dir}: no fused images found")
         if unscored:
-            warn(f"{fused_dir}: {len(unscored)} of {len(pairs)} source pairs have no fused image and are not scored: "
-                 f"{', '.join(unscored[:8])}" + (" ..." if len(unscored) > 8 else ""))  # fmt: skip
+            warn(
+                f"{fused_dir}: {len(unscored)} of {len(pairs)} source pairs have no fused image and are not scored: "
+                f"{', '.join(unscored[:8])}" + (" ..." if len(unscored) > 8 else "")
+            )
         pairs = [p for p in pairs if p[0] in fused]
     missing = [k for k, _, _ in pairs if k not in fused]
     extra = [] if subset else sorted(set(fused) - {k for k, _, _ in pairs})
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"no fused image in {fused_dir} for: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+            parts.append(
+                f"no fused image in {fused_dir} for: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else "")
+            )
         if extra:
-            parts.append(f"fused images without a source pair: {', '.join(extra[:8])}" + (" ..." if len(extra) > 8 else ""))
+            parts.append(
+                f"fused images without a source pair: {', '.join(extra[:8])}" + (" ..." if len(extra) > 8 else "")
+            )
         raise PairingError("; ".join(parts))
     jobs = [(str(fused[k]), str(ip), str(vp), metric_names, ir_norm) for k, ip, vp in pairs]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))

@@ -34,8 +34,15 @@ __all__ = ["ONNX_PREFIX", "OPSET", "OnnxFusionModel", "export_onnx", "load_onnx_
 OPSET = 17
 
 
-def export_onnx(method: str | FusionModel, path: str | os.PathLike, *, opset: int = OPSET, size: tuple[int, int] = (64, 80),
-                check: bool = True, **options: Any) -> Path:  # fmt: skip
+def export_onnx(
+    method: str | FusionModel,
+    path: str | os.PathLike,
+    *,
+    opset: int = OPSET,
+    size: tuple[int, int] = (64, 80),
+    check: bool = True,
+    **options: Any,
+) -> Path:
     """Export ``method`` (a name with ``options`` such as ``weights=``, or a model instance) to ONNX at ``path``.
 
     ``size`` is the (H, W) of the dummy pair used for tracing (every size works afterwards: the axes are dynamic).
@@ -66,17 +73,33 @@ def export_onnx(method: str | FusionModel, path: str | os.PathLike, *, opset: in
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
             buf = io.BytesIO()
-            torch.onnx.export(model, (ir, vis), buf, input_names=["ir", "vis"], output_names=["fused"], opset_version=opset,
-                              dynamic_axes={"ir": {0: "batch", 2: "height", 3: "width"}, "vis": {0: "batch", 2: "height", 3: "width"},
-                                            "fused": {0: "batch", 2: "height", 3: "width"}}, dynamo=False)  # fmt: skip
+            torch.onnx.export(
+                model,
+                (ir, vis),
+                buf,
+                input_names=["ir", "vis"],
+                output_names=["fused"],
+                opset_version=opset,
+                dynamic_axes={
+                    "ir": {0: "batch", 2: "height", 3: "width"},
+                    "vis": {0: "batch", 2: "height", 3: "width"},
+                    "fused": {0: "batch", 2: "height", 3: "width"},
+                },
+                dynamo=False,
+            )
     except IvfuseError:
         raise
     except Exception as e:  # noqa: BLE001 - any tracing/export failure becomes one line
-        raise IvfuseError(f"method '{model.name}' cannot be exported to ONNX: {' '.join(str(e).split())[:200]}") from None
+        raise IvfuseError(
+            f"method '{model.name}' cannot be exported to ONNX: {' '.join(str(e).split())[:200]}"
+        ) from None
     proto = onnx.load_from_string(buf.getvalue())
-    for k, v in {"ivfuse_method": model.name, "ivfuse_min_size": str(model.min_size),
-                 "ivfuse_options": json.dumps({k: str(v) for k, v in options.items()}),
-                 "ivfuse_inputs": "ir B×1×H×W, vis B×3×H×W RGB, float32 in [0, 1]"}.items():  # fmt: skip
+    for k, v in {
+        "ivfuse_method": model.name,
+        "ivfuse_min_size": str(model.min_size),
+        "ivfuse_options": json.dumps({k: str(v) for k, v in options.items()}),
+        "ivfuse_inputs": "ir B×1×H×W, vis B×3×H×W RGB, float32 in [0, 1]",
+    }.items():
         e = proto.metadata_props.add()
         e.key, e.value = k, v
     data = proto.SerializeToString()
@@ -91,7 +114,9 @@ def export_onnx(method: str | FusionModel, path: str | os.PathLike, *, opset: in
 
 
 @torch.inference_mode()
-def onnx_parity(model: FusionModel, onnx_model: OnnxFusionModel, sizes=((1, 96, 128), (2, 120, 160)), seed: int = 0) -> float:
+def onnx_parity(
+    model: FusionModel, onnx_model: OnnxFusionModel, sizes=((1, 96, 128), (2, 120, 160)), seed: int = 0
+) -> float:
     """Max |PyTorch − onnxruntime| over random RGB and gray pairs of the given ``(B, H, W)`` sizes."""
     g = torch.Generator().manual_seed(seed)
     worst = 0.0

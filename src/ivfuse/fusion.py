@@ -54,13 +54,15 @@ __all__ = [
     "fuse_files",
     "fuse_folder",
     "get_model",
-]  # fmt: skip
+]
 
 #: method used when none is named
 DEFAULT_METHOD = "metafusion"
 
 
-def get_model(method: str | FusionModel | None = None, device: str | torch.device = "cpu", **options: Any) -> FusionModel:
+def get_model(
+    method: str | FusionModel | None = None, device: str | torch.device = "cpu", **options: Any
+) -> FusionModel:
     """A ready (eval-mode) model: an instance is returned as is, a name is created with ``options``."""
     if isinstance(device, str):
         check_device(device, "device")
@@ -84,9 +86,9 @@ class Runner:
     (any device/dtype in; float32 fused out, on the runner's device, in [0, 1]).
 
     Args:
-        amp: ``None``/``"none"`` (off, fp32; as the training config key ``amp``), ``"bf16"`` or ``"fp16"``: ``torch.autocast`` around the forward pass. CUDA
-            takes both; on the CPU bf16 autocast is used as PyTorch provides it and fp16 is refused (CPU autocast
-            has no fp16 kernels worth using).
+        amp: ``None``/``"none"`` (off, fp32; as the training config key ``amp``), ``"bf16"`` or ``"fp16"``:
+            ``torch.autocast`` around the forward pass. CUDA takes both; on the CPU bf16 autocast is used as PyTorch
+            provides it and fp16 is refused (CPU autocast has no fp16 kernels worth using).
         channels_last: convert the model and inputs to ``torch.channels_last`` memory format.
         compile: wrap the model in ``torch.compile`` (first call compiles; later calls of the same size are fast).
         tile, tile_overlap: fuse in ``tile × tile`` windows overlapping by ``tile_overlap`` pixels (default
@@ -96,9 +98,16 @@ class Runner:
     the whole image, or one window with ``tile``) and raises a one-line :class:`InputError` otherwise.
     """
 
-    def __init__(self, model: FusionModel, device: str | torch.device = "cpu", amp: str | None = None,
-                 channels_last: bool = False, compile: bool = False, tile: int | None = None,
-                 tile_overlap: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: FusionModel,
+        device: str | torch.device = "cpu",
+        amp: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        tile: int | None = None,
+        tile_overlap: int | None = None,
+    ) -> None:
         self.model, self.device = model, torch.device(device)
         self.name, self.min_size = model.name, model.min_size
         tiling = check_tile(tile, tile_overlap, model.min_size, model.name)
@@ -119,7 +128,10 @@ class Runner:
     def _forward(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
         """One forward pass (a whole batch or one window) with the speed settings; float32 out."""
         if self.channels_last:
-            ir, vis = ir.contiguous(memory_format=torch.channels_last), vis.contiguous(memory_format=torch.channels_last)
+            ir, vis = (
+                ir.contiguous(memory_format=torch.channels_last),
+                vis.contiguous(memory_format=torch.channels_last),
+            )
         amp = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
         with amp:
             return self.fn(ir, vis).float()
@@ -159,13 +171,16 @@ def fuse(
     if single:
         ir, vis = ir[None], vis[None]
     device = device or ir.device
-    runner = Runner(get_model(method, device, **options), device, amp, channels_last, tile=tile, tile_overlap=tile_overlap)
+    runner = Runner(
+        get_model(method, device, **options), device, amp, channels_last, tile=tile, tile_overlap=tile_overlap
+    )
     out = runner(ir, vis).cpu()
     return out[0] if single else out
 
 
-def _check_pair_files(ir_path: Path, vis_path: Path, min_size: int, method: str, runner: Runner | None = None,
-                      batch: int = 1) -> tuple[int, int]:  # fmt: skip
+def _check_pair_files(
+    ir_path: Path, vis_path: Path, min_size: int, method: str, runner: Runner | None = None, batch: int = 1
+) -> tuple[int, int]:
     """Header checks (sizes equal, >= ``min_size``, and with ``runner`` the memory guard for ``batch`` such pairs);
     returns ``(width, height)``."""
     wi, hi = image_size(ir_path)
@@ -186,8 +201,9 @@ def _check_memory(runner: Runner, ir_path: Path, height: int, width: int, batch:
         raise type(e)(f"{ir_path}: {e}") from None
 
 
-def _fuse_pair(model: FusionModel | Runner, ir_path: Path, vis_path: Path, ir_norm: str,
-               device: str | torch.device = "cpu") -> torch.Tensor:  # fmt: skip
+def _fuse_pair(
+    model: FusionModel | Runner, ir_path: Path, vis_path: Path, ir_norm: str, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     ir, vis = read_pair(ir_path, vis_path, ir_norm)
     try:
         return _runner(model, device)(ir[None], vis[None])[0].cpu()
@@ -263,7 +279,7 @@ def clean_stale_stages(out_dir: Path) -> list[Path]:
     for d in out_dir.glob(STAGE_PREFIX + "*"):
         if not d.is_dir():
             continue
-        pid = d.name[len(STAGE_PREFIX):].split("-", 1)[0]
+        pid = d.name[len(STAGE_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
             continue
         shutil.rmtree(d, ignore_errors=True)
@@ -271,7 +287,9 @@ def clean_stale_stages(out_dir: Path) -> list[Path]:
     return removed
 
 
-def _validate_pair(model: FusionModel, ir_path: Path, vis_path: Path, ir_norm: str, runner: Runner | None = None) -> tuple:
+def _validate_pair(
+    model: FusionModel, ir_path: Path, vis_path: Path, ir_norm: str, runner: Runner | None = None
+) -> tuple:
     """Decode both images as fusion will (so truncated/corrupt files and bad values are caught) and check sizes
     (and, with ``runner``, the memory of one pair); returns the pair's tensor shapes (the batching key)."""
     _check_pair_files(ir_path, vis_path, model.min_size, model.name, runner)  # cheap header check first
@@ -306,7 +324,7 @@ def _size_batches(shapes: list[tuple], batch: int) -> list[list[int]]:
     groups: dict[tuple, list[int]] = {}
     for i, sh in enumerate(shapes):
         groups.setdefault(sh, []).append(i)
-    return [g[j:j + batch] for g in groups.values() for j in range(0, len(g), batch)]
+    return [g[j : j + batch] for g in groups.values() for j in range(0, len(g), batch)]
 
 
 def fuse_folder(
@@ -398,7 +416,9 @@ def fuse_folder(
 
     def fail(key: str, e: IvfuseError) -> None:
         if not continue_on_error:
-            kept = f"; {len(written)} finished images kept in {out_dir} (resume with --skip-existing)" if written else ""
+            kept = (
+                f"; {len(written)} finished images kept in {out_dir} (resume with --skip-existing)" if written else ""
+            )
             raise type(e)(f"{e}{kept}") from None
         failed[key] = str(e)
 
@@ -408,7 +428,9 @@ def fuse_folder(
             os.replace(write_image(stage / dest.name, fused), dest)
         except OSError as e:  # a full disk: name the output, not the staging file; the staging folder goes below
             e = write_error(dest, e)
-            kept = f"; {len(written)} finished images kept in {out_dir} (resume with --skip-existing)" if written else ""
+            kept = (
+                f"; {len(written)} finished images kept in {out_dir} (resume with --skip-existing)" if written else ""
+            )
             raise OutputError(f"{e}{kept}") from None
         written.append(dest)
 
@@ -433,14 +455,19 @@ def fuse_folder(
     return FolderResult(written, skipped, failed)
 
 
-def _fuse_batched(runner: Runner, todo: list, shapes: list, ir_norm: str, batch: int, workers: int, progress: bool,
-                  fail, keep) -> None:  # fmt: skip
+def _fuse_batched(
+    runner: Runner, todo: list, shapes: list, ir_norm: str, batch: int, workers: int, progress: bool, fail, keep
+) -> None:
     """Folder fusion through a DataLoader: workers read pairs, equal-size pairs are fused ``batch`` at a time."""
     from tqdm.auto import tqdm
 
-    loader = torch.utils.data.DataLoader(_PairReader(todo, ir_norm), batch_sampler=_size_batches(shapes, batch),
-                                         num_workers=workers, collate_fn=_as_list,
-                                         persistent_workers=False)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        _PairReader(todo, ir_norm),
+        batch_sampler=_size_batches(shapes, batch),
+        num_workers=workers,
+        collate_fn=_as_list,
+        persistent_workers=False,
+    )
     paths = {k: ip for k, ip, _ in todo}
     with tqdm(total=len(todo), desc=f"fuse[{runner.name}] batch {batch}", unit="pair", disable=not progress) as bar:
         for items in loader:

@@ -94,10 +94,21 @@ def _outputs(out: Path, stem: str) -> tuple[Path, Path, Path]:
     return out / f"{stem}.png", out / f"{stem}.json", out / "preview" / f"{stem}.png"
 
 
-def generate_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path, *, detector: str = DEFAULT_DETECTOR,
-                   detector_weights: str | None = None, sam_weights: str | None = None, conf: float = DETECT_CONF,
-                   classes: Sequence[str] | None = DEFAULT_CLASSES, overwrite: bool = False, device: str = "cpu",
-                   progress: bool = False, ir_norm: str = "minmax") -> dict:  # fmt: skip
+def generate_masks(
+    ir_dir: str | Path,
+    vis_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    detector: str = DEFAULT_DETECTOR,
+    detector_weights: str | None = None,
+    sam_weights: str | None = None,
+    conf: float = DETECT_CONF,
+    classes: Sequence[str] | None = DEFAULT_CLASSES,
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: bool = False,
+    ir_norm: str = "minmax",
+) -> dict:
     """Run :class:`MaskGenerator` on every pair of two folders (matched by stem); returns ``{"written", "skipped"}``
     lists of stems. Existing outputs are skipped unless ``overwrite``."""
     from tqdm.auto import tqdm
@@ -118,11 +129,16 @@ def generate_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path,
         res = gen(ir, vis)
         cm = res["class_map"]
         meta = {
-            "ir": str(ip), "vis": str(vp), "size": [int(cm.shape[0]), int(cm.shape[1])],
+            "ir": str(ip),
+            "vis": str(vp),
+            "size": [int(cm.shape[0]), int(cm.shape[1])],
             "classes": {str(k): v for k, v in CLASS_NAMES.items()},
             "areas": {CLASS_NAMES[c]: int((cm == c).sum()) for c in CLASS_NAMES},
-            "prompt_detector": gen.detector_name, "conf": gen.conf, "sam": gen.sam_name, "instances": res["instances"],
-        }  # fmt: skip
+            "prompt_detector": gen.detector_name,
+            "conf": gen.conf,
+            "sam": gen.sam_name,
+            "instances": res["instances"],
+        }
         p_map, p_json, p_prev = _outputs(out, key)
         atomic_write_bytes(p_map, _png_bytes(cm.numpy()))
         atomic_write_bytes(p_prev, _png_bytes(preview(ir, vis, res).permute(1, 2, 0).numpy()))
@@ -131,9 +147,19 @@ def generate_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path,
     return done
 
 
-def generate_seg_masks(ir_dir: str | Path, vis_dir: str | Path, out_dir: str | Path, *, source: str = "auto",
-                       night: float = 0.2, weights: str | None = None, overwrite: bool = False, device: str = "cpu",
-                       progress: bool = False, ir_norm: str = "minmax") -> dict:  # fmt: skip
+def generate_seg_masks(
+    ir_dir: str | Path,
+    vis_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    source: str = "auto",
+    night: float = 0.2,
+    weights: str | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: bool = False,
+    ir_norm: str = "minmax",
+) -> dict:
     """Segmentation pseudo-masks (``H×W`` uint8 PNG of MSRS class ids, :data:`ivfuse.tasks.pseudo.MSRS_SEG_CLASSES`)
     of every pair of two folders (matched by stem) from the Cityscapes ESPNetv2 (``weights``: its checkpoint,
     default the shared one), as TSJNet's ``seg.pseudo: espnetv2`` makes them; ``source``/``night`` as in

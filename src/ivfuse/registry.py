@@ -24,8 +24,9 @@ class Registry(Generic[T]):
         on_plugin: ``(name, obj) -> obj`` applied to each plugin before it is registered.
     """
 
-    def __init__(self, what: str, entry_points: str | None = None,
-                 on_plugin: Callable[[str, T], T] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, what: str, entry_points: str | None = None, on_plugin: Callable[[str, T], T] | None = None
+    ) -> None:
         self.what = what
         self._items: dict[str, T] = {}
         self._group, self._on_plugin, self._plugins_loaded = entry_points, on_plugin, entry_points is None

@@ -53,8 +53,19 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["PEAK_BYTES_PER_PIXEL", "TILE_HINT", "available_memory", "check_memory", "check_tile", "default_align",
-           "default_overlap", "estimate_memory", "fuse_tiled", "generic_bytes_per_pixel", "tile_starts"]  # fmt: skip
+__all__ = [
+    "PEAK_BYTES_PER_PIXEL",
+    "TILE_HINT",
+    "available_memory",
+    "check_memory",
+    "check_tile",
+    "default_align",
+    "default_overlap",
+    "estimate_memory",
+    "fuse_tiled",
+    "generic_bytes_per_pixel",
+    "tile_starts",
+]
 
 log = logging.getLogger("ivfuse")
 
@@ -64,19 +75,40 @@ TILE_HINT = 1024
 #: measured peak working memory of one fp32 CPU forward pass, bytes per input pixel (batch 1), ×1.25 margin;
 #: ``python benchmarks/bench_tiling.py --calibrate`` prints this table
 PEAK_BYTES_PER_PIXEL: dict[str, float] = {
-    "average": 126, "csf": 2140, "densefuse": 1429, "didfuse": 6336, "gff": 344, "ifcnn": 1767, "laplacian": 262,
-    "lite": 286, "max": 118, "metafusion": 1466, "occo": 3109, "pmgi": 2320, "sage": 1244, "sdnet": 1498,
-    "seafusion": 1926, "stdfusionnet": 3540, "tardal": 2384, "thermal_chroma": 128, "tim": 1042, "tsjnet": 3275,
+    "average": 126,
+    "csf": 2140,
+    "densefuse": 1429,
+    "didfuse": 6336,
+    "gff": 344,
+    "ifcnn": 1767,
+    "laplacian": 262,
+    "lite": 286,
+    "max": 118,
+    "metafusion": 1466,
+    "occo": 3109,
+    "pmgi": 2320,
+    "sage": 1244,
+    "sdnet": 1498,
+    "seafusion": 1926,
+    "stdfusionnet": 3540,
+    "tardal": 2384,
+    "thermal_chroma": 128,
+    "tim": 1042,
+    "tsjnet": 3275,
     "u2fusion": 4806,
 }
+
 
 def default_overlap(tile: int) -> int:
     """The overlap used when none is given: ``tile // 8`` (32 for 256, 128 for 1024), at least 1 px, below ``tile``."""
     return max(1, min(tile // 8, tile - 1))
 
 
-def check_tile(tile: int | None, overlap: int | None = None, min_size: int = 1, name: str = "method") -> tuple[int, int] | None:
-    """Validate ``tile``/``overlap`` (one-line :class:`InputError`s); returns ``(tile, overlap)`` or ``None`` (no tiling)."""
+def check_tile(
+    tile: int | None, overlap: int | None = None, min_size: int = 1, name: str = "method"
+) -> tuple[int, int] | None:
+    """Validate ``tile``/``overlap`` (one-line :class:`InputError`s); returns ``(tile, overlap)`` or ``None`` (no
+    tiling)."""
     if tile is None or tile == 0:
         if overlap is not None:
             raise InputError(f"--tile-overlap {overlap}: needs --tile N")
@@ -84,7 +116,10 @@ def check_tile(tile: int | None, overlap: int | None = None, min_size: int = 1, 
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
         raise InputError(f"--tile {tile}: must be a positive number of pixels (or 0 for no tiling)")
     if tile < min_size:
-        raise InputError(f"--tile {tile}: smaller than the {min_size}x{min_size} minimum of '{name}' (use --tile {max(min_size, 64)} or more)")
+        raise InputError(
+            f"--tile {tile}: smaller than the {min_size}x{min_size} minimum of '{name}' "
+            f"(use --tile {max(min_size, 64)} or more)"
+        )
     if overlap is None:
         overlap = default_overlap(tile)
     if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
@@ -134,7 +169,7 @@ def _ramps(n: int, overlap: int, windows: list[tuple[int, int]], device) -> list
             if s > 0:
                 w[:ov] = up
             if s + size < n:
-                w[size - ov:] = torch.minimum(w[size - ov:], up.flip(0))
+                w[size - ov :] = torch.minimum(w[size - ov :], up.flip(0))
         out.append(w)
     return out
 
@@ -171,7 +206,10 @@ def fuse_tiled(
     if ir.ndim != 4 or vis.ndim != 4:
         raise InputError(f"expected B×C×H×W tensors, got ir {tuple(ir.shape)} and vis {tuple(vis.shape)}")
     if ir.shape[0] != vis.shape[0] or ir.shape[-2:] != vis.shape[-2:]:
-        raise InputError(f"infrared {ir.shape[-1]}x{ir.shape[-2]} and visible {vis.shape[-1]}x{vis.shape[-2]} differ in size or batch")
+        raise InputError(
+            f"infrared {ir.shape[-1]}x{ir.shape[-2]} and visible {vis.shape[-1]}x{vis.shape[-2]} "
+            "differ in size or batch"
+        )
     name = getattr(model, "name", "method")
     tile, overlap = check_tile(tile, overlap, getattr(model, "min_size", 1), name)
     h, w = ir.shape[-2:]
@@ -183,18 +221,26 @@ def fuse_tiled(
     norm_y = torch.zeros(h, device=ir.device)
     norm_x = torch.zeros(w, device=ir.device)
     for (s, n), r in zip(ys, wy):
-        norm_y[s:s + n] += r
+        norm_y[s : s + n] += r
     for (s, n), r in zip(xs, wx):
-        norm_x[s:s + n] += r
-    log.debug("%s: %dx%d in %d windows of ~%d px (overlap >= %d, starts aligned to %d)", name, w, h,
-              len(ys) * len(xs), tile, overlap, align)  # fmt: skip
+        norm_x[s : s + n] += r
+    log.debug(
+        "%s: %dx%d in %d windows of ~%d px (overlap >= %d, starts aligned to %d)",
+        name,
+        w,
+        h,
+        len(ys) * len(xs),
+        tile,
+        overlap,
+        align,
+    )
     out = None
     for (y0, th), ry in zip(ys, wy):
         for (x0, tw), rx in zip(xs, wx):
-            f = model(ir[..., y0:y0 + th, x0:x0 + tw], vis[..., y0:y0 + th, x0:x0 + tw])
+            f = model(ir[..., y0 : y0 + th, x0 : x0 + tw], vis[..., y0 : y0 + th, x0 : x0 + tw])
             if out is None:
                 out = torch.zeros(ir.shape[0], f.shape[1], h, w, device=f.device, dtype=torch.float32)
-            out[..., y0:y0 + th, x0:x0 + tw] += f.float() * (ry[:, None] * rx[None, :]).to(f.device)
+            out[..., y0 : y0 + th, x0 : x0 + tw] += f.float() * (ry[:, None] * rx[None, :]).to(f.device)
     out /= norm_y.to(out.device)[:, None]
     out /= norm_x.to(out.device)[None, :]
     return out
@@ -217,8 +263,8 @@ def _parse_bytes(text: str) -> int | None:
 
 def available_memory(device: str | torch.device = "cpu") -> int | None:
     """Bytes available for a forward pass on ``device``: ``$IVFUSE_AVAILABLE_MEMORY`` if set (``off``: ``None``),
-    ``torch.cuda.mem_get_info`` free bytes (plus the unused part of PyTorch's cache) on CUDA, ``MemAvailable`` of ``/proc/meminfo`` on a Linux CPU, else
-    ``None`` (unknown: no check)."""
+    ``torch.cuda.mem_get_info`` free bytes (plus the unused part of PyTorch's cache) on CUDA, ``MemAvailable`` of
+    ``/proc/meminfo`` on a Linux CPU, else ``None`` (unknown: no check)."""
     env = os.environ.get("IVFUSE_AVAILABLE_MEMORY", "").strip()
     if env:
         return None if env.lower() in ("off", "none", "0") else _parse_bytes(env)
@@ -263,8 +309,9 @@ def _bytes_per_pixel(model: object) -> tuple[float, str]:
     return generic_bytes_per_pixel(model), "generic"
 
 
-def estimate_memory(model: object, height: int, width: int, batch: int = 1, channels: int = 3,
-                    tile: int | None = None) -> int:  # fmt: skip
+def estimate_memory(
+    model: object, height: int, width: int, batch: int = 1, channels: int = 3, tile: int | None = None
+) -> int:
     """Peak bytes one fused image (or batch) of ``height × width`` needs: the forward pass of the whole image, or
     of one ``tile × tile`` window when ``tile`` is set, plus the float32 input and output buffers (``1 + 2·channels``
     values per pixel, twice: tensors and their copies)."""
@@ -278,8 +325,16 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def check_memory(model: object, height: int, width: int, batch: int = 1, channels: int = 3, tile: int | None = None,
-                 device: str | torch.device = "cpu", available: int | None = None) -> None:  # fmt: skip
+def check_memory(
+    model: object,
+    height: int,
+    width: int,
+    batch: int = 1,
+    channels: int = 3,
+    tile: int | None = None,
+    device: str | torch.device = "cpu",
+    available: int | None = None,
+) -> None:
     """Raise a one-line :class:`InputError` if fusing ``batch`` images of ``height × width`` (in ``tile`` windows if
     set) would need more memory than is available (``available`` bytes, default :func:`available_memory`); nothing
     is allocated. The message names the size, the estimate and the option that helps (the caller prefixes the file)."""
@@ -296,7 +351,9 @@ def check_memory(model: object, height: int, width: int, batch: int = 1, channel
     hints = []
     if batch > 1 and estimate_memory(model, height, width, 1, channels, tile) <= avail:
         hints.append("--batch 1")
-    tiles = [t for t in (TILE_HINT, 512, 256, 128, 64) if t < max(height, width) and t >= min_size and (not tile or t < tile)]
+    tiles = [
+        t for t in (TILE_HINT, 512, 256, 128, 64) if t < max(height, width) and t >= min_size and (not tile or t < tile)
+    ]
     fits = [t for t in tiles if estimate_memory(model, height, width, 1 if hints else batch, channels, t) <= avail]
     if fits:
         hints.append(f"--tile {fits[0]}")
@@ -305,4 +362,6 @@ def check_memory(model: object, height: int, width: int, batch: int = 1, channel
     else:
         hint = "no --tile or --batch makes it fit: free memory or fuse a smaller image"
     what = f" (--tile {tile})" if tile else ""
-    raise InputError(f"{size} needs about {_gib(need)} with '{name}'{what} but {_gib(avail)} is available {where}; {hint}")
+    raise InputError(
+        f"{size} needs about {_gib(need)} with '{name}'{what} but {_gib(avail)} is available {where}; {hint}"
+    )

@@ -11,8 +11,19 @@ from pathlib import Path
 
 from .errors import InputError, OutputError
 
-__all__ = ["atomic_write_text", "atomic_write_bytes", "write_error", "shared_root", "sha256sum", "resolve_file", "check_device",
-           "check_amp", "AMP_MODES", "DEFAULT_DEVICE", "NOTICE"]
+__all__ = [
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "write_error",
+    "shared_root",
+    "sha256sum",
+    "resolve_file",
+    "check_device",
+    "check_amp",
+    "AMP_MODES",
+    "DEFAULT_DEVICE",
+    "NOTICE",
+]
 
 #: log level of the ``ivfuse`` logger's notices that change what a run does (resuming from a checkpoint, removing a
 #: previous run): between INFO (progress: epoch lines) and WARNING, so that ``-q`` hides progress but not them
@@ -83,7 +94,9 @@ def write_error(path: str | os.PathLike, e: OSError) -> OutputError:
     half-written was left, free space and rerun``."""
     why = e.strerror or type(e).__name__
     if e.errno in DISK_FULL:
-        why += ": the disk is full or a file-size limit is reached); nothing half-written was left, free space and rerun"
+        why += (
+            ": the disk is full or a file-size limit is reached); nothing half-written was left, free space and rerun"
+        )
     else:
         why += ")"
     err = OutputError(f"{path}: cannot be written ({why}")
@@ -106,10 +119,11 @@ def _fsync_dir(d: Path) -> None:
 
 #: fault injection for the tests (tests/test_faults.py, benchmarks/fault_injection.py), inactive unless set:
 #: ``IVFUSE_FAULT_WRITE=<file name>:<n>:<kill|torn>`` SIGKILLs this process inside its n-th atomic write of a file of
-#: that name (1-based; the name may be a glob, ``*.json``: the n-th write of any match): ``kill`` after half of the temporary file is written, ``torn`` after a file with half of the
-#: data has been renamed over the destination (what a power loss can leave when the rename reached the disk and the
-#: data did not). ``enospc`` does not kill: the write fails with ``ENOSPC`` after half of the temporary file is
-#: written (a disk that fills up in the middle of a run; ``RLIMIT_FSIZE`` can only stop every file above one size).
+#: that name (1-based; the name may be a glob, ``*.json``: the n-th write of any match): ``kill`` after half of the
+#: temporary file is written, ``torn`` after a file with half of the data has been renamed over the destination (what a
+#: power loss can leave when the rename reached the disk and the data did not). ``enospc`` does not kill: the write
+#: fails with ``ENOSPC`` after half of the temporary file is written (a disk that fills up in the middle of a run;
+#: ``RLIMIT_FSIZE`` can only stop every file above one size).
 _FAULT_ENV = "IVFUSE_FAULT_WRITE"
 _fault_counts: dict[str, int] = {}
 
@@ -155,7 +169,9 @@ def check_device(device: str | None, option: str = "--device") -> str:
         dev = torch.device(d)
     except (RuntimeError, ValueError):
         hint = " did you mean 'cuda'?" if d.lower().startswith("gpu") else ""
-        raise UnknownNameError(f"{option} {d}: not a torch device (use cpu, cuda, cuda:N or mps);{hint}".rstrip(";")) from None
+        raise UnknownNameError(
+            f"{option} {d}: not a torch device (use cpu, cuda, cuda:N or mps);{hint}".rstrip(";")
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"{option} {d}: no CUDA GPU is available (torch {torch.__version__}); use {option} cpu")
@@ -194,13 +210,15 @@ def check_amp(amp: str | None, device=None, option: str = "--amp") -> str:
         return mode
     dev = torch.device("cpu" if device is None else device)
     if mode == "fp16" and dev.type != "cuda":
-        raise InputError(f"{say('fp16')} needs a CUDA device, not '{dev}'; use {say('bf16')} (CPU autocast) or "
-                         f"{say('none')}")
+        raise InputError(
+            f"{say('fp16')} needs a CUDA device, not '{dev}'; use {say('bf16')} (CPU autocast) or {say('none')}"
+        )
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"{say(mode)}: mixed precision runs on cpu and cuda, not on '{dev}'; use {say('none')}")
     if mode == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise InputError(f"{say('bf16')}: the GPU {torch.cuda.get_device_name(dev)} does not support bfloat16; "
-                         f"use {say('fp16')}")
+        raise InputError(
+            f"{say('bf16')}: the GPU {torch.cuda.get_device_name(dev)} does not support bfloat16; use {say('fp16')}"
+        )
     return mode
 
 

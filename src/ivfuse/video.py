@@ -51,9 +51,18 @@ class Fuser:
     visible input's dtype and layout, on its device. A colour IR frame is reduced to BT.601 luma.
     """
 
-    def __init__(self, method: Any = None, device: str | torch.device = "cpu", *, amp: str | None = None,
-                 channels_last: bool = False, compile: bool = False, tile: int | None = None,
-                 tile_overlap: int | None = None, **options: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        method: Any = None,
+        device: str | torch.device = "cpu",
+        *,
+        amp: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        tile: int | None = None,
+        tile_overlap: int | None = None,
+        **options: Any,
+    ) -> None:
         from .fusion import Runner, get_model
 
         self.model = get_model(method, device, **options)
@@ -80,7 +89,9 @@ class Fuser:
             t = frame if frame.ndim == 4 else frame[None]
             t = t.float() / 255 if frame.dtype == torch.uint8 else t.float()
         else:
-            raise InputError(f"{what} frame: expected a NumPy uint8 array or a torch tensor, got {type(frame).__name__}")
+            raise InputError(
+                f"{what} frame: expected a NumPy uint8 array or a torch tensor, got {type(frame).__name__}"
+            )
         if ir and t.shape[1] == 3:
             t = 0.299 * t[:, :1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3]
         return t, kind
@@ -89,8 +100,10 @@ class Fuser:
         ir, _ = self._to_tensor(ir_frame, "infrared", ir=True)
         vis, kind = self._to_tensor(vis_frame, "visible", ir=False)
         if ir.shape[0] != vis.shape[0] or ir.shape[-2:] != vis.shape[-2:]:
-            raise PairingError(f"infrared frame {ir.shape[-1]}x{ir.shape[-2]} and visible frame "
-                               f"{vis.shape[-1]}x{vis.shape[-2]} differ in size")  # fmt: skip
+            raise PairingError(
+                f"infrared frame {ir.shape[-1]}x{ir.shape[-2]} and visible frame "
+                f"{vis.shape[-1]}x{vis.shape[-2]} differ in size"
+            )
         fused = self.runner(ir, vis).cpu()
         if kind["type"] == "numpy":
             u8 = fused[0].mul(255).round_().clamp_(0, 255).to(torch.uint8)
@@ -131,16 +144,32 @@ def video_info(path: str | os.PathLike) -> dict:
     c = _open(p)
     try:
         s = c.streams.video[0]
-        return {"frames": int(s.frames or 0), "rate": Fraction(s.average_rate or s.guessed_rate or 0),
-                "width": s.codec_context.width, "height": s.codec_context.height}  # fmt: skip
+        return {
+            "frames": int(s.frames or 0),
+            "rate": Fraction(s.average_rate or s.guessed_rate or 0),
+            "width": s.codec_context.width,
+            "height": s.codec_context.height,
+        }
     finally:
         c.close()
 
 
-def fuse_video(ir_path: str | os.PathLike, vis_path: str | os.PathLike, out_path: str | os.PathLike,
-               method: Any = None, device: str = "cpu", *, amp: str | None = None, channels_last: bool = False,
-               compile: bool = False, tile: int | None = None, tile_overlap: int | None = None, crf: int = 18,
-               progress: bool = True, **options: Any) -> dict:  # fmt: skip
+def fuse_video(
+    ir_path: str | os.PathLike,
+    vis_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    method: Any = None,
+    device: str = "cpu",
+    *,
+    amp: str | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    crf: int = 18,
+    progress: bool = True,
+    **options: Any,
+) -> dict:
     """Fuse two frame-synchronised videos into an H.264 ``out_path`` (see module docstring).
 
     Returns ``{"frames", "seconds", "fps", "rate", "size", "output"}`` (``fps`` = fused frames per wall second,
@@ -158,16 +187,30 @@ def fuse_video(ir_path: str | os.PathLike, vis_path: str | os.PathLike, out_path
         raise InputError(f"{out}: is a folder; give a video file name")
     a, b = video_info(ir_p), video_info(vis_p)
     if (a["width"], a["height"]) != (b["width"], b["height"]):
-        raise PairingError(f"{vis_p}: visible video is {b['width']}x{b['height']} but infrared {ir_p.name} is "
-                           f"{a['width']}x{a['height']}")  # fmt: skip
+        raise PairingError(
+            f"{vis_p}: visible video is {b['width']}x{b['height']} but infrared {ir_p.name} is "
+            f"{a['width']}x{a['height']}"
+        )
     if not a["rate"] or not b["rate"] or abs(float(a["rate"]) / float(b["rate"]) - 1) > 1e-3:
-        raise PairingError(f"{vis_p}: frame rate {float(b['rate']):.3f} differs from {float(a['rate']):.3f} of {ir_p.name} "
-                           "(frames are paired one to one; resample one video first)")  # fmt: skip
+        raise PairingError(
+            f"{vis_p}: frame rate {float(b['rate']):.3f} differs from {float(a['rate']):.3f} of {ir_p.name} "
+            "(frames are paired one to one; resample one video first)"
+        )
     if a["frames"] and b["frames"] and a["frames"] != b["frames"]:
-        raise PairingError(f"{vis_p}: {b['frames']} frames but infrared {ir_p.name} has {a['frames']} "
-                           "(frames are paired one to one; trim the longer video)")  # fmt: skip
-    fuser = Fuser(method, device, amp=amp, channels_last=channels_last, compile=compile, tile=tile,
-                  tile_overlap=tile_overlap, **options)
+        raise PairingError(
+            f"{vis_p}: {b['frames']} frames but infrared {ir_p.name} has {a['frames']} "
+            "(frames are paired one to one; trim the longer video)"
+        )
+    fuser = Fuser(
+        method,
+        device,
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        **options,
+    )
     w, h = a["width"], a["height"]
     if min(w, h) < fuser.model.min_size:
         raise InputError(f"{ir_p}: frames {w}x{h} are smaller than the minimum of '{fuser.name}'")
@@ -183,7 +226,9 @@ def fuse_video(ir_path: str | os.PathLike, vis_path: str | os.PathLike, out_path
             st.width, st.height, st.pix_fmt = w + (w % 2), h + (h % 2), "yuv420p"  # yuv420p needs even sizes
             st.options = {"crf": str(crf), "preset": "veryfast"}
             fi, fv = ci.decode(video=0), cv.decode(video=0)
-            with tqdm(total=a["frames"] or None, desc=f"fuse video[{fuser.name}]", unit="frame", disable=not progress) as bar:
+            with tqdm(
+                total=a["frames"] or None, desc=f"fuse video[{fuser.name}]", unit="frame", disable=not progress
+            ) as bar:
                 while True:
                     x, y = next(fi, None), next(fv, None)
                     if x is None or y is None:
@@ -209,5 +254,11 @@ def fuse_video(ir_path: str | os.PathLike, vis_path: str | os.PathLike, out_path
         if os.path.exists(tmp):
             os.unlink(tmp)
     secs = time.perf_counter() - t0
-    return {"frames": n, "seconds": secs, "fps": n / secs if secs else 0.0, "rate": float(a["rate"]), "size": (w, h),
-            "output": out}  # fmt: skip
+    return {
+        "frames": n,
+        "seconds": secs,
+        "fps": n / secs if secs else 0.0,
+        "rate": float(a["rate"]),
+        "size": (w, h),
+        "output": out,
+    }

@@ -8,7 +8,16 @@ from pathlib import Path
 import torch
 from kornia.color import rgb_to_ycbcr
 
-from ivfuse.engine import BatchSource, OptimStep, RandomCrop, Recipe, Stage, export_safetensors, load_samples, register_recipe
+from ivfuse.engine import (
+    BatchSource,
+    OptimStep,
+    RandomCrop,
+    Recipe,
+    Stage,
+    export_safetensors,
+    load_samples,
+    register_recipe,
+)
 from ivfuse.losses import FusionLoss
 
 from toy_model import ToyMix
@@ -23,7 +32,9 @@ class ToyMixRecipe(Recipe):
         self.step = OptimStep(self.opt)
         self.loss = FusionLoss(c["loss"])
         self.modules, self.optimizers = {"net": self.net}, {"net": self.opt}
-        self.data = BatchSource(load_samples(c["data"]), c["batch"], [RandomCrop(c["crop"])], c["max_batches"], c["seed"])
+        self.data = BatchSource(
+            load_samples(c["data"]), c["batch"], [RandomCrop(c["crop"])], c["max_batches"], c["seed"]
+        )
 
     def train_step(self, batch: dict, ctx) -> dict:
         ir, y = batch["ir"].to(self.device), rgb_to_ycbcr(batch["vis"].to(self.device))[:, :1]

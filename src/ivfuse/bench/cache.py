@@ -40,8 +40,16 @@ import torch
 
 from ..utils import atomic_write_text
 
-__all__ = ["state_hash", "method_key", "data_key", "folder_hash", "BenchCache", "short_hash", "CHECKSUM_KEY",
-           "valid_png"]
+__all__ = [
+    "state_hash",
+    "method_key",
+    "data_key",
+    "folder_hash",
+    "BenchCache",
+    "short_hash",
+    "CHECKSUM_KEY",
+    "valid_png",
+]
 
 log = logging.getLogger("ivfuse")
 
@@ -58,7 +66,8 @@ def _checksum(value: dict) -> str:
 
 
 def valid_png(path: str | Path) -> bool:
-    """Whether ``path`` is a complete PNG: the signature, every chunk's CRC-32 and the IEND chunk (no pixel decoding)."""
+    """Whether ``path`` is a complete PNG: the signature, every chunk's CRC-32 and the IEND chunk (no pixel
+    decoding)."""
     from PIL import Image
 
     try:
@@ -100,8 +109,12 @@ def code_hash(module: torch.nn.Module) -> str | None:
 
 def method_key(name: str, options: dict | None, module: torch.nn.Module | None) -> tuple[str, dict]:
     """``(key, identity)``: the folder-safe key and the dict it hashes (kept in the results for provenance)."""
-    ident = {"method": name, "options": options or {}, "weights_sha256": state_hash(module) if module is not None else None,
-             "code_sha256": code_hash(module) if module is not None else None}  # fmt: skip
+    ident = {
+        "method": name,
+        "options": options or {},
+        "weights_sha256": state_hash(module) if module is not None else None,
+        "code_sha256": code_hash(module) if module is not None else None,
+    }
     return f"{name}-{short_hash(ident)}", ident
 
 
@@ -137,8 +150,10 @@ class BenchCache:
             for p in bad:
                 p.unlink(missing_ok=True)
             if bad:
-                log.warning(f"{d}: {len(bad)} damaged cached fused image(s) deleted and fused again "
-                            f"({', '.join(p.name for p in bad[:4])}{' ...' if len(bad) > 4 else ''})")  # fmt: skip
+                log.warning(
+                    f"{d}: {len(bad)} damaged cached fused image(s) deleted and fused again "
+                    f"({', '.join(p.name for p in bad[:4])}{' ...' if len(bad) > 4 else ''})"
+                )
         return d
 
     def result_path(self, protocol: str, dkey: str, mkey: str, extra: str = "") -> Path:

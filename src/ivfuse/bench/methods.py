@@ -52,8 +52,10 @@ class FunctionModel(FusionModel):
         out = self.fn(ir, vis)
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[-2:] != ir.shape[-2:]:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise InputError(f"method '{self.name}' must return a B×C×H×W tensor of the input size "
-                             f"{ir.shape[-1]}x{ir.shape[-2]}, got {got}")  # fmt: skip
+            raise InputError(
+                f"method '{self.name}' must return a B×C×H×W tensor of the input size "
+                f"{ir.shape[-1]}x{ir.shape[-2]}, got {got}"
+            )
         return out.float().clamp(0, 1)
 
 
@@ -84,8 +86,10 @@ class BenchMethod:
         elif judged:
             where = self.folder
         else:
-            raise InputError(f"{self.folder}: no folder {split}/ with the fused training images that retrain/seg "
-                             f"fine-tune on ({self.label}=dir:{self.folder}; layout in docs/bench.md)")  # fmt: skip
+            raise InputError(
+                f"{self.folder}: no folder {split}/ with the fused training images that retrain/seg "
+                f"fine-tune on ({self.label}=dir:{self.folder}; layout in docs/bench.md)"
+            )
         if where in self._files:
             return self._files[where]
         index = {f.stem: f for f in sorted(where.iterdir()) if f.suffix.lower() in FOLDER_EXTS and f.is_file()}
@@ -93,8 +97,10 @@ class BenchMethod:
         for name, ir_path, _ in ds.pairs:
             f = index.get(name)
             if f is None:
-                raise InputError(f"{where}: no fused image for pair {name} ({name}.png) of {ds.spec.name}:{split} "
-                                 f"(method {self.label})")  # fmt: skip
+                raise InputError(
+                    f"{where}: no fused image for pair {name} ({name}.png) of {ds.spec.name}:{split} "
+                    f"(method {self.label})"
+                )
             try:
                 with Image.open(f) as im:
                     im.load()
@@ -102,11 +108,15 @@ class BenchMethod:
                 with Image.open(ir_path) as im:
                     want = im.size
             except (OSError, ValueError) as e:
-                raise InputError(f"{f}: unreadable fused image for pair {name} (method {self.label}: "
-                                 f"{type(e).__name__}: {str(e)[:80]})") from None  # fmt: skip
+                raise InputError(
+                    f"{f}: unreadable fused image for pair {name} (method {self.label}: "
+                    f"{type(e).__name__}: {str(e)[:80]})"
+                ) from None
             if size != want:
-                raise InputError(f"{f}: fused image is {size[0]}x{size[1]} but pair {name} is {want[0]}x{want[1]} "
-                                 f"(method {self.label})")  # fmt: skip
+                raise InputError(
+                    f"{f}: fused image is {size[0]}x{size[1]} but pair {name} is {want[0]}x{want[1]} "
+                    f"(method {self.label})"
+                )
             out[name] = f
         self._files[where] = out
         return out
@@ -128,8 +138,11 @@ def _user_model(label: str, target: str) -> nn.Module:
     elif isinstance(obj, type) and issubclass(obj, nn.Module):
         model = obj()
     elif callable(obj):
-        required = [p for p in inspect.signature(obj).parameters.values()
-                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+        required = [
+            p
+            for p in inspect.signature(obj).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
         model = FunctionModel(obj, label) if len(required) >= 2 else obj()
     else:
         raise InputError(f"{label}=py:{target}: {attr} is not a model, a factory or a function")
@@ -160,8 +173,16 @@ def parse_method(text: str, device: str = "cpu") -> BenchMethod:
         key, ident = method_key(f"py_{label}", {"target": spec[3:]}, model)
         return BenchMethod(label, "model", key, ident, model=model, params=sum(p.numel() for p in model.parameters()))
     if eq and (":" in spec.partition("?")[0].partition("@")[0]):
-        raise InputError(f"--methods {text}: unknown method form (LABEL=dir:PATH, LABEL=py:module:attr or a method name)")
+        raise InputError(
+            f"--methods {text}: unknown method form (LABEL=dir:PATH, LABEL=py:module:attr or a method name)"
+        )
     name, model, opts, is_ref = build_method(spec, device)
     key, ident = method_key(name if not is_ref else f"ref_{name}", opts, model if not is_ref else None)
-    return BenchMethod(label, "reference" if is_ref else "model", key, ident, model=model,
-                       params=sum(p.numel() for p in model.parameters()))  # fmt: skip
+    return BenchMethod(
+        label,
+        "reference" if is_ref else "model",
+        key,
+        ident,
+        model=model,
+        params=sum(p.numel() for p in model.parameters()),
+    )

@@ -26,11 +26,26 @@ from .recipes import LABEL_SETS, PRESETS, PROTOCOLS, SEG_JUDGES, Recipe  # noqa:
 from .references import REFERENCES, SourceImage  # noqa: F401  (re-exported: the reference rows ir / vis)
 
 __all__ = [
-    "Recipe", "PRESETS", "DataSpec", "parse_data", "SourceImage", "REFERENCES", "build_method",
-    "fuse_split", "detection_set", "run_fusion", "run_zero", "run_retrain", "run_seg", "run_speed", "SEG_JUDGES", "check_seg_judge",
+    "Recipe",
+    "PRESETS",
+    "DataSpec",
+    "parse_data",
+    "SourceImage",
+    "REFERENCES",
+    "build_method",
+    "fuse_split",
+    "detection_set",
+    "run_fusion",
+    "run_zero",
+    "run_retrain",
+    "run_seg",
+    "run_speed",
+    "SEG_JUDGES",
+    "check_seg_judge",
     "held_out_dev_train",
-    "TRAIN_SPLIT_OF", "PROTOCOLS",
-]  # fmt: skip
+    "TRAIN_SPLIT_OF",
+    "PROTOCOLS",
+]
 
 
 #: the split a judge is fine-tuned on when a split is judged (never the judged split itself)
@@ -95,8 +110,9 @@ def build_method(text: str, device: str = "cpu") -> tuple[str, FusionModel, dict
 
 
 # ------------------------------------------------------------------------------------------------ fusing
-def fuse_split(model: FusionModel, ds: FusionDataset, out_dir: Path, device: str = "cpu", progress: bool = True,
-               desc: str = "fuse") -> dict[str, Path]:  # fmt: skip
+def fuse_split(
+    model: FusionModel, ds: FusionDataset, out_dir: Path, device: str = "cpu", progress: bool = True, desc: str = "fuse"
+) -> dict[str, Path]:
     """Fuse every pair of ``ds`` into ``out_dir/<name>.png`` (8-bit, atomic), skipping files that exist."""
     from tqdm.auto import tqdm
 
@@ -115,8 +131,14 @@ def fuse_split(model: FusionModel, ds: FusionDataset, out_dir: Path, device: str
     return paths
 
 
-def open_dataset(spec: DataSpec, split: str, det_labels: str | None, limit: int | None = None,
-                 spaced: int | None = None, seg_dir: str | Path | None = None) -> FusionDataset:  # fmt: skip
+def open_dataset(
+    spec: DataSpec,
+    split: str,
+    det_labels: str | None,
+    limit: int | None = None,
+    spaced: int | None = None,
+    seg_dir: str | Path | None = None,
+) -> FusionDataset:
     """One split of a dataset; ``limit``: its first N pairs; ``spaced``: N pairs evenly spaced over the sorted names;
     ``seg_dir``: mask folder replacing the dataset's own (pseudo-masks)."""
     ds = load_dataset(spec.name, root=spec.root, split=split, det_labels=det_labels, seg_dir=seg_dir)
@@ -130,8 +152,11 @@ def open_dataset(spec: DataSpec, split: str, det_labels: str | None, limit: int 
     return ds
 
 
-def held_out_dev_train(n_train: int, det_labels: str | None, seg_dir: str | Path | None = None,
-                       ) -> tuple[FusionDataset, FusionDataset]:  # fmt: skip
+def held_out_dev_train(
+    n_train: int,
+    det_labels: str | None,
+    seg_dir: str | Path | None = None,
+) -> tuple[FusionDataset, FusionDataset]:
     """MSRS dev-train split for choosing a bench recipe without dev-val: the ``n_train`` evenly spaced pairs a preset
     fine-tunes on, and the *other* dev-train pairs to score on (``benchmarks/select_*_recipe.py``)."""
     spec = DataSpec("msrs", "dev-train")
@@ -165,8 +190,14 @@ def _score(args):
     return score_triple(*args)
 
 
-def run_fusion(ds: FusionDataset, paths: dict[str, Path], metrics: Sequence[str], workers: int = 1,
-               progress: bool = True, desc: str = "metrics") -> dict:  # fmt: skip
+def run_fusion(
+    ds: FusionDataset,
+    paths: dict[str, Path],
+    metrics: Sequence[str],
+    workers: int = 1,
+    progress: bool = True,
+    desc: str = "metrics",
+) -> dict:
     """Default metrics of every fused image and their mean (non-finite values left out of the mean)."""
     from tqdm.auto import tqdm
 
@@ -196,8 +227,13 @@ def run_fusion(ds: FusionDataset, paths: dict[str, Path], metrics: Sequence[str]
 def _det_summary(r: dict) -> dict:
     from ..tasks.evaluation import encode_matches
 
-    return {"mAP50": r["mAP50"], "mAP50_95": r["mAP50_95"], "per_class": r["per_class"], "n_images": r["n_images"],
-            "matches": encode_matches(r["matches"])}  # fmt: skip
+    return {
+        "mAP50": r["mAP50"],
+        "mAP50_95": r["mAP50_95"],
+        "per_class": r["per_class"],
+        "n_images": r["n_images"],
+        "matches": encode_matches(r["matches"]),
+    }
 
 
 #: version of the zero/retrain result format in the cache key (2: with the per-image matches of the bootstrap)
@@ -223,8 +259,15 @@ class _ValAtSize:
 
     def predict(self, images, mode: str = "val", conf: float | None = None, iou: float | None = None, classes=None):
         self.det.eval()
-        return self.det.net.predict(images, conf=0.001 if conf is None else conf, iou=0.6 if iou is None else iou,
-                                    multi_label=True, rect_val=True, classes=classes, imgsz=self.imgsz)  # fmt: skip
+        return self.det.net.predict(
+            images,
+            conf=0.001 if conf is None else conf,
+            iou=0.6 if iou is None else iou,
+            multi_label=True,
+            rect_val=True,
+            classes=classes,
+            imgsz=self.imgsz,
+        )
 
 
 def run_retrain(make_judge, train, test, recipe: Recipe, seed: int, progress: bool = True) -> dict:
@@ -238,15 +281,31 @@ def run_retrain(make_judge, train, test, recipe: Recipe, seed: int, progress: bo
     torch.manual_seed(seed)
     det = make_judge()
     t = time.perf_counter()
-    hist = finetune_detector(det, train, None, recipe.epochs, recipe.batch_size, recipe.lr, recipe.imgsz, seed, progress,
-                             lr_final=recipe.lr_final, ema=recipe.ema)  # fmt: skip
+    hist = finetune_detector(
+        det,
+        train,
+        None,
+        recipe.epochs,
+        recipe.batch_size,
+        recipe.lr,
+        recipe.imgsz,
+        seed,
+        progress,
+        lr_final=recipe.lr_final,
+        ema=recipe.ema,
+    )
     train_s = time.perf_counter() - t
     from ..tasks.detectors import YOLOv5Detector
 
     judge = _ValAtSize(det, recipe.imgsz) if isinstance(det, YOLOv5Detector) and recipe.imgsz != 640 else det
     out = _det_summary(evaluate_detector(judge, test, progress=progress, matches=True))
-    out.update(seed=seed, loss_per_epoch=hist, train_seconds=train_s, n_train=len(train),
-               eval_imgsz=recipe.imgsz if judge is not det else 640)  # fmt: skip
+    out.update(
+        seed=seed,
+        loss_per_epoch=hist,
+        train_seconds=train_s,
+        n_train=len(train),
+        eval_imgsz=recipe.imgsz if judge is not det else 640,
+    )
     return out
 
 
@@ -257,8 +316,17 @@ def check_seg_judge(judge: str) -> str:
     return judge
 
 
-def run_seg(ds_train: FusionDataset, train_paths: dict[str, Path], ds_test: FusionDataset, test_paths: dict[str, Path],
-            recipe: Recipe, seed: int, device: str = "cpu", progress: bool = True, judge: str = "head") -> dict:  # fmt: skip
+def run_seg(
+    ds_train: FusionDataset,
+    train_paths: dict[str, Path],
+    ds_test: FusionDataset,
+    test_paths: dict[str, Path],
+    recipe: Recipe,
+    seed: int,
+    device: str = "cpu",
+    progress: bool = True,
+    judge: str = "head",
+) -> dict:
     """mIoU of ESPNetv2 fine-tuned on the fused training images with masks.
 
     ``judge``: ``head`` — Cityscapes weights with a new head for the dataset's classes (its bottom-up decoder is sized
@@ -275,7 +343,9 @@ def run_seg(ds_train: FusionDataset, train_paths: dict[str, Path], ds_test: Fusi
     def seg_set(ds, paths):
         names, ims, masks = [], [], []
         for n, _, _ in ds.pairs:
-            mp = next((ds.seg_dir / f"{n}{e}" for e in (".png", ".bmp", ".tif") if (ds.seg_dir / f"{n}{e}").exists()), None)
+            mp = next(
+                (ds.seg_dir / f"{n}{e}" for e in (".png", ".bmp", ".tif") if (ds.seg_dir / f"{n}{e}").exists()), None
+            )
             if mp is None:
                 raise InputError(f"{ds.seg_dir}: no mask for {n}")
             names.append(n)
@@ -293,7 +363,9 @@ def run_seg(ds_train: FusionDataset, train_paths: dict[str, Path], ds_test: Fusi
         from ..tasks.pseudo import MSRS_SEG_CLASSES, MergedSegmenter
 
         if tuple(names) != MSRS_SEG_CLASSES:
-            raise InputError(f"seg judge 'merged' maps Cityscapes to MSRS' classes; {ds_test.spec.name} has {', '.join(names)}")
+            raise InputError(
+                f"seg judge 'merged' maps Cityscapes to MSRS' classes; {ds_test.spec.name} has {', '.join(names)}"
+            )
         seg = MergedSegmenter(city)
     else:
         seg = ESPNetv2Seg(len(names), class_names=names)
@@ -301,14 +373,24 @@ def run_seg(ds_train: FusionDataset, train_paths: dict[str, Path], ds_test: Fusi
     seg = seg.to(device)
     hist = []
     if recipe.seg_epochs > 0:
-        hist = finetune_segmenter(seg, train, recipe.seg_epochs, recipe.seg_batch, recipe.seg_lr, recipe.seg_crop,
-                                  seed=seed, progress=progress)  # fmt: skip
+        hist = finetune_segmenter(
+            seg,
+            train,
+            recipe.seg_epochs,
+            recipe.seg_batch,
+            recipe.seg_lr,
+            recipe.seg_crop,
+            seed=seed,
+            progress=progress,
+        )
     out = evaluate_segmenter(seg, test, len(names), names, progress=progress)
     out.update(seed=seed, loss_per_epoch=hist)
     return out
 
 
-def run_speed(model: FusionModel, ds: FusionDataset, device: str = "cpu", min_time: float = 1.0, max_calls: int = 10) -> dict:
+def run_speed(
+    model: FusionModel, ds: FusionDataset, device: str = "cpu", min_time: float = 1.0, max_calls: int = 10
+) -> dict:
     """Warm wall time per image of ``model`` on the first pair of ``ds`` at its own size (median of repeated calls
     after one warm-up call, at least 3 calls or ``min_time`` seconds)."""
     s = ds[0]
@@ -329,7 +411,12 @@ def run_speed(model: FusionModel, ds: FusionDataset, device: str = "cpu", min_ti
         ts.append(time.perf_counter() - t)
         total += ts[-1]
     return {
-        "s_per_image": statistics.median(ts), "calls": len(ts), "size": f"{ir.shape[-1]}x{ir.shape[-2]}",
-        "params": sum(p.numel() for p in model.parameters()), "device": str(dev),
-        "threads": torch.get_num_threads(), "image": s["name"], "cpu_count": os.cpu_count(),
-    }  # fmt: skip
+        "s_per_image": statistics.median(ts),
+        "calls": len(ts),
+        "size": f"{ir.shape[-1]}x{ir.shape[-2]}",
+        "params": sum(p.numel() for p in model.parameters()),
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "image": s["name"],
+        "cpu_count": os.cpu_count(),
+    }

@@ -48,7 +48,8 @@ PRESETS: dict[str, Recipe] = {
     "cpu": Recipe(epochs=3, batch_size=4, lr=0.001, imgsz=416, train_pairs=64),
     # issue 19: the judge for method selection on a CPU. All 171 dev-train pairs, 10 epochs, lr 0.002 falling linearly
     # to 5 %, the judged weights an EMA (decay 0.99) of the last ~100 steps. Chosen on held-out dev-train pairs by a
-    # rule written before the runs (benchmarks/select_retrain_recipe.py --set cpu-full, docs/bench.md); never on dev-val.
+    # rule written before the runs (benchmarks/select_retrain_recipe.py --set cpu-full, docs/bench.md); never on
+    # dev-val.
     "cpu-full": Recipe(epochs=10, batch_size=4, lr=0.002, imgsz=416, train_pairs=None, lr_final=0.05, ema=0.99),
     # issue 9's GPU recipe
     "gpu": Recipe(epochs=8, batch_size=8, lr=0.005, imgsz=640, seg_epochs=20),

@@ -79,8 +79,11 @@ def _table(title, head, rows, higher, refs, note="", kind="", sig_note=""):
     and the second best numeric value per column among non-references."""
     best, second = [], []
     for j, hb in enumerate(higher):
-        vals = [] if hb is None else [(r[1][j], r[0]) for r in rows
-                                      if r[0] not in refs and r[1][j] is not None and math.isfinite(r[1][j])]  # fmt: skip
+        vals = (
+            []
+            if hb is None
+            else [(r[1][j], r[0]) for r in rows if r[0] not in refs and r[1][j] is not None and math.isfinite(r[1][j])]
+        )
         distinct = sorted({v for v, _ in vals}, reverse=bool(hb))
         best.append({m for v, m in vals if v == distinct[0]} if distinct else set())
         second.append({m for v, m in vals if v == distinct[1]} if len(distinct) > 1 else set())
@@ -88,8 +91,17 @@ def _table(title, head, rows, higher, refs, note="", kind="", sig_note=""):
     for r in rows:
         m, cells = r[0], r[2]
         sig = list(r[3]) if len(r) > 3 and r[3] is not None else [None] * len(cells)
-        out_rows.append({"method": m, "ref": m in refs, "cells": cells, "best": [m in b for b in best],
-                         "second": [m in b for b in second], "sig": sig, "baseline": "baseline" in sig})  # fmt: skip
+        out_rows.append(
+            {
+                "method": m,
+                "ref": m in refs,
+                "cells": cells,
+                "best": [m in b for b in best],
+                "second": [m in b for b in second],
+                "sig": sig,
+                "baseline": "baseline" in sig,
+            }
+        )
     return {"title": title, "head": head, "rows": out_rows, "note": note, "kind": kind, "sig_note": sig_note}
 
 
@@ -167,7 +179,9 @@ def tables(results: dict) -> list[tuple[str, list[dict]]]:
                 for m, v in vals.items():
                     ranks[m].append(1 + fin.index(v if lower[k] else -v) if math.isfinite(v) else len(ranks))
             mean_rank = {m: sum(r) / len(r) for m, r in ranks.items()}
-            order = _order([m for m in methods if m in e["fusion"]], refs, lambda m: -mean_rank[m] if m in mean_rank else None)
+            order = _order(
+                [m for m in methods if m in e["fusion"]], refs, lambda m: -mean_rank[m] if m in mean_rank else None
+            )
             rows, drows = [], []
             for m in order:
                 vals = [_num(e["fusion"][m]["mean"][k]) for k in ms] + [mean_rank.get(m)]
@@ -196,14 +210,31 @@ def tables(results: dict) -> list[tuple[str, list[dict]]]:
             if base is not None:
                 head.append(f"Δ vs {base} [{conf} CI]: metrics better / worse")
                 higher.append(None)
-            tabs.append(_table(f"{tag} · fusion metrics (mean of {e['n_pairs']} pairs)", head, rows, higher, refs,
-                               "ranked by mean rank over the metrics", "fusion", _sig_note(e, "fusion")))  # fmt: skip
+            tabs.append(
+                _table(
+                    f"{tag} · fusion metrics (mean of {e['n_pairs']} pairs)",
+                    head,
+                    rows,
+                    higher,
+                    refs,
+                    "ranked by mean rank over the metrics",
+                    "fusion",
+                    _sig_note(e, "fusion"),
+                )
+            )
             if base is not None:
-                tabs.append(_table(
-                    f"{tag} · fusion · Δ vs {base} [{conf} CI] (paired, per image)",
-                    ["method"] + [f"Δ {k}" + (" ↓" if lower[k] else " ↑") for k in ms], drows, [None] * len(ms), refs,
-                    f"mean over the pairs of (method − {base}) per image, same order as the ranking", "fusion_delta",
-                    _sig_note(e, "fusion")))  # fmt: skip
+                tabs.append(
+                    _table(
+                        f"{tag} · fusion · Δ vs {base} [{conf} CI] (paired, per image)",
+                        ["method"] + [f"Δ {k}" + (" ↓" if lower[k] else " ↑") for k in ms],
+                        drows,
+                        [None] * len(ms),
+                        refs,
+                        f"mean over the pairs of (method − {base}) per image, same order as the ranking",
+                        "fusion_delta",
+                        _sig_note(e, "fusion"),
+                    )
+                )
         cls = e.get("class_names", [])
         for proto in ("zero", "retrain"):
             if not e[proto]:
@@ -212,7 +243,11 @@ def tables(results: dict) -> list[tuple[str, list[dict]]]:
             rows = []
             for m in order:
                 r = e[proto][m]
-                pc = [r["per_class"][c]["AP50"] for c in cls] if proto == "zero" else [r["per_class_AP50"][c] for c in cls]
+                pc = (
+                    [r["per_class"][c]["AP50"] for c in cls]
+                    if proto == "zero"
+                    else [r["per_class_AP50"][c] for c in cls]
+                )
                 vals = [_num(r["mAP50"]), _num(r["mAP50_95"])]
                 cells = [_fmt(v) for v in vals] if proto == "zero" else [_pm(r, "mAP50"), _pm(r, "mAP50_95")]
                 sig = [None, None]
@@ -242,37 +277,70 @@ def tables(results: dict) -> list[tuple[str, list[dict]]]:
                 note = "ranked by mAP50:95"
             else:
                 rc = meta["recipe"]
-                title = (f"{tag} · retrain: {meta['judge']} fine-tuned on each method's fused {e['train_split']} "
-                         f"({e['n_train']} pairs), {meta['seeds']} seed(s)")  # fmt: skip
-                note = (f"preset {meta['preset']}: {rc['epochs']} epochs, batch {rc['batch_size']}, lr {rc['lr']}, "
-                        f"imgsz {rc['imgsz']}, horizontal flips; mean ± std over seeds; ranked by mAP50:95")  # fmt: skip
+                title = (
+                    f"{tag} · retrain: {meta['judge']} fine-tuned on each method's fused {e['train_split']} "
+                    f"({e['n_train']} pairs), {meta['seeds']} seed(s)"
+                )
+                note = (
+                    f"preset {meta['preset']}: {rc['epochs']} epochs, batch {rc['batch_size']}, lr {rc['lr']}, "
+                    f"imgsz {rc['imgsz']}, horizontal flips; mean ± std over seeds; ranked by mAP50:95"
+                )
             tabs.append(_table(title, head, rows, higher, refs, note, proto, _sig_note(e, proto)))
             if e.get("scenes") and all("by_scene" in e[proto][m] for m in order):
                 tabs.append(_scene_table(e, proto, order, refs, title))
         if e["seg"]:
             order = _order([m for m in methods if m in e["seg"]], refs, lambda m: e["seg"][m]["mIoU"])
-            pc = [c for c in e["seg"][order[0]].get("per_class_IoU", {})
-                  if any(math.isfinite(e["seg"][m]["per_class_IoU"][c]) for m in order)]  # classes that occur
+            pc = [  # classes that occur
+                c
+                for c in e["seg"][order[0]].get("per_class_IoU", {})
+                if any(math.isfinite(e["seg"][m]["per_class_IoU"][c]) for m in order)
+            ]
             rows = []
             for m in order:
                 vals = [e["seg"][m]["mIoU"]] + [e["seg"][m]["per_class_IoU"][c] for c in pc]
                 rows.append((m, vals, [_pm(e["seg"][m], "mIoU")] + [_fmt(v) for v in vals[1:]]))
             src = f"pseudo-masks {meta['seg_masks']}" if meta.get("seg_masks") else "the dataset's masks"
             judge = "ESPNetv2" + (" (Cityscapes, classes merged)" if meta.get("seg_judge") == "merged" else "")
-            how = ("frozen" if meta["recipe"]["seg_epochs"] == 0
-                   else f"fine-tuned on each method's fused {e['train_split']}")  # fmt: skip
-            tabs.append(_table(f"{tag} · seg: {judge} {how} ({src}), mIoU",
-                               ["method", "mIoU ↑"] + [f"IoU {c} ↑" for c in pc], rows, [True] * (1 + len(pc)), refs,
-                               "mean ± std over seeds; ranked by mIoU", "seg"))  # fmt: skip
+            how = (
+                "frozen"
+                if meta["recipe"]["seg_epochs"] == 0
+                else f"fine-tuned on each method's fused {e['train_split']}"
+            )
+            tabs.append(
+                _table(
+                    f"{tag} · seg: {judge} {how} ({src}), mIoU",
+                    ["method", "mIoU ↑"] + [f"IoU {c} ↑" for c in pc],
+                    rows,
+                    [True] * (1 + len(pc)),
+                    refs,
+                    "mean ± std over seeds; ranked by mIoU",
+                    "seg",
+                )
+            )
         if e["speed"]:
             order = _order([m for m in methods if m in e["speed"]], refs, lambda m: -e["speed"][m]["s_per_image"])
             rows = []
             for m in order:
                 s = e["speed"][m]
                 vals = [s["s_per_image"], None, None, None, None]
-                rows.append((m, vals, [f"{s['s_per_image']:.4f}", f"{s['params']:,}", s["size"], s["device"], str(s["threads"])]))
-            tabs.append(_table(f"{tag} · speed (warm, one image at a time)", ["method", "s/image ↓", "params", "size", "device", "threads"],
-                               rows, [False, None, None, None, None], refs, "median of ≥3 calls after one warm-up call", "speed"))  # fmt: skip
+                rows.append(
+                    (
+                        m,
+                        vals,
+                        [f"{s['s_per_image']:.4f}", f"{s['params']:,}", s["size"], s["device"], str(s["threads"])],
+                    )
+                )
+            tabs.append(
+                _table(
+                    f"{tag} · speed (warm, one image at a time)",
+                    ["method", "s/image ↓", "params", "size", "device", "threads"],
+                    rows,
+                    [False, None, None, None, None],
+                    refs,
+                    "median of ≥3 calls after one warm-up call",
+                    "speed",
+                )
+            )
         out.append((tag, tabs))
     return out
 
@@ -291,8 +359,9 @@ def _scene_table(e: dict, proto: str, order: list[str], refs: set, title: str) -
             b = e[proto][m]["by_scene"][sc]
             vals += [_num(b["mAP50"])] + [_num(b["per_class_AP50"].get(c)) for c in cls]
         rows.append((m, vals, [_fmt(v) for v in vals]))
-    note = ("each scene's images judged alone (COCOeval on that subset; MSRS names ending in D / N)"
-            + ("; mean over seeds" if proto == "retrain" else ""))  # fmt: skip
+    note = "each scene's images judged alone (COCOeval on that subset; MSRS names ending in D / N)" + (
+        "; mean over seeds" if proto == "retrain" else ""
+    )
     return _table(f"{title} · by scene", head, rows, [True] * (len(head) - 1), refs, note, f"{proto}_scene")
 
 
@@ -301,7 +370,12 @@ def _best_note(t: dict) -> str:
 
 
 def _md_table(t: dict) -> str:
-    lines = [f"### {t['title']}", "", "| " + " | ".join(t["head"]) + " |", "|" + "---|" + "---:|" * (len(t["head"]) - 1)]
+    lines = [
+        f"### {t['title']}",
+        "",
+        "| " + " | ".join(t["head"]) + " |",
+        "|" + "---|" + "---:|" * (len(t["head"]) - 1),
+    ]
     for r in t["rows"]:
         m = r["method"].replace("|", "\\|")
         name = f"*{m}* (reference)" if r["ref"] else m
@@ -316,9 +390,13 @@ def _md_table(t: dict) -> str:
 def markdown(results: dict) -> str:
     meta = results["meta"]
     base = meta.get("baseline")
-    parts = [f"# ivfuse bench\n\nmethods: {', '.join(meta['methods'])} · protocols: {', '.join(meta['protocols'])} · "
-             f"preset {meta['preset']} · judge {meta['judge']} · device {meta['device']} ({meta['torch_threads']} threads) · "
-             f"wall {meta.get('wall_seconds', 0):.0f} s" + (f" · baseline {base} (paired bootstrap CIs)" if base else "") + "\n"]  # fmt: skip
+    parts = [
+        f"# ivfuse bench\n\nmethods: {', '.join(meta['methods'])} · protocols: {', '.join(meta['protocols'])} · "
+        f"preset {meta['preset']} · judge {meta['judge']} · device {meta['device']} "
+        f"({meta['torch_threads']} threads) · wall {meta.get('wall_seconds', 0):.0f} s"
+        + (f" · baseline {base} (paired bootstrap CIs)" if base else "")
+        + "\n"
+    ]
     for tag, tabs in tables(results):
         e = results["datasets"][tag]
         parts.append(f"## {tag} ({e['n_pairs']} pairs)\n")
@@ -332,12 +410,39 @@ def markdown(results: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ LaTeX
 _TEX_CHARS = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
-    "↑": r"$\uparrow$", "↓": r"$\downarrow$", "±": r"$\pm$", "–": "--", "—": "---", "−": "$-$", "·": r"$\cdot$",
-    "Δ": r"$\Delta$", SIG_MARK: r"$^{\dagger}$", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$", "◇": r"$\diamond$",
-    "é": r"\'e", "è": r"\`e", "ü": r'\"u', "ö": r'\"o', "ä": r'\"a', "\u00a0": "~",
-}  # fmt: skip
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "±": r"$\pm$",
+    "–": "--",
+    "—": "---",
+    "−": "$-$",
+    "·": r"$\cdot$",
+    "Δ": r"$\Delta$",
+    SIG_MARK: r"$^{\dagger}$",
+    "×": r"$\times$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "◇": r"$\diamond$",
+    "é": r"\'e",
+    "è": r"\`e",
+    "ü": r"\"u",
+    "ö": r"\"o",
+    "ä": r"\"a",
+    "\u00a0": "~",
+}
 
 
 def _tex(s) -> str:
@@ -355,11 +460,21 @@ def _tex_label(t: dict) -> str:
 
 def _tex_table(t: dict) -> str:
     n = len(t["head"])
-    lines = ["\\begin{table}[htbp]", "\\centering", f"\\caption{{{_tex(t['title'])}}}", f"\\label{{tab:{_tex_label(t)}}}"]
+    lines = [
+        "\\begin{table}[htbp]",
+        "\\centering",
+        f"\\caption{{{_tex(t['title'])}}}",
+        f"\\label{{tab:{_tex_label(t)}}}",
+    ]
     wide = n > 8
     if wide:
         lines.append("\\resizebox{\\linewidth}{!}{%")
-    lines += [f"\\begin{{tabular}}{{l{'r' * (n - 1)}}}", "\\toprule", " & ".join(_tex(h) for h in t["head"]) + " \\\\", "\\midrule"]
+    lines += [
+        f"\\begin{{tabular}}{{l{'r' * (n - 1)}}}",
+        "\\toprule",
+        " & ".join(_tex(h) for h in t["head"]) + " \\\\",
+        "\\midrule",
+    ]
     was_ref = False
     for r in t["rows"]:
         if r["ref"] and not was_ref and any(not x["ref"] for x in t["rows"]):
@@ -384,13 +499,24 @@ def latex(results: dict) -> str:
     """``results.tex``: a standalone document (``pdflatex results.tex``) with one booktabs table per ranking table;
     each ``table`` environment can be copied into a paper (needs ``booktabs`` and ``graphicx``)."""
     meta = results["meta"]
-    parts = ["% ivfuse bench: ranking tables (booktabs). Compile with pdflatex, or copy a table environment into a paper",
-             "% (\\usepackage{booktabs,graphicx}).",
-             "\\documentclass[10pt]{article}", "\\usepackage[T1]{fontenc}", "\\usepackage[utf8]{inputenc}",
-             "\\usepackage[margin=1.5cm,landscape]{geometry}", "\\usepackage{booktabs}", "\\usepackage{graphicx}",
-             "\\begin{document}", "\\section*{ivfuse bench}",
-             _tex(f"methods: {', '.join(meta['methods'])} · protocols: {', '.join(meta['protocols'])} · preset {meta['preset']} · "
-                  f"judge {meta['judge']}" + (f" · baseline {meta['baseline']}" if meta.get("baseline") else "")) + "\n"]  # fmt: skip
+    parts = [
+        "% ivfuse bench: ranking tables (booktabs). Compile with pdflatex, or copy a table environment into a paper",
+        "% (\\usepackage{booktabs,graphicx}).",
+        "\\documentclass[10pt]{article}",
+        "\\usepackage[T1]{fontenc}",
+        "\\usepackage[utf8]{inputenc}",
+        "\\usepackage[margin=1.5cm,landscape]{geometry}",
+        "\\usepackage{booktabs}",
+        "\\usepackage{graphicx}",
+        "\\begin{document}",
+        "\\section*{ivfuse bench}",
+        _tex(
+            f"methods: {', '.join(meta['methods'])} · protocols: {', '.join(meta['protocols'])} · "
+            f"preset {meta['preset']} · judge {meta['judge']}"
+            + (f" · baseline {meta['baseline']}" if meta.get("baseline") else "")
+        )
+        + "\n",
+    ]
     for tag, tabs in tables(results):
         e = results["datasets"][tag]
         parts.append(f"\\subsection*{{{_tex(tag)} ({e['n_pairs']} pairs)}}")
@@ -427,7 +553,9 @@ def per_image_csv(results: dict) -> str:
                 if per is None:
                     continue
                 if len(per) != len(e["names"]):
-                    raise ValueError(f"{tag} {proto} {m}: {len(per)} per-image AP50 values for {len(e['names'])} images")
+                    raise ValueError(
+                        f"{tag} {proto} {m}: {len(per)} per-image AP50 values for {len(e['names'])} images"
+                    )
                 for name, v in zip(e["names"], per):
                     w.writerow([tag, proto, m, name, "AP50", _csv_value(v)])
     return buf.getvalue()
@@ -437,7 +565,9 @@ def write_results(results: dict, out: str | Path) -> None:
     """``results.json`` (everything), ``results.csv`` (long format, one mean per row), ``results.md``,
     ``results.tex`` (booktabs tables) and ``results_per_image.csv`` (long format, one image per row)."""
     out = Path(out)
-    atomic_write_text(out / "results.json", json.dumps(_clean(results), indent=1, default=float, allow_nan=False) + "\n")
+    atomic_write_text(
+        out / "results.json", json.dumps(_clean(results), indent=1, default=float, allow_nan=False) + "\n"
+    )
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["dataset", "protocol", "method", "measure", "value", "std", "n"])
@@ -449,14 +579,20 @@ def write_results(results: dict, out: str | Path) -> None:
             for k in ("mAP50", "mAP50_95"):
                 w.writerow([tag, "zero", m, k, repr(r[k]), "", r["n_images"]])
             for c, pc in r["per_class"].items():
-                w.writerow([tag, "zero", m, f"AP50_{c}", repr(pc["AP50"]) if pc["AP50"] is not None else "", "", pc["n_gt"]])
+                w.writerow(
+                    [tag, "zero", m, f"AP50_{c}", repr(pc["AP50"]) if pc["AP50"] is not None else "", "", pc["n_gt"]]
+                )
         for m, r in e["retrain"].items():
             for k in ("mAP50", "mAP50_95"):
-                w.writerow([tag, "retrain", m, k, repr(r[k]), repr(r[k + "_std"]) if r["n_seeds"] > 1 else "", r["n_seeds"]])
+                w.writerow(
+                    [tag, "retrain", m, k, repr(r[k]), repr(r[k + "_std"]) if r["n_seeds"] > 1 else "", r["n_seeds"]]
+                )
             for c, v in r["per_class_AP50"].items():
                 w.writerow([tag, "retrain", m, f"AP50_{c}", repr(v), "", r["n_seeds"]])
         for m, r in e["seg"].items():
-            w.writerow([tag, "seg", m, "mIoU", repr(r["mIoU"]), repr(r["mIoU_std"]) if r["n_seeds"] > 1 else "", r["n_seeds"]])
+            w.writerow(
+                [tag, "seg", m, "mIoU", repr(r["mIoU"]), repr(r["mIoU_std"]) if r["n_seeds"] > 1 else "", r["n_seeds"]]
+            )
         for m, r in e["speed"].items():
             w.writerow([tag, "speed", m, "s_per_image", repr(r["s_per_image"]), "", r["calls"]])
             w.writerow([tag, "speed", m, "params", r["params"], "", ""])
@@ -497,15 +633,20 @@ def _plots(results: dict, tag: str, assets: Path) -> list[tuple[str, str]]:
         fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.9 * nrow), squeeze=False)
         for ax, k in zip(axes.flat, ms):
             data = [[float(v[k]) for v in e["fusion"][m]["per_image"].values() if _finite(v[k])] for m in methods]
-            bp = ax.boxplot(data, showmeans=True, patch_artist=True, widths=0.6,
-                            meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black", "markersize": 4},
-                            flierprops={"markersize": 2})  # fmt: skip
+            bp = ax.boxplot(
+                data,
+                showmeans=True,
+                patch_artist=True,
+                widths=0.6,
+                meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black", "markersize": 4},
+                flierprops={"markersize": 2},
+            )
             for patch, m in zip(bp["boxes"], methods):
                 patch.set_facecolor(colours[m])
             ax.set_title(k + (" ↓" if create_metric(k).lower_better else " ↑"), fontsize=10)
             ax.set_xticks(range(1, len(methods) + 1), methods, rotation=60, fontsize=7)
             ax.tick_params(axis="y", labelsize=7)
-        for ax in list(axes.flat)[len(ms):]:
+        for ax in list(axes.flat)[len(ms) :]:
             ax.axis("off")
         fig.suptitle(f"{tag}: per-image fusion metrics (box: quartiles, ◇ mean)", fontsize=11)
         fig.tight_layout()
@@ -518,7 +659,7 @@ def _plots(results: dict, tag: str, assets: Path) -> list[tuple[str, str]]:
             ax.set_title(k + (" ↓" if create_metric(k).lower_better else " ↑"), fontsize=10)
             ax.set_xticks(range(len(methods)), methods, rotation=60, fontsize=7)
             ax.tick_params(axis="y", labelsize=7)
-        for ax in list(axes.flat)[len(ms):]:
+        for ax in list(axes.flat)[len(ms) :]:
             ax.axis("off")
         fig.suptitle(f"{tag}: mean fusion metrics", fontsize=11)
         fig.tight_layout()
@@ -530,11 +671,23 @@ def _plots(results: dict, tag: str, assets: Path) -> list[tuple[str, str]]:
         for ax, (k, lab) in zip(axes[0], DET_COLS):
             w = 0.38
             if e["zero"]:
-                ax.bar(x - w / 2, [e["zero"].get(m, {}).get(k, np.nan) for m in dm], w, label="zero (frozen)", color="#8fa9c9")
+                ax.bar(
+                    x - w / 2,
+                    [e["zero"].get(m, {}).get(k, np.nan) for m in dm],
+                    w,
+                    label="zero (frozen)",
+                    color="#8fa9c9",
+                )
             if e["retrain"]:
-                ax.bar(x + w / 2, [e["retrain"].get(m, {}).get(k, np.nan) for m in dm], w,
-                       yerr=[np.nan_to_num(e["retrain"].get(m, {}).get(k + "_std", 0.0)) for m in dm], capsize=3,
-                       label=f"retrain (mean ± std, {meta['seeds']} seed(s))", color="#d98c5f")  # fmt: skip
+                ax.bar(
+                    x + w / 2,
+                    [e["retrain"].get(m, {}).get(k, np.nan) for m in dm],
+                    w,
+                    yerr=[np.nan_to_num(e["retrain"].get(m, {}).get(k + "_std", 0.0)) for m in dm],
+                    capsize=3,
+                    label=f"retrain (mean ± std, {meta['seeds']} seed(s))",
+                    color="#d98c5f",
+                )
             ax.set_xticks(x, dm, rotation=45, fontsize=8)
             ax.set_title(f"{tag}: {lab}", fontsize=10)
             ax.legend(fontsize=7)
@@ -601,24 +754,41 @@ def _paired_plots(results: dict, tag: str, assets: Path, colours: dict) -> list[
                 xs_all += xs
                 ys_all += ys
                 vb = (fus[m].get("vs_baseline") or {}).get(k) or {}
-                ax.scatter(xs, ys, s=12, color=colours[m], marker="x" if m in refs else "o", alpha=0.8, lw=0.8,
-                           label=m + (f" {SIG_MARK}" if vb.get("excludes_zero") else ""))  # fmt: skip
+                ax.scatter(
+                    xs,
+                    ys,
+                    s=12,
+                    color=colours[m],
+                    marker="x" if m in refs else "o",
+                    alpha=0.8,
+                    lw=0.8,
+                    label=m + (f" {SIG_MARK}" if vb.get("excludes_zero") else ""),
+                )
             _xy_line(ax, xs_all, ys_all)
             ax.set_title(k + (" ↓" if create_metric(k).lower_better else " ↑"), fontsize=10)
             ax.set_xlabel(f"{base} (baseline)", fontsize=8)
             ax.set_ylabel("method", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6, loc="best")
-        for ax in list(axes.flat)[len(ms):]:
+        for ax in list(axes.flat)[len(ms) :]:
             ax.axis("off")
-        fig.suptitle(f"{tag}: per-image fusion metrics, each method vs {base} (same image; dashed y = x; "
-                     f"{SIG_MARK} {conf} CI of the mean difference excludes 0)", fontsize=10)  # fmt: skip
+        fig.suptitle(
+            f"{tag}: per-image fusion metrics, each method vs {base} (same image; dashed y = x; "
+            f"{SIG_MARK} {conf} CI of the mean difference excludes 0)",
+            fontsize=10,
+        )
         fig.tight_layout()
-        out.append((f"{tag}: fusion, paired per image vs {base}", _save_fig(fig, assets / f"{_slug(tag)}_paired_fusion.png").name))
+        out.append(
+            (
+                f"{tag}: fusion, paired per image vs {base}",
+                _save_fig(fig, assets / f"{_slug(tag)}_paired_fusion.png").name,
+            )
+        )
     names = e.get("names", [])
     for proto in ("zero", "retrain"):
         rs = e.get(proto, {})
-        cand = sorted((m for m in meta["methods"] if m in rs and m != base), key=lambda m: m in refs)  # methods, then refs
+        # methods, then refs
+        cand = sorted((m for m in meta["methods"] if m in rs and m != base), key=lambda m: m in refs)
         rows = [m for m in cand if rs[m].get("vs_baseline")]
         scat = [m for m in cand if rs[m].get("per_image_AP50") is not None]
         have_base = base in rs and rs[base].get("per_image_AP50") is not None
@@ -642,9 +812,18 @@ def _paired_plots(results: dict, tag: str, assets: Path, colours: dict) -> list[
                     lo, hi = vb.get("ci") or [math.nan, math.nan]
                     d = vb["delta"]
                     err = [[d - lo], [hi - d]] if _finite(lo) and _finite(hi) else None
-                    ax.errorbar([d], [yy + off], xerr=err, fmt="o", color=col, ms=5, capsize=3, lw=1.2,
-                                mfc=col if vb.get("excludes_zero") else "white",
-                                label=f"Δ {lab}" if yy == y[0] else None)  # fmt: skip
+                    ax.errorbar(
+                        [d],
+                        [yy + off],
+                        xerr=err,
+                        fmt="o",
+                        color=col,
+                        ms=5,
+                        capsize=3,
+                        lw=1.2,
+                        mfc=col if vb.get("excludes_zero") else "white",
+                        label=f"Δ {lab}" if yy == y[0] else None,
+                    )
             ax.axvline(0, color="0.4", lw=0.8, ls="--")
             ax.set_yticks(y, [m + (" (ref)" if m in refs else "") for m in rows], fontsize=8)
             ax.set_xlabel(f"Δ vs {base} [{conf} CI]", fontsize=8)
@@ -673,9 +852,16 @@ def _paired_plots(results: dict, tag: str, assets: Path, colours: dict) -> list[
         for ax in flat[i:]:
             ax.axis("off")
         what = "frozen judge" if proto == "zero" else f"fine-tuned judge, mean over {meta.get('seeds', 1)} seed(s)"
-        fig.suptitle(f"{tag}: {proto} ({what}) vs {base}: paired per image ({len(names)} images; dashed y = x)", fontsize=10)
+        fig.suptitle(
+            f"{tag}: {proto} ({what}) vs {base}: paired per image ({len(names)} images; dashed y = x)", fontsize=10
+        )
         fig.tight_layout()
-        out.append((f"{tag}: {proto}, paired per image vs {base}", _save_fig(fig, assets / f"{_slug(tag)}_paired_{proto}.png").name))
+        out.append(
+            (
+                f"{tag}: {proto}, paired per image vs {base}",
+                _save_fig(fig, assets / f"{_slug(tag)}_paired_{proto}.png").name,
+            )
+        )
     return out
 
 
@@ -742,7 +928,9 @@ def _crop_box(e: dict, name: str, ir_path: Path) -> tuple[int, int, int, int]:
     else:
         side = min(H, W) / 3
         k = max(3, int(side) // 2)
-        small = np.asarray(Image.fromarray(ir.astype(np.uint8)).resize((max(1, W // k), max(1, H // k)), Image.BILINEAR), float)
+        small = np.asarray(
+            Image.fromarray(ir.astype(np.uint8)).resize((max(1, W // k), max(1, H // k)), Image.BILINEAR), float
+        )
         yy, xx = np.unravel_index(int(small.argmax()), small.shape)
         cx, cy = (xx + 0.5) * W / small.shape[1], (yy + 0.5) * H / small.shape[0]
     side = min(side, H, W)
@@ -794,7 +982,9 @@ def _grid(results: dict, tag: str, assets: Path, k: int) -> list[dict]:
     for name, why in _pick_pairs(e, k):
         ip, vp = src[name]
         crop = _crop_box(e, name, ip)
-        cols = [("infrared", ip), ("visible", vp)] + [(m, _fused_image(e.get("fused_dirs", {}).get(m), name, index)) for m in methods]
+        cols = [("infrared", ip), ("visible", vp)] + [
+            (m, _fused_image(e.get("fused_dirs", {}).get(m), name, index)) for m in methods
+        ]
         cells = []
         for lab, p in cols:
             with _open_or_placeholder(p, ip) as im:
@@ -802,7 +992,9 @@ def _grid(results: dict, tag: str, assets: Path, k: int) -> list[dict]:
                 W, H = im.size
                 thumb = im.resize((320, max(1, round(H * 320 / W))), Image.BILINEAR)
                 s = 320 / W
-                ImageDraw.Draw(thumb).rectangle([crop[0] * s, crop[1] * s, crop[2] * s - 1, crop[3] * s - 1], outline=(255, 220, 0), width=2)
+                ImageDraw.Draw(thumb).rectangle(
+                    [crop[0] * s, crop[1] * s, crop[2] * s - 1, crop[3] * s - 1], outline=(255, 220, 0), width=2
+                )
                 zoom = im.crop(crop).resize((200, 200), Image.LANCZOS)
             base = f"{_slug(tag)}_{_slug(name)}_{_slug(lab)}"
             for img, suffix in ((thumb, "full"), (zoom, "zoom")):
@@ -851,13 +1043,23 @@ window.addEventListener('load', function () {
 
 def _html_table(t: dict) -> str:
     e = html.escape
-    h = [f"<h3>{e(t['title'])}</h3>", f"<table class='rank {e(t['kind'])}'><tr>" + "".join(f"<th>{e(c)}</th>" for c in t["head"]) + "</tr>"]
+    h = [
+        f"<h3>{e(t['title'])}</h3>",
+        f"<table class='rank {e(t['kind'])}'><tr>" + "".join(f"<th>{e(c)}</th>" for c in t["head"]) + "</tr>",
+    ]
     for r in t["rows"]:
         name = e(r["method"]) + (" <small>(reference)</small>" if r["ref"] else "")
         tds = []
         for c, b, f in zip(r["cells"], r["best"], r["sig"]):
-            cls = " ".join(x for x in ("best" if b else "", f"sig {f}" if f in ("better", "worse", "mixed") else "",
-                                       "base" if f == "baseline" else "") if x)  # fmt: skip
+            cls = " ".join(
+                x
+                for x in (
+                    "best" if b else "",
+                    f"sig {f}" if f in ("better", "worse", "mixed") else "",
+                    "base" if f == "baseline" else "",
+                )
+                if x
+            )
             tds.append(f"<td class='{cls}'>{e(c)}</td>" if cls else f"<td>{e(c)}</td>")
         tr = " ".join(x for x in ("ref" if r["ref"] else "", "baseline" if r["baseline"] else "") if x)
         h.append(f"<tr class='{tr}'><td>{name}</td>{''.join(tds)}</tr>")
@@ -884,37 +1086,55 @@ def write_report(results: dict, out: str | Path, grid_pairs: int = 2) -> Path:
         "<h1>ivfuse bench</h1>",
         f"<p class='meta'>finished {e_(meta.get('finished', ''))} · wall {meta.get('wall_seconds', 0):.0f} s · device "
         f"<code>{e_(meta['device'])}</code>, {meta['torch_threads']} torch threads · torch {e_(meta['torch'])} · judge "
-        f"<code>{e_(meta['judge'])}</code> ({e_(str(meta['judge_weights']))}) · detection labels <code>{e_(meta['labels'])}</code></p>",
-        f"<p class='meta'>methods: {e_(', '.join(meta['methods']))} (<i>ir</i>, <i>vis</i>: the source images as reference rows) · "
-        f"protocols: {e_(', '.join(meta['protocols']))} · retrain preset <code>{e_(meta['preset'])}</code>: {rc['epochs']} epochs, batch "
+        f"<code>{e_(meta['judge'])}</code> ({e_(str(meta['judge_weights']))}) · detection labels "
+        f"<code>{e_(meta['labels'])}</code></p>",
+        f"<p class='meta'>methods: {e_(', '.join(meta['methods']))} (<i>ir</i>, <i>vis</i>: the source images as "
+        f"reference rows) · protocols: {e_(', '.join(meta['protocols']))} · retrain preset "
+        f"<code>{e_(meta['preset'])}</code>: {rc['epochs']} epochs, batch "
         f"{rc['batch_size']}, lr {rc['lr']}, imgsz {rc['imgsz']}, horizontal flips, seeds 0..{meta['seeds'] - 1}</p>",
-    ]  # fmt: skip
+    ]
     if meta.get("baseline"):
-        body.append(f"<p class='meta'>baseline <code>{e_(meta['baseline'])}</code>: every other row is compared with it on "
-                    f"the same images (paired bootstrap 95 % CIs of the difference, <code>ivfuse.bench.stats</code>); "
-                    f"{SIG_MARK} marks a CI that excludes 0</p>")  # fmt: skip
+        body.append(
+            f"<p class='meta'>baseline <code>{e_(meta['baseline'])}</code>: every other row is compared with it on "
+            f"the same images (paired bootstrap 95 % CIs of the difference, <code>ivfuse.bench.stats</code>); "
+            f"{SIG_MARK} marks a CI that excludes 0</p>"
+        )
     if meta.get("command"):
         body.append(f"<p class='meta'>command: <code>{e_(meta['command'])}</code></p>")
     for tag, tabs in tables(results):
         e = results["datasets"][tag]
-        body.append(f"<h2>{e_(tag)} — {e['n_pairs']} pairs" + (f", {e['labels']} labels" if e["labels"] else ", no labels") + "</h2>")
+        body.append(
+            f"<h2>{e_(tag)} — {e['n_pairs']} pairs"
+            + (f", {e['labels']} labels" if e["labels"] else ", no labels")
+            + "</h2>"
+        )
         for p, why in e["skipped"].items():
             body.append(f"<div class='skip'><b>{e_(p)}</b> skipped: {e_(why)}</div>")
         body += [_html_table(t) for t in tabs]
         for caption, fname in _plots(results, tag, assets):
-            body.append(f"<figure><img class='plot' src='assets/{e_(fname)}' alt='{e_(caption)}'><figcaption class='note'>{e_(caption)}</figcaption></figure>")
+            body.append(
+                f"<figure><img class='plot' src='assets/{e_(fname)}' alt='{e_(caption)}'>"
+                f"<figcaption class='note'>{e_(caption)}</figcaption></figure>"
+            )
         rows = _grid(results, tag, assets, grid_pairs)
         if rows:
             ncol = len(rows[0]["cells"])
             body.append(f"<h3>{e_(tag)} · images (yellow square: the zoomed crop)</h3>")
             for r in rows:
-                body.append(f"<p class='note'><b>{e_(r['name'])}</b>: {e_(r['why'])}; crop x {r['crop'][0]}–{r['crop'][2]}, y {r['crop'][1]}–{r['crop'][3]}</p>")
+                body.append(
+                    f"<p class='note'><b>{e_(r['name'])}</b>: {e_(r['why'])}; "
+                    f"crop x {r['crop'][0]}–{r['crop'][2]}, y {r['crop'][1]}–{r['crop'][3]}</p>"
+                )
                 body.append(f"<div class='grid' style='grid-template-columns:repeat({ncol},1fr)'>")
                 for kind in ("full", "zoom"):
                     for c in r["cells"]:
-                        body.append(f"<figure><img src='assets/{e_(c[kind])}' alt='{e_(c['label'])} {kind}'>"
-                                    f"<figcaption>{e_(c['label'])}{' (zoom)' if kind == 'zoom' else ''}</figcaption></figure>")  # fmt: skip
+                        body.append(
+                            f"<figure><img src='assets/{e_(c[kind])}' alt='{e_(c['label'])} {kind}'>"
+                            f"<figcaption>{e_(c['label'])}{' (zoom)' if kind == 'zoom' else ''}</figcaption></figure>"
+                        )
                 body.append("</div>")
-    page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>ivfuse bench</title><style>{_CSS}</style>"
-            f"<script>{_JS}</script></head><body>\n" + "\n".join(body) + "\n</body></html>\n")  # fmt: skip
+    page = (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>ivfuse bench</title><style>{_CSS}</style>"
+        f"<script>{_JS}</script></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
     return atomic_write_text(out / "report.html", page)

@@ -22,11 +22,22 @@ from .methods import BenchMethod, parse_method
 from .stats import add_scene_maps, compare_to_baseline
 from .recipes import LABEL_SETS, PRESETS, PROTOCOLS
 from .protocols import (
-    DET_RESULT_VERSION, REFERENCES, check_seg_judge, detection_set, fuse_split, open_dataset, parse_data,
-    run_fusion, run_retrain, run_seg, run_speed, run_zero,
-)  # fmt: skip
+    DET_RESULT_VERSION,
+    REFERENCES,
+    check_seg_judge,
+    detection_set,
+    fuse_split,
+    open_dataset,
+    parse_data,
+    run_fusion,
+    run_retrain,
+    run_seg,
+    run_speed,
+    run_zero,
+)
 
 __all__ = ["run_bench", "LABEL_SETS"]
+
 
 def _split_list(v: str | Sequence[str] | None) -> list[str]:
     if v is None:
@@ -48,7 +59,9 @@ def _aggregate_seeds(runs: list[dict], keys=("mAP50", "mAP50_95")) -> dict:
     for k in keys:
         out[k], out[k + "_std"] = _mean_std([r[k] for r in runs])
     if runs and "mAP50" in keys:
-        out["per_class_AP50"] = {c: _mean_std([r["per_class"][c]["AP50"] for r in runs])[0] for c in runs[0]["per_class"]}
+        out["per_class_AP50"] = {
+            c: _mean_std([r["per_class"][c]["AP50"] for r in runs])[0] for c in runs[0]["per_class"]
+        }
     elif runs and "mIoU" in keys:
         out["per_class_IoU"] = {c: _mean_std([r["per_class"][c] for r in runs])[0] for c in runs[0]["per_class"]}
     return out
@@ -159,23 +172,40 @@ def run_bench(
     seg_recipe_key = short_hash({**recipe.as_dict(), "eval": "val.py at imgsz"}, 8)
     if seg_masks is not None and not Path(seg_masks).is_dir():
         raise InputError(f"--seg-masks {seg_masks}: folder not found")
-    masks_key = "" if seg_masks is None or "seg" not in protos else "-m" + folder_hash(seg_masks, (".png", ".bmp", ".tif"), False)[:10]
+    masks_key = (
+        ""
+        if seg_masks is None or "seg" not in protos
+        else "-m" + folder_hash(seg_masks, (".png", ".bmp", ".tif"), False)[:10]
+    )
     seg_key = "espnetv2" if check_seg_judge(seg_judge) == "head" else f"espnetv2_{seg_judge}"
 
     results: dict = {
         "meta": {
             "command": " ".join(sys.argv) if Path(sys.argv[0]).name in ("ivfuse", "__main__.py") else None,
-            "methods": mlist, "references": [m for m in mlist if models[m].reference],
-            "protocols": protos, "metrics": metric_names, "preset": preset, "recipe": recipe.as_dict(),
-            "seeds": seeds, "labels": labels, "judge": judge, "judge_weights": judge_weights or "default (COCO)",
-            "device": device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
-            "limit": limit, "train_limit": train_limit, "seg_masks": str(seg_masks) if seg_masks is not None else None,
+            "methods": mlist,
+            "references": [m for m in mlist if models[m].reference],
+            "protocols": protos,
+            "metrics": metric_names,
+            "preset": preset,
+            "recipe": recipe.as_dict(),
+            "seeds": seeds,
+            "labels": labels,
+            "judge": judge,
+            "judge_weights": judge_weights or "default (COCO)",
+            "device": device,
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.processor() or platform.machine(),
+            "limit": limit,
+            "train_limit": train_limit,
+            "seg_masks": str(seg_masks) if seg_masks is not None else None,
             "seg_judge": seg_judge,
-            "methods_identity": {m: models[m].identity for m in mlist}, "baseline": baseline,
+            "methods_identity": {m: models[m].identity for m in mlist},
+            "baseline": baseline,
         },
         "datasets": {},
-    }  # fmt: skip
+    }
 
     for spec in specs:
         det_req = labels if any(p in protos for p in ("zero", "retrain")) else None
@@ -185,11 +215,23 @@ def run_bench(
             ds = open_dataset(spec, spec.split, det_req, limit, seg_dir=seg_masks)
         dkey = data_key(spec.name, spec.split, ds.root, ds.names, ds.ir_norm)
         entry: dict = {
-            "dataset": spec.name, "split": spec.split, "root": str(ds.root), "n_pairs": len(ds), "names": ds.names,
-            "labels": ds.det_labels if has_labels else None, "class_names": list(ds.class_names) if has_labels else [],
-            "train_split": None, "n_train": 0, "skipped": {}, "data_key": dkey,
-            "fusion": {}, "zero": {}, "retrain": {}, "seg": {}, "speed": {},
-        }  # fmt: skip
+            "dataset": spec.name,
+            "split": spec.split,
+            "root": str(ds.root),
+            "n_pairs": len(ds),
+            "names": ds.names,
+            "labels": ds.det_labels if has_labels else None,
+            "class_names": list(ds.class_names) if has_labels else [],
+            "train_split": None,
+            "n_train": 0,
+            "skipped": {},
+            "data_key": dkey,
+            "fusion": {},
+            "zero": {},
+            "retrain": {},
+            "seg": {},
+            "speed": {},
+        }
         todo = set(protos)
         for p in ("zero", "retrain"):
             if p in todo and not has_labels:
@@ -199,16 +241,24 @@ def run_bench(
             entry["skipped"]["retrain"] = f"{spec.name}:{spec.split} has no separate training split to fine-tune on"
             todo.discard("retrain")
         if ds.seg_dir is None:
-            entry["skipped"]["seg"] = (f"no segmentation masks (e.g. Segmentation_labels/) under {ds.root} "
-                                       "(pseudo-masks: ivfuse masks --kind seg, then --seg-masks)")  # fmt: skip
+            entry["skipped"]["seg"] = (
+                f"no segmentation masks (e.g. Segmentation_labels/) under {ds.root} "
+                "(pseudo-masks: ivfuse masks --kind seg, then --seg-masks)"
+            )
             todo.discard("seg")
         elif "seg" in todo and spec.train_split is None:
             entry["skipped"]["seg"] = f"{spec.name}:{spec.split} has no separate training split"
             todo.discard("seg")
         ds_train = tkey = None
         if todo & {"retrain", "seg"}:
-            ds_train = open_dataset(spec, spec.train_split, det_req if has_labels else None, train_limit or limit,
-                                    recipe.train_pairs, seg_dir=seg_masks)  # fmt: skip
+            ds_train = open_dataset(
+                spec,
+                spec.train_split,
+                det_req if has_labels else None,
+                train_limit or limit,
+                recipe.train_pairs,
+                seg_dir=seg_masks,
+            )
             tkey = data_key(spec.name, spec.train_split, ds_train.root, ds_train.names, ds_train.ir_norm)
             if set(ds_train.names) & set(ds.names):
                 raise InputError(f"{spec.tag}: training split {spec.train_split} overlaps the judged split")
@@ -229,11 +279,19 @@ def run_bench(
                 xk = short_hash(metric_names, 8)
                 r = cache.get("fusion", dkey, mkey, xk)
                 if r is None:
-                    r = cache.put("fusion", dkey, mkey, run_fusion(ds, paths, metric_names, workers, progress, f"metrics[{tag}]"), xk)
+                    r = cache.put(
+                        "fusion",
+                        dkey,
+                        mkey,
+                        run_fusion(ds, paths, metric_names, workers, progress, f"metrics[{tag}]"),
+                        xk,
+                    )
                 entry["fusion"][m] = r
             if speed and info.kind == "model":
                 xk = f"{torch.device(device).type}-t{torch.get_num_threads()}"
-                r = cache.get("speed", dkey, mkey, xk) or cache.put("speed", dkey, mkey, run_speed(info.model, ds, device), xk)
+                r = cache.get("speed", dkey, mkey, xk) or cache.put(
+                    "speed", dkey, mkey, run_speed(info.model, ds, device), xk
+                )
                 entry["speed"][m] = r
             if "zero" in todo:
                 xk = f"{judge_key}-{ds.det_labels}-{DET_RESULT_VERSION}"
@@ -244,8 +302,17 @@ def run_bench(
                 entry["zero"][m] = r
             tpaths = None
             if todo & {"retrain", "seg"}:
-                tpaths, n = _fused(info, cache, ds_train, spec.train_split, tkey, False, device, progress,
-                                   f"fuse[{m} {spec.name}:{spec.train_split}]")  # fmt: skip
+                tpaths, n = _fused(
+                    info,
+                    cache,
+                    ds_train,
+                    spec.train_split,
+                    tkey,
+                    False,
+                    device,
+                    progress,
+                    f"fuse[{m} {spec.name}:{spec.train_split}]",
+                )
                 fused_written += n
             if "retrain" in todo:
                 runs = []
@@ -253,7 +320,14 @@ def run_bench(
                     xk = f"{judge_key}-{ds.det_labels}-{recipe_key}-{tkey}-s{seed}-{DET_RESULT_VERSION}"
                     r = cache.get("retrain", dkey, mkey, xk)
                     if r is None:
-                        r = run_retrain(make_judge, detection_set(ds_train, tpaths), detection_set(ds, paths), recipe, seed, progress)
+                        r = run_retrain(
+                            make_judge,
+                            detection_set(ds_train, tpaths),
+                            detection_set(ds, paths),
+                            recipe,
+                            seed,
+                            progress,
+                        )
                         cache.put("retrain", dkey, mkey, r, xk)
                     matches["retrain"].setdefault(m, []).append(r.pop("matches"))
                     runs.append(r)
@@ -264,7 +338,13 @@ def run_bench(
                     xk = f"{seg_key}-{seg_recipe_key}-{tkey}{masks_key}-s{seed}"
                     r = cache.get("seg", dkey, mkey, xk)
                     if r is None:
-                        r = cache.put("seg", dkey, mkey, run_seg(ds_train, tpaths, ds, paths, recipe, seed, device, progress, seg_judge), xk)
+                        r = cache.put(
+                            "seg",
+                            dkey,
+                            mkey,
+                            run_seg(ds_train, tpaths, ds, paths, recipe, seed, device, progress, seg_judge),
+                            xk,
+                        )
                     runs.append(r)
                 entry["seg"][m] = _aggregate_seeds(runs, keys=("mIoU",))
             entry.setdefault("fused_dirs", {})[m] = str(Path(next(iter(paths.values()))).parent) if paths else None
@@ -273,7 +353,11 @@ def run_bench(
         entry["scenes"] = add_scene_maps(entry, matches)  # day / night rows of zero and retrain (MSRS names)
         results["datasets"][spec.tag] = entry
 
-    results["meta"]["cache"] = {"result_hits": cache.hits, "result_misses": cache.misses, "fused_written": fused_written}
+    results["meta"]["cache"] = {
+        "result_hits": cache.hits,
+        "result_misses": cache.misses,
+        "fused_written": fused_written,
+    }
     results["meta"]["wall_seconds"] = time.time() - t_start
     results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     from .report import write_report, write_results
@@ -284,8 +368,17 @@ def run_bench(
     return results
 
 
-def _fused(info: BenchMethod, cache: BenchCache, ds, split: str, dkey: str, judged: bool, device: str, progress: bool,
-           desc: str) -> tuple[dict[str, Path], int]:  # fmt: skip
+def _fused(
+    info: BenchMethod,
+    cache: BenchCache,
+    ds,
+    split: str,
+    dkey: str,
+    judged: bool,
+    device: str,
+    progress: bool,
+    desc: str,
+) -> tuple[dict[str, Path], int]:
     """``({pair: fused image}, images fused now)`` of one split: the user's files for a ``dir:`` method, else the
     cached fusion of the method's model (fused where missing)."""
     if info.kind == "dir":

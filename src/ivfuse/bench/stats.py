@@ -31,8 +31,19 @@ from scipy import stats as _st
 
 from ..tasks.evaluation import PreparedMatches
 
-__all__ = ["BOOTSTRAP_SEED", "CONFIDENCE", "N_RESAMPLES", "compare_to_baseline", "paired_mean_ci", "paired_map_ci", "seeded_map_ci",
-           "per_image_ap50", "scene_masks", "scene_maps", "add_scene_maps"]  # fmt: skip
+__all__ = [
+    "BOOTSTRAP_SEED",
+    "CONFIDENCE",
+    "N_RESAMPLES",
+    "compare_to_baseline",
+    "paired_mean_ci",
+    "paired_map_ci",
+    "seeded_map_ci",
+    "per_image_ap50",
+    "scene_masks",
+    "scene_maps",
+    "add_scene_maps",
+]
 
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
@@ -41,12 +52,23 @@ N_RESAMPLES = {"fusion": 10000, "zero": 1000, "retrain": 1000}
 
 
 def _result(delta: float, lo: float, hi: float, n: int, how: str, n_resamples: int) -> dict:
-    return {"delta": delta, "ci": [lo, hi], "excludes_zero": bool(lo > 0 or hi < 0), "n_images": n,
-            "method": how, "n_resamples": n_resamples}  # fmt: skip
+    return {
+        "delta": delta,
+        "ci": [lo, hi],
+        "excludes_zero": bool(lo > 0 or hi < 0),
+        "n_images": n,
+        "method": how,
+        "n_resamples": n_resamples,
+    }
 
 
-def paired_mean_ci(a: Sequence[float], b: Sequence[float], n_resamples: int = N_RESAMPLES["fusion"],
-                   seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE) -> dict:  # fmt: skip
+def paired_mean_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    n_resamples: int = N_RESAMPLES["fusion"],
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> dict:
     """CI of ``mean(a − b)`` over images (``a[i]``, ``b[i]`` the same image), BCa bootstrap of the differences.
 
     Returns ``{"delta", "ci": [lo, hi], "excludes_zero", "n_images", "method", "n_resamples"}``. Identical inputs
@@ -62,11 +84,19 @@ def paired_mean_ci(a: Sequence[float], b: Sequence[float], n_resamples: int = N_
         return _result(delta, delta, delta, int(d.size), "degenerate (all differences equal)", 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (_st.DegenerateDataWarning, RuntimeWarning))
-        r = _st.bootstrap((d,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="BCa",
-                          rng=np.random.default_rng(seed))  # fmt: skip
+        r = _st.bootstrap(
+            (d,),
+            np.mean,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="BCa",
+            rng=np.random.default_rng(seed),
+        )
     lo, hi = float(r.confidence_interval.low), float(r.confidence_interval.high)
     if not (math.isfinite(lo) and math.isfinite(hi)):  # BCa undefined (e.g. a near-constant difference)
-        lo, hi = (float(x) for x in np.percentile(r.bootstrap_distribution, [50 * (1 - confidence), 50 * (1 + confidence)]))
+        lo, hi = (
+            float(x) for x in np.percentile(r.bootstrap_distribution, [50 * (1 - confidence), 50 * (1 + confidence)])
+        )
         return _result(delta, lo, hi, int(d.size), "scipy.stats.bootstrap, percentile (BCa undefined)", n_resamples)
     return _result(delta, lo, hi, int(d.size), "scipy.stats.bootstrap, BCa", n_resamples)
 
@@ -88,9 +118,14 @@ def _check_measure(measure: str) -> None:
         raise ValueError(f"measure must be mAP50 or mAP50_95, got {measure!r}")
 
 
-def paired_map_ci(a: PreparedMatches, b: PreparedMatches, measure: str = "mAP50",
-                  n_resamples: int = N_RESAMPLES["zero"], seed: int = BOOTSTRAP_SEED,
-                  confidence: float = CONFIDENCE) -> dict:  # fmt: skip
+def paired_map_ci(
+    a: PreparedMatches,
+    b: PreparedMatches,
+    measure: str = "mAP50",
+    n_resamples: int = N_RESAMPLES["zero"],
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> dict:
     """CI of ``mAP(a) − mAP(b)`` on the same judged images: images resampled with replacement, both mAPs
     recomputed on each resample (BCa, :func:`scipy.stats.bootstrap` over image indices)."""
     _check_measure(measure)
@@ -108,8 +143,16 @@ def paired_map_ci(a: PreparedMatches, b: PreparedMatches, measure: str = "mAP50"
     delta = stat(np.arange(n))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (_st.DegenerateDataWarning, RuntimeWarning))
-        r = _st.bootstrap((np.arange(n),), stat, n_resamples=n_resamples, confidence_level=confidence, method="BCa",
-                          vectorized=True, batch=256, rng=np.random.default_rng(seed))  # fmt: skip
+        r = _st.bootstrap(
+            (np.arange(n),),
+            stat,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="BCa",
+            vectorized=True,
+            batch=256,
+            rng=np.random.default_rng(seed),
+        )
     dist = np.asarray(r.bootstrap_distribution)
     if np.all(dist == dist[0]):
         return _result(delta, float(dist[0]), float(dist[0]), n, "degenerate (every resample equal)", n_resamples)
@@ -136,9 +179,14 @@ def _resampled(p: PreparedMatches, weights: np.ndarray, key: tuple, measures: Se
     return {m: cache[key][m] for m in measures}
 
 
-def seeded_map_ci(a: Sequence[PreparedMatches], b: Sequence[PreparedMatches], measures: Sequence[str] = ("mAP50",),
-                  n_resamples: int = N_RESAMPLES["retrain"], seed: int = BOOTSTRAP_SEED,
-                  confidence: float = CONFIDENCE) -> dict[str, dict]:  # fmt: skip
+def seeded_map_ci(
+    a: Sequence[PreparedMatches],
+    b: Sequence[PreparedMatches],
+    measures: Sequence[str] = ("mAP50",),
+    n_resamples: int = N_RESAMPLES["retrain"],
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> dict[str, dict]:
     """CI of ``mean_s mAP(a_s) − mean_s mAP(b_s)`` for judges fine-tuned with several seeds (two-level bootstrap:
     images shared by both sides, seeds drawn per side; percentile interval). Returns ``{measure: result}``.
 
@@ -178,8 +226,9 @@ def per_image_ap50(p: PreparedMatches) -> list[float | None]:
     return [float(np.nanmean(x)) if np.isfinite(x).any() else None for x in ap50]
 
 
-def compare_to_baseline(entry: dict, matches: dict[str, dict[str, list]], baseline: str, metrics: Sequence[str],
-                        progress: bool = False) -> dict:  # fmt: skip
+def compare_to_baseline(
+    entry: dict, matches: dict[str, dict[str, list]], baseline: str, metrics: Sequence[str], progress: bool = False
+) -> dict:
     """Paired CIs of every row against ``baseline`` for one dataset of the bench: fusion metrics per image,
     zero-shot mAP, retrain mAP over seeds and images. Writes ``entry[protocol][method]["vs_baseline"]`` (and
     per-image AP50 under ``entry[protocol][method]["per_image_AP50"]``, mean over seeds) and returns the run's
@@ -191,12 +240,19 @@ def compare_to_baseline(entry: dict, matches: dict[str, dict[str, list]], baseli
 
     from ..tasks.evaluation import decode_matches
 
-    info = {"baseline": baseline, "confidence": CONFIDENCE, "seed": BOOTSTRAP_SEED, "n_resamples": dict(N_RESAMPLES),
-            "how": {"fusion": "mean of per-image differences; scipy.stats.bootstrap BCa over images",
-                    "zero": "paired image bootstrap of the mAP difference (both mAPs recomputed per resample); "
-                            "scipy.stats.bootstrap BCa",
-                    "retrain": "two-level bootstrap: images resampled (shared), seeds resampled per method; "
-                               "percentile interval of mean-over-seeds mAP(method) - mAP(baseline)"}}  # fmt: skip
+    info = {
+        "baseline": baseline,
+        "confidence": CONFIDENCE,
+        "seed": BOOTSTRAP_SEED,
+        "n_resamples": dict(N_RESAMPLES),
+        "how": {
+            "fusion": "mean of per-image differences; scipy.stats.bootstrap BCa over images",
+            "zero": "paired image bootstrap of the mAP difference (both mAPs recomputed per resample); "
+            "scipy.stats.bootstrap BCa",
+            "retrain": "two-level bootstrap: images resampled (shared), seeds resampled per method; "
+            "percentile interval of mean-over-seeds mAP(method) - mAP(baseline)",
+        },
+    }
     fus = entry.get("fusion", {})
     if baseline in fus:
         base = fus[baseline]["per_image"]
@@ -204,8 +260,9 @@ def compare_to_baseline(entry: dict, matches: dict[str, dict[str, list]], baseli
             if m == baseline:
                 continue
             names = [n for n in base if n in r["per_image"]]
-            r["vs_baseline"] = {k: paired_mean_ci([r["per_image"][n][k] for n in names], [base[n][k] for n in names])
-                                for k in metrics}  # fmt: skip
+            r["vs_baseline"] = {
+                k: paired_mean_ci([r["per_image"][n][k] for n in names], [base[n][k] for n in names]) for k in metrics
+            }
     for proto in ("zero", "retrain"):
         sets = {m: [PreparedMatches(decode_matches(x)) for x in xs] for m, xs in matches.get(proto, {}).items()}
         if not sets:
@@ -221,8 +278,9 @@ def compare_to_baseline(entry: dict, matches: dict[str, dict[str, list]], baseli
         todo = [m for m in sets if m != baseline]
         for m in tqdm(todo, desc=f"bootstrap[{proto}]", unit="method", disable=not progress or not todo):
             if proto == "zero":
-                entry[proto][m]["vs_baseline"] = {k: paired_map_ci(sets[m][0], sets[baseline][0], k)
-                                                  for k in ("mAP50", "mAP50_95")}  # fmt: skip
+                entry[proto][m]["vs_baseline"] = {
+                    k: paired_map_ci(sets[m][0], sets[baseline][0], k) for k in ("mAP50", "mAP50_95")
+                }
             else:
                 entry[proto][m]["vs_baseline"] = seeded_map_ci(sets[m], sets[baseline], ("mAP50", "mAP50_95"))
     return info
@@ -250,10 +308,12 @@ def scene_maps(ps: Sequence[PreparedMatches], class_names: Sequence[str], masks:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from the scene: NaN
             pc = np.nanmean([a[0] for a in aps], axis=0)
-        out[scene] = {"n_images": int(m.sum()),
-                      "mAP50": float(np.mean([_measure(a, "mAP50") for a in aps])),
-                      "mAP50_95": float(np.mean([_measure(a, "mAP50_95") for a in aps])),
-                      "per_class_AP50": {c: (float(v) if math.isfinite(v) else None) for c, v in zip(class_names, pc)}}  # fmt: skip
+        out[scene] = {
+            "n_images": int(m.sum()),
+            "mAP50": float(np.mean([_measure(a, "mAP50") for a in aps])),
+            "mAP50_95": float(np.mean([_measure(a, "mAP50_95") for a in aps])),
+            "per_class_AP50": {c: (float(v) if math.isfinite(v) else None) for c, v in zip(class_names, pc)},
+        }
     return out
 
 

@@ -33,8 +33,18 @@ __all__ = ["MODES", "main", "build_parser", "parse_options", "api_default", "add
 
 #: the modes, in the order ``ivfuse --help`` lists them -> their modules ``ivfuse.cli.<module>`` (``eval`` and
 #: ``list`` are not module names here: a submodule becomes an attribute of this package and would hide the builtin)
-MODES = {"fuse": "fuse", "export": "export", "eval": "evaluate", "list": "listing", "downstream": "downstream",
-         "detect": "detect", "train": "train", "segment": "segment", "bench": "bench", "masks": "masks"}
+MODES = {
+    "fuse": "fuse",
+    "export": "export",
+    "eval": "evaluate",
+    "list": "listing",
+    "downstream": "downstream",
+    "detect": "detect",
+    "train": "train",
+    "segment": "segment",
+    "bench": "bench",
+    "masks": "masks",
+}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -31,22 +31,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, help="folder of images to judge (IR, visible or fused)")
     p.add_argument("--labels", action="append", help="YOLO/VOC label folder or COCO json; repeat to join sets (union)")
     p.add_argument("--masks", help="folder of class-id mask PNGs (segment)")
-    p.add_argument("--merge-iou", type=float, default=api_default(load_detection_set, "merge_iou"),
-                   help="with several --labels: a later box with the class of an earlier one and IoU above this is "
-                   "the same object and is dropped, the earlier kept (1 keeps every box)")
+    p.add_argument(
+        "--merge-iou",
+        type=float,
+        default=api_default(load_detection_set, "merge_iou"),
+        help="with several --labels: a later box with the class of an earlier one and IoU above this is "
+        "the same object and is dropped, the earlier kept (1 keeps every box)",
+    )
     p.add_argument("--names", help="comma-separated dataset class names (default: classes.txt beside the labels)")
-    p.add_argument("--model", help=f"detector (ivfuse list detectors) or segmenter (ivfuse list segmenters); "
-                   f"default: {default_model('detect')} for detect, {default_model('segment')} for segment")
+    p.add_argument(
+        "--model",
+        help=f"detector (ivfuse list detectors) or segmenter (ivfuse list segmenters); "
+        f"default: {default_model('detect')} for detect, {default_model('segment')} for segment",
+    )
     p.add_argument("--weights", help="weights file (default: the model's pretrained weights)")
     add_segmenter_options(p)
     p.add_argument("--reset-head", action="store_true", help="new detection head with the dataset's classes")
     p.add_argument("--train-images", help="fine-tune on these images first")
     p.add_argument("--train-labels", action="append", help="labels of the training images (default: --labels)")
     p.add_argument("--train-masks", help="masks of the training images (default: --masks)")
-    for opt, key, kind, what in (("--epochs", "epochs", int, "fine-tuning epochs"),
-                                 ("--batch", "batch_size", int, "fine-tuning batch size"),
-                                 ("--lr", "lr", float, "fine-tuning learning rate"),
-                                 ("--imgsz", "imgsz", int, "detect: fine-tuning image size")):
+    for opt, key, kind, what in (
+        ("--epochs", "epochs", int, "fine-tuning epochs"),
+        ("--batch", "batch_size", int, "fine-tuning batch size"),
+        ("--lr", "lr", float, "fine-tuning learning rate"),
+        ("--imgsz", "imgsz", int, "detect: fine-tuning image size"),
+    ):
         p.add_argument(opt, type=kind, default=api_default(finetune_detector, key), help=what)
     p.add_argument("--save", help="save the fine-tuned weights here")
     p.add_argument("--out", help="write the results JSON here")
@@ -81,8 +90,12 @@ def _detect(a: argparse.Namespace) -> dict:
     data = load_detection_set(a.images, a.labels, split_names(a.names), merge_iou=merge)
     det = load_detector(a, data.class_names)
     mapping = class_mapping(data.class_names, det.class_names)
-    result: dict = {"model": a.model, "weights": _weights_used(a), "images": str(a.images),
-                    "labels": [str(x) for x in a.labels]}
+    result: dict = {
+        "model": a.model,
+        "weights": _weights_used(a),
+        "images": str(a.images),
+        "labels": [str(x) for x in a.labels],
+    }
     if len(a.labels) > 1:
         result["merge_iou"] = merge
     if a.train_images:

@@ -21,13 +21,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", help="comma-separated metric names (default: the standard suite, ivfuse list metrics)")
     p.add_argument("--out", help=f"write the results to a {', '.join(RESULT_FORMATS)} file")
     p.add_argument("--names", help="text file of image names (one per line, extension optional): score only these")
-    p.add_argument("--only-fused", action="store_true",
-                   help="score the fused images present; source pairs without a fused image are reported, not an error")
-    p.add_argument("--ir-norm", choices=IR_NORMS, default=api_default(evaluate_folder, "ir_norm"),
-                   help="read 16-bit/float infrared as `ivfuse fuse --ir-norm` does (then quantised to 8 bits); "
-                   "default: infrared must be 8-bit")
-    p.add_argument("--workers", type=int, default=api_default(evaluate_folder, "workers"),
-                   help="processes (default: all cores)")
+    p.add_argument(
+        "--only-fused",
+        action="store_true",
+        help="score the fused images present; source pairs without a fused image are reported, not an error",
+    )
+    p.add_argument(
+        "--ir-norm",
+        choices=IR_NORMS,
+        default=api_default(evaluate_folder, "ir_norm"),
+        help="read 16-bit/float infrared as `ivfuse fuse --ir-norm` does (then quantised to 8 bits); "
+        "default: infrared must be 8-bit",
+    )
+    p.add_argument(
+        "--workers", type=int, default=api_default(evaluate_folder, "workers"), help="processes (default: all cores)"
+    )
 
 
 def run(a: argparse.Namespace) -> int:
@@ -46,8 +54,17 @@ def run(a: argparse.Namespace) -> int:
         names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         if not names:
             raise IvfuseError(f"{p}: names file lists no image")
-    res = evaluate_folder(a.ir, a.vis, a.fused, metrics, a.workers, progress=not a.quiet, names=names,
-                          only_fused=a.only_fused, ir_norm=a.ir_norm)
+    res = evaluate_folder(
+        a.ir,
+        a.vis,
+        a.fused,
+        metrics,
+        a.workers,
+        progress=not a.quiet,
+        names=names,
+        only_fused=a.only_fused,
+        ir_norm=a.ir_norm,
+    )
     Console(width=max(100, 14 * (len(res["mean"]) + 1))).print(results_table(res, f"fusion metrics: {a.fused}"))
     if a.out:
         print(f"wrote {write_results(res, a.out)}")

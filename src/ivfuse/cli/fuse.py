@@ -25,26 +25,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_opt(p)
     add_device(p, api_default(fuse_folder, "device"))
     p.add_argument("--ext", default=api_default(fuse_folder, "ext"), help="output extension in folder mode")
-    p.add_argument("--ir-norm", default=api_default(fuse_folder, "ir_norm"), choices=IR_NORMS,
-                   help="normalisation of 16-bit/float infrared data (8-bit is divided by 255)")
-    p.add_argument("--skip-existing", action="store_true",
-                   help="folder mode: keep outputs that already exist (resume an interrupted run)")
-    p.add_argument("--continue-on-error", action="store_true",
-                   help="folder mode: fuse every good pair, report the bad ones at the end and exit with status 1")
-    p.add_argument("--batch", type=int, default=api_default(fuse_folder, "batch"),
-                   help="folder mode: pairs per forward pass (equal sizes are grouped)")
-    p.add_argument("--workers", type=int, default=api_default(fuse_folder, "workers"),
-                   help="folder mode: DataLoader reader processes (default: 0 at batch 1, else 2)")
-    p.add_argument("--amp", choices=AMP_MODES, default=api_default(fuse_folder, "amp"),
-                   help="autocast precision, as the training key amp= (cuda: bf16/fp16; cpu: bf16 only; "
-                   "default: none = fp32)")
+    p.add_argument(
+        "--ir-norm",
+        default=api_default(fuse_folder, "ir_norm"),
+        choices=IR_NORMS,
+        help="normalisation of 16-bit/float infrared data (8-bit is divided by 255)",
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="folder mode: keep outputs that already exist (resume an interrupted run)",
+    )
+    p.add_argument(
+        "--continue-on-error",
+        action="store_true",
+        help="folder mode: fuse every good pair, report the bad ones at the end and exit with status 1",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=api_default(fuse_folder, "batch"),
+        help="folder mode: pairs per forward pass (equal sizes are grouped)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=api_default(fuse_folder, "workers"),
+        help="folder mode: DataLoader reader processes (default: 0 at batch 1, else 2)",
+    )
+    p.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        default=api_default(fuse_folder, "amp"),
+        help="autocast precision, as the training key amp= (cuda: bf16/fp16; cpu: bf16 only; default: none = fp32)",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first call)")
-    p.add_argument("--tile", type=int, metavar="N", default=api_default(fuse_folder, "tile"),
-                   help="fuse in NxN windows blended without seams: large images in bounded memory (e.g. 1024; "
-                   "default: off)")
-    p.add_argument("--tile-overlap", type=int, metavar="M", default=api_default(fuse_folder, "tile_overlap"),
-                   help="overlap of neighbouring --tile windows in pixels (default: N/8)")
+    p.add_argument(
+        "--tile",
+        type=int,
+        metavar="N",
+        default=api_default(fuse_folder, "tile"),
+        help="fuse in NxN windows blended without seams: large images in bounded memory (e.g. 1024; default: off)",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=int,
+        metavar="M",
+        default=api_default(fuse_folder, "tile_overlap"),
+        help="overlap of neighbouring --tile windows in pixels (default: N/8)",
+    )
 
 
 def _terminate_as_interrupt() -> None:
@@ -74,8 +104,10 @@ def run(a: argparse.Namespace) -> int:
         if not (is_video(ir) and is_video(vis)):
             raise IvfuseError(f"--ir {ir} and --vis {vis} must both be videos (or both images/folders)")
         r = fuse_video(ir, vis, a.output, method, a.device, progress=not a.quiet, **tiling, **speed, **opts)
-        print(f"wrote {r['output']} ({r['frames']} frames, {r['size'][0]}x{r['size'][1]} at {r['rate']:.3g} fps; "
-              f"fused {r['fps']:.2f} frames/s with '{method}')")
+        print(
+            f"wrote {r['output']} ({r['frames']} frames, {r['size'][0]}x{r['size'][1]} at {r['rate']:.3g} fps; "
+            f"fused {r['fps']:.2f} frames/s with '{method}')"
+        )
         return 0
     if ir.is_dir() != vis.is_dir():
         raise IvfuseError(f"--ir {ir} and --vis {vis} must both be files or both be folders")
@@ -84,9 +116,23 @@ def run(a: argparse.Namespace) -> int:
         print(f"wrote {out} ({method})")
         return 0
     _terminate_as_interrupt()
-    res = fuse_folder(ir, vis, a.output, method, a.device, a.ext, a.ir_norm, progress=not a.quiet,
-                      skip_existing=a.skip_existing, continue_on_error=a.continue_on_error, batch=a.batch,
-                      workers=a.workers, **tiling, **speed, **opts)
+    res = fuse_folder(
+        ir,
+        vis,
+        a.output,
+        method,
+        a.device,
+        a.ext,
+        a.ir_norm,
+        progress=not a.quiet,
+        skip_existing=a.skip_existing,
+        continue_on_error=a.continue_on_error,
+        batch=a.batch,
+        workers=a.workers,
+        **tiling,
+        **speed,
+        **opts,
+    )
     skipped = f" ({len(res.skipped)} already there, skipped)" if res.skipped else ""
     print(f"fused {len(res)} pairs with '{method}' into {a.output}{skipped}")
     if not res.failed:

@@ -12,8 +12,9 @@ import argparse
 from ..errors import IvfuseError
 from . import _QUIET, _VERBOSE, add_opt, api_default
 
-HELP = ("train a method: ivfuse train metafusion [preset=cpu] [config=FILE] [out=DIR] [export=FILE] "
-        "[--opt] key=value ...")
+HELP = (
+    "train a method: ivfuse train metafusion [preset=cpu] [config=FILE] [out=DIR] [export=FILE] [--opt] key=value ..."
+)
 
 
 def out_default(method: str) -> str:
@@ -27,10 +28,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..engine.recipe import RESUME_MODES
 
     p.add_argument("method", help="method to train (metafusion, tsjnet, tim, occo, lite; ivfuse list methods)")
-    p.add_argument("items", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
-                   help=f"run options ({', '.join(f'{k}=' for k in RUN_KEYS)}; out= defaults to "
-                   f"{out_default('METHOD')}, resume= to {api_default(train, 'resume')} of {'|'.join(RESUME_MODES)}) "
-                   "and config overrides such as epochs.pretrain=5; bare or after --opt")
+    p.add_argument(
+        "items",
+        nargs=argparse.REMAINDER,
+        metavar="KEY=VALUE",
+        help=f"run options ({', '.join(f'{k}=' for k in RUN_KEYS)}; out= defaults to "
+        f"{out_default('METHOD')}, resume= to {api_default(train, 'resume')} of {'|'.join(RESUME_MODES)}) "
+        "and config overrides such as epochs.pretrain=5; bare or after --opt",
+    )
     add_opt(p, "run option or config override, as the bare items", "epochs.pretrain=5")
 
 
@@ -45,12 +50,14 @@ def items(a: argparse.Namespace) -> list[str]:
                 raise IvfuseError("train: --opt needs a KEY=VALUE")
             out.append(value)
         elif x.startswith("--opt="):
-            out.append(x[len("--opt="):])
+            out.append(x[len("--opt=") :])
         elif x in (*_QUIET, *_VERBOSE):
             continue
         elif x.startswith("-"):
-            raise IvfuseError(f"train: unknown option '{x}' (items are key=value, bare or after --opt; the only flags "
-                              "are -q/--quiet and -v/--verbose)")
+            raise IvfuseError(
+                f"train: unknown option '{x}' (items are key=value, bare or after --opt; the only flags "
+                "are -q/--quiet and -v/--verbose)"
+            )
         else:
             out.append(x)
     return out

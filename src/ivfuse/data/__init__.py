@@ -9,8 +9,16 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "datasets": ["DATASETS", "FusionDataset", "collate", "list_datasets", "load_dataset"],
-    "images": ["IMAGE_EXTENSIONS", "image_size", "read_array", "read_gray_u8", "read_ir", "read_pair", "read_vis",
-               "write_image"],
+    "images": [
+        "IMAGE_EXTENSIONS",
+        "image_size",
+        "read_array",
+        "read_gray_u8",
+        "read_ir",
+        "read_pair",
+        "read_vis",
+        "write_image",
+    ],
     "labels": ["Boxes", "read_coco", "read_mask", "read_voc", "read_yolo", "write_yolo"],
     "pairing": ["list_images", "pair_by_stem"],
     "transforms": ["Joint", "hflip", "random_crop", "resize", "train_transform"],

@@ -85,7 +85,9 @@ def _split_from_list(root: Path, files: Sequence[str], split: str, keys: list[st
     for f in files:
         p = root / f.format(split=split)
         if p.is_file():
-            wanted = {Path(line.strip()).with_suffix("").as_posix() for line in p.read_text().splitlines() if line.strip()}
+            wanted = {
+                Path(line.strip()).with_suffix("").as_posix() for line in p.read_text().splitlines() if line.strip()
+            }
             return [k for k in keys if k in wanted or Path(k).name in wanted]
     raise InputError(f"{root}: no split file for split '{split}' (looked for {', '.join(files)})")
 
@@ -123,42 +125,114 @@ def _list_split(files: Sequence[str]) -> Callable[[Path, str, list[str]], list[s
 
 
 for _spec in [
-    DatasetSpec("tno", "TNO", ("ir", "IR", "infrared"), ("vi", "VIS", "visible"),
-                note="42 classic pairs (Tang's release); no labels"),
-    DatasetSpec("roadscene", "RoadScene", ("cropinfrared", "ir"), ("crop_LR_visible", "vi"),
-                splits=("all", "train", "test"), split_fn=_roadscene_split,
-                note="221 FLIR pairs; test = CDDFuse's 50-pair list"),
-    DatasetSpec("msrs", "MSRS", ("{split}/ir", "ir"), ("{split}/vi", "vi"), splits=("all", "train", "test", *DEV_SPLITS),
-                det_dirs={"infrared": ("labels_det/infrared", "{split}/labels_det/infrared"),
-                          "visible": ("labels_det/visible", "{split}/labels_det/visible"),
-                          "fusion": ("labels_det/fusion", "{split}/labels_det/fusion")},
-                det_format="yolo", det_names=("person", "bicycle", "car"),
-                seg_dirs=("{split}/Segmentation_labels", "Segmentation_labels"),
-                seg_names=("unlabelled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone", "bump"),
-                split_fn=_manifest_split, note="road scenes 640x480; detection boxes from Lele-3/MSRS-detection-label; "
-                "dev-train/dev-val: ivfuse's fixed split of the labelled pairs"),
-    DatasetSpec("m3fd", "M3FD", ("Ir", "ir"), ("Vis", "vis", "vi"), splits=("all", "train", "val", "test"),
-                det_dirs={"default": ("Annotation", "Annotations")}, det_format="voc",
-                det_names=("People", "Car", "Bus", "Motorcycle", "Lamp", "Truck"),
-                split_fn=_list_split(["{split}.txt", "meta/{split}.txt", "ImageSets/Main/{split}.txt"]),
-                note="4200 detection pairs; no official split (give {split}.txt lists)"),
-    DatasetSpec("llvip", "LLVIP", ("infrared/{split}", "ir"), ("visible/{split}", "vi"),
-                splits=("all", "train", "test"), det_dirs={"default": ("Annotations",)}, det_format="voc",
-                det_names=("person",), note="low-light pedestrian pairs 1280x1024"),
-    DatasetSpec("fmb", "FMB", ("{split}/Infrared", "Infrared"), ("{split}/Visible", "Visible"),
-                splits=("train", "test"), seg_dirs=("{split}/Label", "Label"),
-                seg_names=("unlabeled", "Road", "Sidewalk", "Building", "Lamp", "Sign", "Vegetation", "Sky",
-                           "Person", "Car", "Truck", "Bus", "Motorcycle", "Bicycle", "Pole"),
-                note="1500 pairs with 14-class segmentation labels"),
-    DatasetSpec("kaist", "KAIST", ("images",), ("images",), splits=("all", "train", "test"),
-                det_dirs={"default": ("annotations-xml-new", "annotations-xml", "annotations")}, det_format="voc",
-                det_names=("person", "people", "cyclist", "person?"), pair_fn=lambda root: _kaist_pairs(root),
-                split_fn=_list_split(["imageSets/{split}.txt", "imageSets/{split}-all-02.txt", "imageSets/{split}-all-20.txt"]),
-                note="multispectral pedestrian sequences; keys are setXX/VYYY/IZZZZZ"),
-    DatasetSpec("folder", "", ("ir", "IR", "infrared"), ("vi", "vis", "VIS", "visible"),
-                det_dirs={"default": ("labels", "labels_det")}, det_format="yolo",
-                seg_dirs=("masks", "labels_seg"), note="any root with ir/ and vi/ folders"),
-]:  # fmt: skip
+    DatasetSpec(
+        "tno",
+        "TNO",
+        ("ir", "IR", "infrared"),
+        ("vi", "VIS", "visible"),
+        note="42 classic pairs (Tang's release); no labels",
+    ),
+    DatasetSpec(
+        "roadscene",
+        "RoadScene",
+        ("cropinfrared", "ir"),
+        ("crop_LR_visible", "vi"),
+        splits=("all", "train", "test"),
+        split_fn=_roadscene_split,
+        note="221 FLIR pairs; test = CDDFuse's 50-pair list",
+    ),
+    DatasetSpec(
+        "msrs",
+        "MSRS",
+        ("{split}/ir", "ir"),
+        ("{split}/vi", "vi"),
+        splits=("all", "train", "test", *DEV_SPLITS),
+        det_dirs={
+            "infrared": ("labels_det/infrared", "{split}/labels_det/infrared"),
+            "visible": ("labels_det/visible", "{split}/labels_det/visible"),
+            "fusion": ("labels_det/fusion", "{split}/labels_det/fusion"),
+        },
+        det_format="yolo",
+        det_names=("person", "bicycle", "car"),
+        seg_dirs=("{split}/Segmentation_labels", "Segmentation_labels"),
+        seg_names=("unlabelled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone", "bump"),
+        split_fn=_manifest_split,
+        note="road scenes 640x480; detection boxes from Lele-3/MSRS-detection-label; "
+        "dev-train/dev-val: ivfuse's fixed split of the labelled pairs",
+    ),
+    DatasetSpec(
+        "m3fd",
+        "M3FD",
+        ("Ir", "ir"),
+        ("Vis", "vis", "vi"),
+        splits=("all", "train", "val", "test"),
+        det_dirs={"default": ("Annotation", "Annotations")},
+        det_format="voc",
+        det_names=("People", "Car", "Bus", "Motorcycle", "Lamp", "Truck"),
+        split_fn=_list_split(["{split}.txt", "meta/{split}.txt", "ImageSets/Main/{split}.txt"]),
+        note="4200 detection pairs; no official split (give {split}.txt lists)",
+    ),
+    DatasetSpec(
+        "llvip",
+        "LLVIP",
+        ("infrared/{split}", "ir"),
+        ("visible/{split}", "vi"),
+        splits=("all", "train", "test"),
+        det_dirs={"default": ("Annotations",)},
+        det_format="voc",
+        det_names=("person",),
+        note="low-light pedestrian pairs 1280x1024",
+    ),
+    DatasetSpec(
+        "fmb",
+        "FMB",
+        ("{split}/Infrared", "Infrared"),
+        ("{split}/Visible", "Visible"),
+        splits=("train", "test"),
+        seg_dirs=("{split}/Label", "Label"),
+        seg_names=(
+            "unlabeled",
+            "Road",
+            "Sidewalk",
+            "Building",
+            "Lamp",
+            "Sign",
+            "Vegetation",
+            "Sky",
+            "Person",
+            "Car",
+            "Truck",
+            "Bus",
+            "Motorcycle",
+            "Bicycle",
+            "Pole",
+        ),
+        note="1500 pairs with 14-class segmentation labels",
+    ),
+    DatasetSpec(
+        "kaist",
+        "KAIST",
+        ("images",),
+        ("images",),
+        splits=("all", "train", "test"),
+        det_dirs={"default": ("annotations-xml-new", "annotations-xml", "annotations")},
+        det_format="voc",
+        det_names=("person", "people", "cyclist", "person?"),
+        pair_fn=lambda root: _kaist_pairs(root),
+        split_fn=_list_split(["imageSets/{split}.txt", "imageSets/{split}-all-02.txt", "imageSets/{split}-all-20.txt"]),
+        note="multispectral pedestrian sequences; keys are setXX/VYYY/IZZZZZ",
+    ),
+    DatasetSpec(
+        "folder",
+        "",
+        ("ir", "IR", "infrared"),
+        ("vi", "vis", "VIS", "visible"),
+        det_dirs={"default": ("labels", "labels_det")},
+        det_format="yolo",
+        seg_dirs=("masks", "labels_seg"),
+        note="any root with ir/ and vi/ folders",
+    ),
+]:
     DATASETS.add(_spec.name, _spec)
 
 
@@ -234,8 +308,13 @@ class FusionDataset(Dataset):
         self._det_dirs = self._resolve_det_dirs()
         if seg_dir is not None and not Path(seg_dir).is_dir():
             raise InputError(f"{seg_dir}: segmentation mask folder not found")
-        self.seg_dir = (Path(seg_dir) if seg_dir is not None
-                        else _first_dir(self.root, spec.seg_dirs, split) if spec.seg_dirs else None)  # fmt: skip
+        self.seg_dir = (
+            Path(seg_dir)
+            if seg_dir is not None
+            else _first_dir(self.root, spec.seg_dirs, split)
+            if spec.seg_dirs
+            else None
+        )
         self.class_names = spec.det_names
 
     def _find_pairs(self) -> list[tuple[str, Path, Path]]:
@@ -311,16 +390,27 @@ class FusionDataset(Dataset):
         h, w = ir.shape[-2:]
         mask = None
         if self.seg_dir is not None:
-            mp = next((self.seg_dir / f"{key}{e}" for e in (".png", ".bmp", ".tif") if (self.seg_dir / f"{key}{e}").exists()), None)
+            mp = next(
+                (self.seg_dir / f"{key}{e}" for e in (".png", ".bmp", ".tif") if (self.seg_dir / f"{key}{e}").exists()),
+                None,
+            )
             mask = read_mask(mp) if mp is not None else None
         sample = {
-            "name": key, "ir": ir, "vis": vis, "boxes": self.read_boxes(key, w, h), "mask": mask,
-            "ir_path": str(ip), "vis_path": str(vp),
-        }  # fmt: skip
+            "name": key,
+            "ir": ir,
+            "vis": vis,
+            "boxes": self.read_boxes(key, w, h),
+            "mask": mask,
+            "ir_path": str(ip),
+            "vis_path": str(vp),
+        }
         return self.transform(sample) if self.transform is not None else sample
 
     def __repr__(self) -> str:
-        return f"FusionDataset({self.spec.name}, root={self.root}, split={self.split}, n={len(self)}, labels={self.det_labels})"
+        return (
+            f"FusionDataset({self.spec.name}, root={self.root}, split={self.split}, n={len(self)}, "
+            f"labels={self.det_labels})"
+        )
 
 
 def load_dataset(

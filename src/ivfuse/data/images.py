@@ -117,7 +117,8 @@ def read_pair(ir_path: str | os.PathLike, vis_path: str | os.PathLike, ir_norm: 
     ir, vis = read_ir(ir_path, ir_norm), read_vis(vis_path)
     if ir.shape[-2:] != vis.shape[-2:]:
         raise PairingError(
-            f"{vis_path}: visible image is {vis.shape[-1]}x{vis.shape[-2]} but infrared is {ir.shape[-1]}x{ir.shape[-2]}"
+            f"{vis_path}: visible image is {vis.shape[-1]}x{vis.shape[-2]} "
+            f"but infrared is {ir.shape[-1]}x{ir.shape[-2]}"
         )
     return ir, vis
 
@@ -141,8 +142,10 @@ def _open_pil(p: Path):
 def _bomb(e: Exception) -> str:
     m = re.search(r"\((\d+) pixels\)", str(e))
     size = f"{int(m.group(1))} pixels" if m else "its size"
-    return (f"image of {size} exceeds the limit of {Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS; "
-            f"a decompression bomb?); raise that limit if the image is genuine")
+    return (
+        f"image of {size} exceeds the limit of {Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS; "
+        f"a decompression bomb?); raise that limit if the image is genuine"
+    )
 
 
 def _short(e: Exception) -> str:

@@ -63,8 +63,12 @@ class Boxes:
             raise ValueError("cannot join boxes with different class lists")
         difficult = None
         if self.difficult is not None or other.difficult is not None:
-            difficult = torch.cat([b.difficult if b.difficult is not None else torch.zeros(len(b), dtype=torch.bool)
-                                   for b in (self, other)])  # fmt: skip
+            difficult = torch.cat(
+                [
+                    b.difficult if b.difficult is not None else torch.zeros(len(b), dtype=torch.bool)
+                    for b in (self, other)
+                ]
+            )
         return Boxes(
             torch.cat([self.xyxy, other.xyxy]),
             torch.cat([self.labels, other.labels]),
@@ -111,8 +115,12 @@ def merge_boxes(first: Boxes, second: Boxes, iou: float | None = UNION_IOU) -> B
         if not used[i] and not drop[j]:
             used[i], drop[j] = True, True
     keep = ~drop
-    kept = Boxes(second.xyxy[keep], second.labels[keep], second.names,
-                 second.difficult[keep] if second.difficult is not None else None)  # fmt: skip
+    kept = Boxes(
+        second.xyxy[keep],
+        second.labels[keep],
+        second.names,
+        second.difficult[keep] if second.difficult is not None else None,
+    )
     return first.union(kept)
 
 
@@ -173,12 +181,15 @@ def _check_yolo_box(p: Path, i: int, cx: float, cy: float, w: float, h: float) -
         raise InputError(f"{p}: line {i} has a box of non-positive size (w={w:g}, h={h:g})")
     t = BOX_TOLERANCE
     if cx - w / 2 < -t or cy - h / 2 < -t or cx + w / 2 > 1 + t or cy + h / 2 > 1 + t:
-        raise InputError(f"{p}: line {i} has a box outside the image (cx={cx:g} cy={cy:g} w={w:g} h={h:g}; "
-                         f"YOLO coordinates are fractions of the image in [0, 1])")  # fmt: skip
+        raise InputError(
+            f"{p}: line {i} has a box outside the image (cx={cx:g} cy={cy:g} w={w:g} h={h:g}; "
+            f"YOLO coordinates are fractions of the image in [0, 1])"
+        )
 
 
-def _check_xyxy(p: Path, where: str, x1: float, y1: float, x2: float, y2: float,
-                size: tuple[float, float] | None = None) -> None:  # fmt: skip
+def _check_xyxy(
+    p: Path, where: str, x1: float, y1: float, x2: float, y2: float, size: tuple[float, float] | None = None
+) -> None:
     """A pixel box must be finite, of positive size, not negative and (when the image size is known) inside it."""
     vals = (x1, y1, x2, y2)
     if not all(math.isfinite(v) for v in vals):
@@ -189,13 +200,16 @@ def _check_xyxy(p: Path, where: str, x1: float, y1: float, x2: float, y2: float,
         W, H = size
         tw, th = max(1.0, BOX_TOLERANCE * W), max(1.0, BOX_TOLERANCE * H)  # VOC files mix 0- and 1-based
         if x1 < -tw or y1 < -th or x2 > W + tw or y2 > H + th:
-            raise InputError(f"{p}: {where} has a box ({', '.join(f'{v:g}' for v in vals)}) outside the "
-                             f"{W:g}x{H:g} image")  # fmt: skip
+            raise InputError(
+                f"{p}: {where} has a box ({', '.join(f'{v:g}' for v in vals)}) outside the {W:g}x{H:g} image"
+            )
     elif x1 < -1 or y1 < -1:
         raise InputError(f"{p}: {where} has a negative coordinate ({', '.join(f'{v:g}' for v in vals)})")
 
 
-def write_yolo(path: str | os.PathLike, boxes: Boxes, width: int, height: int, scores: torch.Tensor | None = None) -> None:
+def write_yolo(
+    path: str | os.PathLike, boxes: Boxes, width: int, height: int, scores: torch.Tensor | None = None
+) -> None:
     """Write boxes as YOLO txt (normalised ``cls cx cy w h`` [+ score]), atomically."""
     from ..utils import atomic_write_text
 

@@ -20,8 +20,19 @@ from typing import Any
 from ..config import Limit, apply_overrides, check_limits, check_types, flatten, merge, parse_items, read_yaml
 from ..errors import InputError, suggest
 
-__all__ = ["load_config", "apply_overrides", "flatten", "defaults", "split_items", "limits", "RUN_KEYS", "ENGINE_KEYS",
-           "Limit", "CROP", "check_limits"]
+__all__ = [
+    "load_config",
+    "apply_overrides",
+    "flatten",
+    "defaults",
+    "split_items",
+    "limits",
+    "RUN_KEYS",
+    "ENGINE_KEYS",
+    "Limit",
+    "CROP",
+    "check_limits",
+]
 
 #: ``ivfuse train`` items that are run options rather than config keys.
 RUN_KEYS = ("preset", "config", "out", "export", "resume")
@@ -76,8 +87,9 @@ def limits(method: str) -> dict[str, Limit]:
     return dict(getattr(RECIPES.get(method), "limits", {})) if method in RECIPES.names() else {}
 
 
-def load_config(method: str, preset: str | None = None, config: str | Path | None = None,
-                overrides: list[str] | dict | None = None) -> dict:  # fmt: skip
+def load_config(
+    method: str, preset: str | None = None, config: str | Path | None = None, overrides: list[str] | dict | None = None
+) -> dict:
     """Defaults of ``method``, optionally a preset (``<method>_<preset>.yaml``) or a user file, then overrides;
     every layer is checked against the defaults' keys and types, the result against the recipe's :func:`limits`."""
     base = defaults(method)

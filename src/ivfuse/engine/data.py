@@ -36,8 +36,9 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(h[:8], "little") >> 1
 
 
-def load_samples(specs: Sequence[dict], with_boxes: bool = False, with_masks: bool = False,
-                 max_side: int | None = 1024) -> list[dict]:  # fmt: skip
+def load_samples(
+    specs: Sequence[dict], with_boxes: bool = False, with_masks: bool = False, max_side: int | None = 1024
+) -> list[dict]:
     """Read every pair of the listed datasets once (visible as RGB; gray visible replicated to 3 channels).
 
     Each spec: ``{name, split, root?, labels?}``. Images whose long side exceeds ``max_side`` are downscaled
@@ -168,9 +169,17 @@ class BatchSource:
     incomplete batch (``drop_last=False``) is cut to a multiple of W.
     """
 
-    def __init__(self, samples: list[dict], batch: int, transforms: Sequence[Callable[[dict, torch.Generator], dict]] = (),
-                 max_batches: int | None = None, seed: int = 0, drop_last: bool = True,
-                 collate_fn: Callable[[list[dict]], Any] = collate, shard: bool | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        samples: list[dict],
+        batch: int,
+        transforms: Sequence[Callable[[dict, torch.Generator], dict]] = (),
+        max_batches: int | None = None,
+        seed: int = 0,
+        drop_last: bool = True,
+        collate_fn: Callable[[list[dict]], Any] = collate,
+        shard: bool | None = None,
+    ) -> None:
         if batch < 1:
             raise InputError(f"batch size must be >= 1, got {batch}")
         if not samples:
@@ -194,7 +203,7 @@ class BatchSource:
                 f"batch size {self.batch} is not a multiple of the {w} torchrun processes: the batch is the global "
                 f"batch, split evenly over the processes (use a batch of {max(w, self.batch // w * w)} or "
                 f"{(self.batch // w + 1) * w}, or another --nproc_per_node)"
-            )  # fmt: skip
+            )
         return dist.rank(), w
 
     def __len__(self) -> int:
@@ -226,8 +235,13 @@ class BatchSource:
             s = t(s, g)
         return s
 
-    def prepare(self, name: str, fn: Callable[[dict], torch.Tensor], cache: str | os.PathLike | None = None,
-                progress: bool = False) -> None:  # fmt: skip
+    def prepare(
+        self,
+        name: str,
+        fn: Callable[[dict], torch.Tensor],
+        cache: str | os.PathLike | None = None,
+        progress: bool = False,
+    ) -> None:
         """Add ``sample[name] = fn(sample)`` to every sample, reading/writing ``cache/<sample name>.safetensors``
         when ``cache`` is given (so expensive extras such as SAM masks are computed once, offline)."""
         from safetensors.torch import load_file, save

@@ -34,10 +34,22 @@ from torch import nn
 from ..errors import InputError
 
 __all__ = [
-    "setup", "teardown", "is_distributed", "rank", "world_size", "is_main", "barrier", "all_reduce_grads",
-    "all_reduce_mean", "all_reduce_tensors", "all_reduce_buffers", "broadcast_modules", "broadcast_object",
-    "env_world_size", "refuse_distributed",
-]  # fmt: skip
+    "setup",
+    "teardown",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_main",
+    "barrier",
+    "all_reduce_grads",
+    "all_reduce_mean",
+    "all_reduce_tensors",
+    "all_reduce_buffers",
+    "broadcast_modules",
+    "broadcast_object",
+    "env_world_size",
+    "refuse_distributed",
+]
 
 
 def env_world_size() -> int:
@@ -82,14 +94,15 @@ def setup(device: str) -> tuple[torch.device | None, bool]:
         n = torch.cuda.device_count()
         if local >= n:
             raise InputError(
-                f"torchrun started local rank {local} but only {n} CUDA device(s) are present: use --nproc_per_node {n} "
-                f"or fewer"
-            )  # fmt: skip
+                f"torchrun started local rank {local} but only {n} CUDA device(s) are present: "
+                f"use --nproc_per_node {n} or fewer"
+            )
         if dev.index is not None and dev.index != local:
             import logging
 
-            logging.getLogger("ivfuse").warning("device=%s ignored under torchrun: local rank %d uses cuda:%d", device,
-                                                local, local)  # fmt: skip
+            logging.getLogger("ivfuse").warning(
+                "device=%s ignored under torchrun: local rank %d uses cuda:%d", device, local, local
+            )
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if dist.is_initialized():

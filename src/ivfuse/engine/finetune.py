@@ -54,8 +54,10 @@ def finetune_detector(
     """
     mapping = mapping if mapping is not None else class_mapping(data.class_names, detector.class_names)
     names = detector.class_names
-    samples = [{"name": n, "vis": read_vis(p), "boxes": b.remap(mapping, names)}
-               for n, p, b in zip(data.names, data.paths, data.boxes)]  # fmt: skip
+    samples = [
+        {"name": n, "vis": read_vis(p), "boxes": b.remap(mapping, names)}
+        for n, p, b in zip(data.names, data.paths, data.boxes)
+    ]
 
     def collate(items: list[dict]) -> dict:
         batch, boxes = letterbox_batch([s["vis"] for s in items], [s["boxes"] for s in items], imgsz)
@@ -91,8 +93,16 @@ def finetune_detector(
     def epoch_end(epoch: int, ctx: dict) -> None:
         log({"epoch": epoch, "loss": ctx["epoch_metrics"]["loss"]})
 
-    cfg = {"task": "detection", "epochs": epochs, "batch_size": batch_size, "lr": lr, "imgsz": imgsz, "seed": seed,
-           "lr_final": lr_final, "ema": ema}  # fmt: skip
+    cfg = {
+        "task": "detection",
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "imgsz": imgsz,
+        "seed": seed,
+        "lr_final": lr_final,
+        "ema": ema,
+    }
     stage = Stage("finetune", epochs, source, train_step, on_epoch_end=epoch_end if log else None)
     hist = _run_finetune(detector, "detector", opt, cfg, stage, seed, progress)
     if averaged is not None and epochs > 0:
@@ -115,12 +125,23 @@ def _run_finetune(module, name: str, opt, cfg: dict, stage, seed: int, progress:
     return [h["loss"] for h in tr.history.get(stage.name, [])]
 
 
-def finetune_segmenter(segmenter, data: SegmentationSet, epochs: int = 5, batch_size: int = 2, lr: float = 1e-3,
-                       crop: int | None = 256, ignore_index: int = 255, seed: int = 0, progress: bool = True) -> list[float]:  # fmt: skip
+def finetune_segmenter(
+    segmenter,
+    data: SegmentationSet,
+    epochs: int = 5,
+    batch_size: int = 2,
+    lr: float = 1e-3,
+    crop: int | None = 256,
+    ignore_index: int = 255,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
     """Cross-entropy training on class-id masks (Adam, random crops and flips) on the engine's
     :class:`~ivfuse.engine.Trainer`. Returns epoch mean losses; bitwise reproducible on CPU from ``seed`` and the
     initial weights (see :func:`finetune_detector`)."""
-    samples = [{"name": n, "vis": read_vis(i), "mask": read_mask(m)} for n, i, m in zip(data.names, data.images, data.masks)]
+    samples = [
+        {"name": n, "vis": read_vis(i), "mask": read_mask(m)} for n, i, m in zip(data.names, data.images, data.masks)
+    ]
     tfs = ([RandomCrop(crop, ignore_index=ignore_index)] if crop else []) + [RandomFlip(0.5)]
     source = BatchSource(samples, batch_size, tfs, seed=seed, drop_last=False)
     opt = torch.optim.Adam([p for p in segmenter.parameters() if p.requires_grad], lr=lr)
@@ -133,4 +154,6 @@ def finetune_segmenter(segmenter, data: SegmentationSet, epochs: int = 5, batch_
         return {"loss": float(loss.detach())}
 
     cfg = {"task": "segmentation", "epochs": epochs, "batch_size": batch_size, "lr": lr, "crop": crop, "seed": seed}
-    return _run_finetune(segmenter, "segmenter", opt, cfg, Stage("finetune", epochs, source, train_step), seed, progress)
+    return _run_finetune(
+        segmenter, "segmenter", opt, cfg, Stage("finetune", epochs, source, train_step), seed, progress
+    )

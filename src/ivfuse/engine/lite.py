@@ -60,8 +60,9 @@ def box_mask(boxes, hw: tuple[int, int], classes, soften: float = 0.0) -> torch.
     return m
 
 
-def target_loss(fused: torch.Tensor, ir: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                boost: float = 10.0) -> torch.Tensor:  # fmt: skip
+def target_loss(
+    fused: torch.Tensor, ir: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, boost: float = 10.0
+) -> torch.Tensor:
     """Weighted L1 to the "oracle mix" ``T = m·IR + (1 − m)·(IR + Y)/2`` (all ``B×1×H×W``, ``mask`` in [0, 1]),
     pixel weights ``1 + boost·m`` normalised to a weighted mean: the infrared image inside the target boxes (where it
     keeps the warm targets' contrast), the pixel average elsewhere (which keeps cars and bicycles, issue 20's table)."""
@@ -92,11 +93,23 @@ def teacher_cache_dir(t: dict) -> Path:
 class LiteRecipe(Recipe):
     """See the module docstring; config: ``configs/lite.yaml`` (``lite_cpu.yaml`` = the shipped model's)."""
 
-    limits = {"width": Limit(min=1), "epochs": Limit(min=1), "crop": Limit(min=8, items=("height", "width")),
-              "batch": Limit(min=1), "target.weight": Limit(min=0), "target.boost": Limit(min=0),
-              "target.soften": Limit(min=0), "judge.weight": Limit(min=0), "judge.epochs": Limit(min=0),
-              "judge.batch": Limit(min=1), "judge.imgsz": Limit(min=32), "judge.meta_lr": Limit(above=0),
-              "judge.inner_lr": Limit(above=0), "judge.gen_width": Limit(min=1), "judge.gradient": Limit(min=0)}
+    limits = {
+        "width": Limit(min=1),
+        "epochs": Limit(min=1),
+        "crop": Limit(min=8, items=("height", "width")),
+        "batch": Limit(min=1),
+        "target.weight": Limit(min=0),
+        "target.boost": Limit(min=0),
+        "target.soften": Limit(min=0),
+        "judge.weight": Limit(min=0),
+        "judge.epochs": Limit(min=0),
+        "judge.batch": Limit(min=1),
+        "judge.imgsz": Limit(min=32),
+        "judge.meta_lr": Limit(above=0),
+        "judge.inner_lr": Limit(above=0),
+        "judge.gen_width": Limit(min=1),
+        "judge.gradient": Limit(min=0),
+    }
 
     @classmethod
     def check(cls, cfg: dict) -> list[str]:
@@ -118,11 +131,14 @@ class LiteRecipe(Recipe):
                 raise InputError("config key 'target.classes' is empty: name the box classes that keep the IR image")
             if tg["labels"] not in ("infrared", "visible", "union"):
                 raise suggest(tg["labels"], ["infrared", "visible", "union"], "target label set")
-        learns = (t["method"] or float(tg["weight"]) or float(jg["weight"])
-                  or any(float(v) for v in cfg["loss"].values()))
+        learns = (
+            t["method"] or float(tg["weight"]) or float(jg["weight"]) or any(float(v) for v in cfg["loss"].values())
+        )
         if not learns:
-            raise InputError("lite has nothing to learn: every 'loss' weight is 0, 'target.weight' and 'judge.weight' "
-                             "are 0 and no 'teacher.method' is set")  # fmt: skip
+            raise InputError(
+                "lite has nothing to learn: every 'loss' weight is 0, 'target.weight' and 'judge.weight' "
+                "are 0 and no 'teacher.method' is set"
+            )
         if t["method"]:
             from ..models import list_models
 
@@ -165,8 +181,9 @@ class LiteRecipe(Recipe):
             self.modules["G"], self.optimizers["G"] = self.G, self.opt_g
         for s in samples:  # the crop stage uses no boxes
             s.pop("boxes", None)
-        self.data = BatchSource(samples, c["batch"], [RandomCrop(c["crop"]), RandomFlip()], c.get("max_batches"),
-                                seed=c["seed"])  # fmt: skip
+        self.data = BatchSource(
+            samples, c["batch"], [RandomCrop(c["crop"]), RandomFlip()], c.get("max_batches"), seed=c["seed"]
+        )
         if c["teacher"]["method"]:
             self.data.prepare("teacher", self._teacher_fn(), teacher_cache_dir(c["teacher"]), progress=self.progress)
         self.total_steps = c["epochs"] * len(self.data)
@@ -188,8 +205,9 @@ class LiteRecipe(Recipe):
             if b is not None:
                 b = b.remap(class_mapping(b.names, names), names)
             judged.append({**s, "boxes": b if b is not None else Boxes.empty(names)})
-        self.judge_data = BatchSource(judged, int(jg["batch"]), [RandomFlip()], self.cfg.get("max_batches"),
-                                      seed=self.cfg["seed"])  # fmt: skip
+        self.judge_data = BatchSource(
+            judged, int(jg["batch"]), [RandomFlip()], self.cfg.get("max_batches"), seed=self.cfg["seed"]
+        )
         self.modules["D"], self.optimizers["D"] = self.D, self.opt_d
 
     def _teacher_fn(self):
@@ -325,8 +343,12 @@ class LiteRecipe(Recipe):
         # the virtual step and the task loss at the judge's resolution (the detector sees the pair letterboxed to
         # imgsz anyway; the double backward through the net costs (640/416)^2 ≈ 2.4x more at full size)
         r = min(1.0, imgsz / max(ir.shape[-2:]))
-        small = [F.interpolate(t, scale_factor=r, mode="bilinear", align_corners=False, recompute_scale_factor=False)
-                 if r < 1 else t for t in (ir, vis)]
+        small = [
+            F.interpolate(t, scale_factor=r, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+            if r < 1
+            else t
+            for t in (ir, vis)
+        ]
         sy = rgb_to_ycbcr(small[1])[:, :1]
         params = dict(self.net.named_parameters())
         w = self.G(small[0], sy)
@@ -357,6 +379,14 @@ class LiteRecipe(Recipe):
 
     def export(self, path: str | Path) -> Path:
         c = self.cfg
-        meta = self.export_metadata({"width": c["width"]}, batch=c["batch"], crop=c["crop"], lr=c["lr"], loss=c["loss"],
-                                    teacher=c["teacher"], target=c["target"], judge=c["judge"])
+        meta = self.export_metadata(
+            {"width": c["width"]},
+            batch=c["batch"],
+            crop=c["crop"],
+            lr=c["lr"],
+            loss=c["loss"],
+            teacher=c["teacher"],
+            target=c["target"],
+            judge=c["judge"],
+        )
         return export_safetensors(path, self.net.state_dict(), meta)

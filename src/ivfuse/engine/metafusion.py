@@ -65,8 +65,13 @@ class MetaFusionRecipe(Recipe):
     """F, MFE, D, their optimisers, data and the stage list from a config dict (see configs/metafusion.yaml)."""
 
     fusion_attr = "F"  # the network the default validate() scores
-    limits = {"epochs.*": Limit(min=0), "rounds": Limit(min=1), "target.intensity": Limit(min=0),
-              "target.det": Limit(min=0), "data.crop": CROP}
+    limits = {
+        "epochs.*": Limit(min=0),
+        "rounds": Limit(min=1),
+        "target.intensity": Limit(min=0),
+        "target.det": Limit(min=0),
+        "data.crop": CROP,
+    }
 
     @classmethod
     def check(cls, cfg: dict) -> list[str]:
@@ -78,9 +83,9 @@ class MetaFusionRecipe(Recipe):
                 raise InputError(f"config key 'inner.every' must be >= 1, got {inner['every']}")
             if ep["mfe"] < inner["every"]:
                 raise InputError(
-                    f"inner.every={inner['every']} > epochs.mfe={ep['mfe']}: the inner (meta) update of MFE would never "
-                    f"run; lower inner.every, raise epochs.mfe, or set inner.updates=0 to train without it"
-                )  # fmt: skip
+                    f"inner.every={inner['every']} > epochs.mfe={ep['mfe']}: the inner (meta) update of MFE would "
+                    f"never run; lower inner.every, raise epochs.mfe, or set inner.updates=0 to train without it"
+                )
         t = cfg["target"]
         if t["source"] not in ("ir", "max"):
             raise suggest(t["source"], ("ir", "max"), "target.source")
@@ -121,16 +126,23 @@ class MetaFusionRecipe(Recipe):
         seed = cfg.get("seed", 0)
         t = cfg["target"]
         self.pairs = load_samples(d["train"], with_boxes=bool(t["intensity"] or t["det"]))
-        if (t["intensity"] or t["det"]) and not any(s["boxes"] is not None and len(s["boxes"].xyxy) for s in self.pairs):
-            raise InputError("target.intensity/target.det > 0 need labelled pairs in data.train "
-                             "(e.g. {name: msrs, split: dev-train, labels: infrared}); none of them has boxes")  # fmt: skip
+        if (t["intensity"] or t["det"]) and not any(
+            s["boxes"] is not None and len(s["boxes"].xyxy) for s in self.pairs
+        ):
+            raise InputError(
+                "target.intensity/target.det > 0 need labelled pairs in data.train "
+                "(e.g. {name: msrs, split: dev-train, labels: infrared}); none of them has boxes"
+            )
         crop = [RandomCrop(d["crop"])]
         self.batches = BatchSource(self.pairs, d["batch"], crop, d.get("max_batches"), seed)
         self.meta_batches = BatchSource(self.pairs, d["batch"], crop, None, seed, shard=False)
         needs_det = cfg["epochs"]["det"] > 0 or cfg["mode"] == "cofusion"  # CoFusion trains F on labelled pairs
         self.det_pairs = load_samples(d["detection"], with_boxes=True) if needs_det else []
-        self.det_batches = BatchSource(self.det_pairs, d["det_batch"], [RandomCrop(d["det_crop"])], d.get("max_batches"),
-                                       seed) if self.det_pairs else None  # fmt: skip
+        self.det_batches = (
+            BatchSource(self.det_pairs, d["det_batch"], [RandomCrop(d["det_crop"])], d.get("max_batches"), seed)
+            if self.det_pairs
+            else None
+        )
 
     # -- pieces -------------------------------------------------------------------------------------------------
     def _lum(self, vis: torch.Tensor) -> torch.Tensor:
@@ -265,9 +277,17 @@ class MetaFusionRecipe(Recipe):
     def export(self, path: str | Path) -> Path:
         c = self.cfg
         config = {"width": c["fusion"]["width"], "colour": c["fusion"]["colour"], "blocks": 3}
-        meta = self.export_metadata(config, data=c["data"]["train"], detection_data=c["data"]["detection"],
-                                    mode=c["mode"], levels=c["levels"], detector=c["detector"], rounds=c["rounds"],
-                                    loss=c["loss"], target=c["target"])
+        meta = self.export_metadata(
+            config,
+            data=c["data"]["train"],
+            detection_data=c["data"]["detection"],
+            mode=c["mode"],
+            levels=c["levels"],
+            detector=c["detector"],
+            rounds=c["rounds"],
+            loss=c["loss"],
+            target=c["target"],
+        )
         return export_safetensors(path, self.F.state_dict(), meta)
 
 
@@ -286,8 +306,9 @@ def box_mask(boxes, shape: torch.Size, device: torch.device | str = "cpu") -> to
     return m
 
 
-def train_metafusion(cfg: dict, out: str | Path, export: str | Path | None = None, progress: bool = True,
-                     resume: str = "auto") -> dict:  # fmt: skip
+def train_metafusion(
+    cfg: dict, out: str | Path, export: str | Path | None = None, progress: bool = True, resume: str = "auto"
+) -> dict:
     """``ivfuse.engine.train("metafusion", ...)``: Algorithm 1 (or an ablation) with ``cfg``; writes ``out/last.pt``,
     ``out/final.pt`` (F, MFE, D states, config, metrics), ``summary.json`` and optionally a safetensors export of F."""
     return train("metafusion", cfg, out, export, progress, resume)

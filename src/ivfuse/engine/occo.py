@@ -122,8 +122,11 @@ def masks_from_dir(folder: str | Path, sample: dict) -> torch.Tensor:
 class OCCORecipe(Recipe):
     """FIFN, OCCOLoss, Adam and the object-crop batch source from a config dict (configs/occo.yaml)."""
 
-    limits = {"crop": Limit(min=32, items=("height", "width"), why="VGG relu5"), "epochs": Limit(min=0),
-              "lr": Limit(above=0)}
+    limits = {
+        "crop": Limit(min=32, items=("height", "width"), why="VGG relu5"),
+        "epochs": Limit(min=0),
+        "lr": Limit(above=0),
+    }
 
     @classmethod
     def check(cls, cfg: dict) -> list[str]:
@@ -135,9 +138,12 @@ class OCCORecipe(Recipe):
         if md and not Path(md).is_dir():
             raise InputError(f"{md}: config key 'masks.dir' is not a folder")
         if cfg["loss"]["contrastive"]:
-            refuse_distributed("occo", "its contrastive loss takes each sample's negatives from the other samples of "
-                               "the batch, which torchrun would split over the processes (the loss would change with "
-                               "their number); train with one process, or with loss.contrastive=false")  # fmt: skip
+            refuse_distributed(
+                "occo",
+                "its contrastive loss takes each sample's negatives from the other samples of "
+                "the batch, which torchrun would split over the processes (the loss would change with "
+                "their number); train with one process, or with loss.contrastive=false",
+            )
         return []
 
     def build(self) -> None:
@@ -195,6 +201,14 @@ class OCCORecipe(Recipe):
     def export(self, path: str | Path) -> Path:
         c = self.cfg
         config = {"channels": list(c["model"]["channels"]), "heads": list(c["model"]["heads"])}
-        meta = self.export_metadata(config, max_pairs=c["max_pairs"], masks=c["masks"], crop=c["crop"],
-                                    batch=c["batch"], lr=c["lr"], max_batches=c["max_batches"], loss=c["loss"])
+        meta = self.export_metadata(
+            config,
+            max_pairs=c["max_pairs"],
+            masks=c["masks"],
+            crop=c["crop"],
+            batch=c["batch"],
+            lr=c["lr"],
+            max_batches=c["max_batches"],
+            loss=c["loss"],
+        )
         return export_safetensors(path, self.net.state_dict(), meta)

@@ -41,9 +41,16 @@ from .step import seed_everything
 from .trainer import Stage, Trainer
 
 __all__ = [
-    "Recipe", "RECIPES", "register_recipe", "train", "check_device", "validate_fusion", "strict_json", "RESUME_MODES",
+    "Recipe",
+    "RECIPES",
+    "register_recipe",
+    "train",
+    "check_device",
+    "validate_fusion",
+    "strict_json",
+    "RESUME_MODES",
     "refuse_held_out",
-]  # fmt: skip
+]
 
 #: every trainable method: the recipes of ``ivfuse.engine``'s modules (found by :mod:`ivfuse.engine` without a list)
 #: and third-party ones through the entry-point group ``ivfuse.recipes``
@@ -117,8 +124,14 @@ class Recipe:
         ``wall_s`` and the recipe's own ``training`` items (which may replace the common ones, e.g. ``data``), and
         ``metrics`` (the validation metrics, strict JSON)."""
         c, tr = self.cfg, self.trainer
-        run = {"recipe": self.name, "data": c.get("data"), "epochs": c.get("epochs"), "seed": c.get("seed", 0),
-               "device": str(self.device), "threads": torch.get_num_threads()}
+        run = {
+            "recipe": self.name,
+            "data": c.get("data"),
+            "epochs": c.get("epochs"),
+            "seed": c.get("seed", 0),
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+        }
         run["wall_s"] = round(time.time() - self.t0, 1)
         meta = {} if config is None else {"config": json.dumps(config)}
         meta["training"] = json.dumps(strict_json({**run, **training}))
@@ -157,8 +170,9 @@ def refuse_held_out(specs, key: str) -> None:
     ``test``): those are only ever evaluated on."""
     for spec in specs:
         if isinstance(spec, dict) and spec.get("name") == "msrs" and spec.get("split") in ("dev-val", "test"):
-            raise InputError(f"config key '{key}' lists msrs:{spec['split']}, a held-out split; "
-                             f"train on msrs:dev-train (or train)")  # fmt: skip
+            raise InputError(
+                f"config key '{key}' lists msrs:{spec['split']}, a held-out split; train on msrs:dev-train (or train)"
+            )
 
 
 def strict_json(x):
@@ -219,7 +233,7 @@ def _resume_decision(out: Path, last: Path, cfg: dict, resume: str) -> tuple[dic
             f"{last}: the run there used a different config ({'; '.join(changes[:4])}"
             f"{' ...' if len(changes) > 4 else ''}); pass resume=force to continue it with the new config, "
             f"resume=new to start over, or choose another out="
-        )  # fmt: skip
+        )
     if changes:
         log.warning("resume=force: continuing %s with a changed config (%s)", out, "; ".join(changes[:4]))
     return ck, None
@@ -232,8 +246,9 @@ def _with_engine_defaults(old: Any) -> Any:
     return {**ENGINE_KEYS, **old} if isinstance(old, dict) else old
 
 
-def train(name: str, cfg: dict, out: str | Path, export: str | Path | None = None, progress: bool = True,
-          resume: str = "auto") -> dict:  # fmt: skip
+def train(
+    name: str, cfg: dict, out: str | Path, export: str | Path | None = None, progress: bool = True, resume: str = "auto"
+) -> dict:
     """Train the registered method ``name`` with the (checked) config ``cfg`` into the run folder ``out``.
 
     Args:
@@ -296,9 +311,16 @@ def train(name: str, cfg: dict, out: str | Path, export: str | Path | None = Non
         val = rec.validate() if dist.is_main() else {}  # the replicas are equal: rank 0 validates for all
         metrics["val"] = dist.broadcast_object(val)
         tr.metrics = metrics
-        summary = {"metrics": metrics, "history": tr.history, "timings_s": tr.timings,
-                   "epoch_s": {k: tr.timings[k] / max(1, tr.done.get(k, 1)) for k in tr.timings},
-                   "out": str(out), "export": None, "world_size": dist.world_size(), "amp": amp}  # fmt: skip
+        summary = {
+            "metrics": metrics,
+            "history": tr.history,
+            "timings_s": tr.timings,
+            "epoch_s": {k: tr.timings[k] / max(1, tr.done.get(k, 1)) for k in tr.timings},
+            "out": str(out),
+            "export": None,
+            "world_size": dist.world_size(),
+            "amp": amp,
+        }
         if dist.is_main():
             save_checkpoint(out / "final.pt", tr.state())
             if export:

@@ -33,11 +33,22 @@ from torch.func import functional_call
 from ..utils import AMP_MODES, check_amp
 from . import distributed as _dist
 
-__all__ = ["seed_everything", "OptimStep", "virtual_step", "call_with", "set_precision", "reset_precision", "precision",
-           "autocast", "AMP_MODES"]  # fmt: skip
+__all__ = [
+    "seed_everything",
+    "OptimStep",
+    "virtual_step",
+    "call_with",
+    "set_precision",
+    "reset_precision",
+    "precision",
+    "autocast",
+    "AMP_MODES",
+]
 
 #: ``(amp, device type)`` of the run being trained in this context (set by train(); default: fp32 on the CPU)
-_PRECISION: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("ivfuse_precision", default=("none", "cpu"))
+_PRECISION: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
+    "ivfuse_precision", default=("none", "cpu")
+)
 
 
 def set_precision(amp: str = "none", device: str | torch.device = "cpu") -> contextvars.Token:
@@ -95,9 +106,16 @@ class OptimStep:
     clipping always sees the true gradient norm, never the loss-scaled one.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, clip: float | None = None, accumulate: int = 1,
-                 amp: bool | None = None, device: str | None = None, scaler: torch.amp.GradScaler | None = None,
-                 sync: bool | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        clip: float | None = None,
+        accumulate: int = 1,
+        amp: bool | None = None,
+        device: str | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        sync: bool | None = None,
+    ) -> None:
         if accumulate < 1:
             raise ValueError("accumulate must be >= 1")
         self.optimizer, self.clip, self.accumulate, self.sync = optimizer, clip, accumulate, sync
@@ -151,7 +169,9 @@ class OptimStep:
         self.optimizer.step()
 
 
-def virtual_step(module: nn.Module, loss: torch.Tensor, lr: float, first_order: bool = False) -> dict[str, torch.Tensor]:
+def virtual_step(
+    module: nn.Module, loss: torch.Tensor, lr: float, first_order: bool = False
+) -> dict[str, torch.Tensor]:
     """θ' = θ − lr · ∇_θ loss for the trainable parameters of ``module``, kept in the graph.
 
     With ``first_order=False`` the gradient is taken with ``create_graph=True``, so a loss computed with θ'

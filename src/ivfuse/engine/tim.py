@@ -158,10 +158,16 @@ class TIMRecipe(Recipe):
         self.opt_w = torch.optim.Adam(self.supernet.weight_parameters(), lr=s["lr_w"])
         self.step_w = OptimStep(self.opt_w)
         lat = self.supernet.expected_cost if s["latency"] > 0 else None
-        self.architect = Architect(self.supernet.arch_parameters(), self.supernet.weight_parameters(), lr=s["lr_a"],
-                                   method=s["method"], latency=lat, latency_weight=s["latency"],
-                                   solver={"iters": s["cg_iters"], "damping": s["damping"]},
-                                   reduce=_dist.all_reduce_tensors)  # fmt: skip
+        self.architect = Architect(
+            self.supernet.arch_parameters(),
+            self.supernet.weight_parameters(),
+            lr=s["lr_a"],
+            method=s["method"],
+            latency=lat,
+            latency_weight=s["latency"],
+            solver={"iters": s["cg_iters"], "damping": s["damping"]},
+            reduce=_dist.all_reduce_tensors,
+        )
         # the hyper-gradient is already averaged over the ranks (piece by piece): no second all-reduce
         self.architect.stepper = OptimStep(self.architect.optimizer, sync=False)
         self.dual = _Dual(cfg["task"]["mu0"])
@@ -265,10 +271,14 @@ class TIMRecipe(Recipe):
         self.opt_net = torch.optim.Adam(self.net.parameters(), lr=c["train"]["lr"])
         self.step_net = OptimStep(self.opt_net, clip=c["train"]["clip"] or None)
         self.trainer.add("net", self.net, self.opt_net)
-        alphas = {n: torch.softmax(a.detach(), -1).max(-1).values.mean().item()
-                  for n, a in self.supernet.named_arch_parameters()}  # fmt: skip
-        return {"params": float(sum(p.numel() for p in self.net.parameters())),
-                "alpha_confidence": sum(alphas.values()) / max(1, len(alphas))}  # fmt: skip
+        alphas = {
+            n: torch.softmax(a.detach(), -1).max(-1).values.mean().item()
+            for n, a in self.supernet.named_arch_parameters()
+        }
+        return {
+            "params": float(sum(p.numel() for p in self.net.parameters())),
+            "alpha_confidence": sum(alphas.values()) / max(1, len(alphas)),
+        }
 
     # -- meta-initialisation (Reptile) -----------------------------------------------------------------------------
     def step_meta(self, item, ctx) -> dict:
@@ -302,8 +312,10 @@ class TIMRecipe(Recipe):
         if c["guidance"]:
             ld = self._det_loss(fused, ycc, batch["boxes"])
             with torch.no_grad():
-                tau = torch.minimum(self.D.loss(ir.expand(-1, 3, -1, -1), batch["boxes"])[0],
-                                    self.D.loss(batch["vis"].to(self.device), batch["boxes"])[0])  # fmt: skip
+                tau = torch.minimum(
+                    self.D.loss(ir.expand(-1, 3, -1, -1), batch["boxes"])[0],
+                    self.D.loss(batch["vis"].to(self.device), batch["boxes"])[0],
+                )
             mu = self.dual.mu
             loss = lf + float(mu) * ld
             with torch.no_grad():
@@ -319,8 +331,10 @@ class TIMRecipe(Recipe):
         c, ep = self.cfg, self.cfg["epochs"]
         upto = {"all": 3, "search": 1, "meta_init": 2, "train": 3}[c["stage"]]
         sync = self._sync_running_stats
-        st = [Stage("search", ep["search"] if self._searching else 0, self.src_w, self.step_search, on_epoch_end=sync),
-              Stage("derive", 0, self.src_w, self.step_search, on_stage_end=self.derive)]  # fmt: skip
+        st = [
+            Stage("search", ep["search"] if self._searching else 0, self.src_w, self.step_search, on_epoch_end=sync),
+            Stage("derive", 0, self.src_w, self.step_search, on_stage_end=self.derive),
+        ]
         if upto >= 2:
             n_meta = ep["meta_init"] if self.meta_stream is not None else 0
             st.append(Stage("meta_init", n_meta, self.meta_stream or self.src_w, self.step_meta, on_epoch_end=sync))
@@ -338,16 +352,32 @@ class TIMRecipe(Recipe):
             raise InputError("TIM: nothing to export before the derive stage")
         c, tr = self.cfg, self.trainer
         meta = {"genotype": json.dumps(self.genotype_), "width": str(c["net"]["width"])}  # what TIMNet loads
-        meta.update(self.export_metadata(c, stages=list(tr.done) if tr else [], guidance=c["guidance"],
-                                         cell=c["cell"], init=c["init"],
-                                         time_s={k: round(v, 1) for k, v in (tr.timings if tr else {}).items()},
-                                         exported=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+        meta.update(
+            self.export_metadata(
+                c,
+                stages=list(tr.done) if tr else [],
+                guidance=c["guidance"],
+                cell=c["cell"],
+                init=c["init"],
+                time_s={k: round(v, 1) for k, v in (tr.timings if tr else {}).items()},
+                exported=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            )
+        )
         return export_safetensors(path, self.net.state_dict(), meta)
 
 
-def adaptation_curve(net: nn.Module, adapt: list[dict], test: list[dict], steps=(0, 1, 2, 5, 10, 20),
-                     loss: dict | None = None, lr: float = 1e-3, crop=(96, 96), batch: int = 2, seed: int = 0,
-                     test_batches: int = 8) -> dict[int, float]:  # fmt: skip
+def adaptation_curve(
+    net: nn.Module,
+    adapt: list[dict],
+    test: list[dict],
+    steps=(0, 1, 2, 5, 10, 20),
+    loss: dict | None = None,
+    lr: float = 1e-3,
+    crop=(96, 96),
+    batch: int = 2,
+    seed: int = 0,
+    test_batches: int = 8,
+) -> dict[int, float]:
     """Fast adaptation to a held-out fusion task (the meta-initialisation ablation): a copy of ``net`` takes
     ``max(steps)`` Adam steps (``lr``) on the fusion loss over crops of the ``adapt`` samples; the mean fusion loss on
     fixed crops of the ``test`` samples is recorded after each k in ``steps``. Returns ``{k: test loss}``."""

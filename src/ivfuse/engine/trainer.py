@@ -90,8 +90,13 @@ class Stage:
 def _rng_state() -> dict:
     py = random.getstate()
     np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": list(py[1]), "python_pos": py[2],
-            "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2])}  # fmt: skip
+    return {
+        "torch": torch.get_rng_state(),
+        "python": list(py[1]),
+        "python_pos": py[2],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+    }
 
 
 def _set_rng_state(st: dict) -> None:
@@ -120,8 +125,14 @@ class Trainer:
         progress: show tqdm progress bars (with totals) and one line per epoch.
     """
 
-    def __init__(self, out: str | Path | None, modules: dict[str, nn.Module], optimizers: dict[str, Any],
-                 config: dict, progress: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        out: str | Path | None,
+        modules: dict[str, nn.Module],
+        optimizers: dict[str, Any],
+        config: dict,
+        progress: bool = True,
+    ) -> None:
         self.out = Path(out) if out is not None else None
         self.modules, self.optimizers = dict(modules), dict(optimizers)
         self.config, self.progress = config, progress and dist.is_main()
@@ -262,8 +273,14 @@ class Trainer:
                 t0 = time.time()
                 sums: dict[str, float] = {}
                 n = 0
-                bar = tqdm(st.batches(ep), desc=f"{st.name} {ep + 1}/{st.epochs}", total=len(st) or None,
-                           disable=not self.progress, leave=False, unit="batch")  # fmt: skip
+                bar = tqdm(
+                    st.batches(ep),
+                    desc=f"{st.name} {ep + 1}/{st.epochs}",
+                    total=len(st) or None,
+                    disable=not self.progress,
+                    leave=False,
+                    unit="batch",
+                )
                 for i, batch in enumerate(bar):
                     self.ctx["batch"] = i
                     if self.channels_last:

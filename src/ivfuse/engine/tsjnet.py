@@ -16,8 +16,8 @@ every training pair once, offline (:meth:`~ivfuse.engine.data.BatchSource.prepar
 the infrared image and the visible image by night (``seg.source: auto``; a pair is "night" when the mean visible
 luminance is below ``seg.night``). Cityscapes classes are mapped to MSRS' 9 classes (:data:`CITYSCAPES_TO_MSRS`);
 the frozen segmenter's 20 Cityscapes logits are merged into the same 9 classes for ``L_Seg``
-(:class:`MergedSegmenter`: ``log Σ_k∈c softmax_k``); these three live in :mod:`ivfuse.tasks.pseudo`. ``seg.pseudo: labels`` uses the dataset's own masks (MSRS
-``Segmentation_labels`` / FMB when the user has them).
+(:class:`MergedSegmenter`: ``log Σ_k∈c softmax_k``); these three live in :mod:`ivfuse.tasks.pseudo`.
+``seg.pseudo: labels`` uses the dataset's own masks (MSRS ``Segmentation_labels`` / FMB when the user has them).
 """
 
 from __future__ import annotations
@@ -33,8 +33,13 @@ from ..errors import InputError, suggest
 from ..losses.tsjnet import DetectionLoss, MFFLoss, SegmentationLoss, TSJNetLoss
 from ..models.tsjnet import TSJNet
 from ..tasks.pseudo import (  # moved to tasks/ (#21); re-exported: public here before
-    CITYSCAPES_TO_MSRS, MSRS_SEG_CLASSES, PSEUDO_SOURCES, MergedSegmenter, map_to_msrs, pseudo_mask,
-)  # fmt: skip
+    CITYSCAPES_TO_MSRS,
+    MSRS_SEG_CLASSES,
+    PSEUDO_SOURCES,
+    MergedSegmenter,
+    map_to_msrs,
+    pseudo_mask,
+)
 from .config import Limit
 from .data import BatchSource, RandomCrop, RandomFlip, load_samples
 from .recipe import Recipe, register_recipe, strict_json, train
@@ -51,9 +56,11 @@ __all__ = [
     "map_to_msrs",
     "pseudo_mask",
     "train_tsjnet",
-]  # fmt: skip
+]
 
 GUIDANCE = ("both", "det", "seg", "none")
+
+
 @register_recipe("tsjnet")
 class TSJNetRecipe(Recipe):
     """TSJNet, its frozen guides, Adam + plateau schedule and the data from a config (configs/tsjnet.yaml)."""
@@ -69,9 +76,15 @@ class TSJNetRecipe(Recipe):
         if cfg["seg"]["source"] not in PSEUDO_SOURCES:
             raise suggest(cfg["seg"]["source"], PSEUDO_SOURCES, "seg.source")
         crop = cfg["data"]["crop"]
-        if (crop is not None and cfg["guidance"] in ("both", "det") and str(cfg["detector"]["name"]).startswith("yolo")
-                and any(int(c) % 32 for c in crop)):  # fmt: skip
-            raise InputError(f"data.crop={crop}: the YOLOv5 guide needs crop sides that are multiples of 32 (e.g. [128, 128])")
+        if (
+            crop is not None
+            and cfg["guidance"] in ("both", "det")
+            and str(cfg["detector"]["name"]).startswith("yolo")
+            and any(int(c) % 32 for c in crop)
+        ):
+            raise InputError(
+                f"data.crop={crop}: the YOLOv5 guide needs crop sides that are multiples of 32 (e.g. [128, 128])"
+            )
         return []
 
     @property
@@ -86,8 +99,13 @@ class TSJNetRecipe(Recipe):
         cfg, dev = self.cfg, self.device
         self.net = TSJNet(cfg["variant"], **(cfg.get("model") or {})).to(dev)
         lc = cfg["loss"]
-        mff = MFFLoss(alpha=tuple(lc["alpha"]), ssim=lc["ssim"], intensity=lc["intensity"], gradient=lc["gradient"],
-                      div_on=lc["div_on"])  # fmt: skip
+        mff = MFFLoss(
+            alpha=tuple(lc["alpha"]),
+            ssim=lc["ssim"],
+            intensity=lc["intensity"],
+            gradient=lc["gradient"],
+            div_on=lc["div_on"],
+        )
         det = seg = None
         if self.uses_det:
             from ..tasks.detectors import create_detector
@@ -98,12 +116,15 @@ class TSJNetRecipe(Recipe):
             det = DetectionLoss(self.detector.to(dev).eval(), terms=d["terms"])
         if self.uses_seg:
             self.segmenter = self._segmenter().to(dev)
-            seg = SegmentationLoss(MergedSegmenter(self.segmenter) if cfg["seg"]["pseudo"] == "espnetv2" else self.segmenter)
+            seg = SegmentationLoss(
+                MergedSegmenter(self.segmenter) if cfg["seg"]["pseudo"] == "espnetv2" else self.segmenter
+            )
         self.loss = TSJNetLoss(mff, det, seg, det_weight=lc["det"], seg_weight=lc["seg"])
         o = cfg["optim"]
         self.opt = torch.optim.Adam(self.net.parameters(), lr=o["lr"])
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="min", factor=o["factor"],
-                                                                patience=o["patience"])  # fmt: skip
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="min", factor=o["factor"], patience=o["patience"]
+        )
         self.step = OptimStep(self.opt, clip=o["clip"])  # follows the run's ``amp`` (GradScaler for fp16 on CUDA)
         self.modules = {"net": self.net}
         self.optimizers = {"net": self.opt, "plateau": self.sched}
@@ -123,7 +144,9 @@ class TSJNetRecipe(Recipe):
         if self.uses_seg and cfg["seg"]["pseudo"] == "espnetv2":
             self.prepare_pseudo_masks()
         if with_masks and any(s.get("mask") is None for s in self.samples):
-            raise InputError("seg.pseudo=labels: some training pairs have no segmentation mask; use seg.pseudo=espnetv2")
+            raise InputError(
+                "seg.pseudo=labels: some training pairs have no segmentation mask; use seg.pseudo=espnetv2"
+            )
 
     def _segmenter(self) -> nn.Module:
         from ..tasks.segmenters import create_segmenter
@@ -141,8 +164,12 @@ class TSJNetRecipe(Recipe):
             cache = Path(s["cache"]).expanduser() / tag
         seg = self.segmenter
         t0 = time.perf_counter()
-        self.data.prepare("mask", lambda smp: pseudo_mask(smp["ir"], smp["vis"], seg, s["source"], s["night"]),
-                          cache=cache, progress=self.progress)  # fmt: skip
+        self.data.prepare(
+            "mask",
+            lambda smp: pseudo_mask(smp["ir"], smp["vis"], seg, s["source"], s["night"]),
+            cache=cache,
+            progress=self.progress,
+        )
         self.pseudo_seconds = time.perf_counter() - t0
 
     # -- one step ----------------------------------------------------------------------------------------------
@@ -190,7 +217,8 @@ class TSJNetRecipe(Recipe):
         return self.net.save(path, meta)
 
 
-def train_tsjnet(cfg: dict, out: str | Path, export: str | Path | None = None, progress: bool = True,
-                 resume: str = "auto") -> dict:  # fmt: skip
+def train_tsjnet(
+    cfg: dict, out: str | Path, export: str | Path | None = None, progress: bool = True, resume: str = "auto"
+) -> dict:
     """``ivfuse.engine.train("tsjnet", ...)``."""
     return train("tsjnet", cfg, out, export, progress, resume)

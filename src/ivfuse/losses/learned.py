@@ -54,13 +54,17 @@ class LossGenerator(nn.Module):
         return torch.softmax(self.out(torch.cat([s, c], 1)), 1)
 
 
-def learned_fusion_loss(fused: torch.Tensor, ir: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
-                        gradient: float = 2.0) -> tuple[torch.Tensor, dict[str, float]]:
+def learned_fusion_loss(
+    fused: torch.Tensor, ir: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, gradient: float = 2.0
+) -> tuple[torch.Tensor, dict[str, float]]:
     """``mean(w_ir·|F − IR| + w_vis·|F − Y|) + gradient·| |∇F| − max(|∇IR|, |∇Y|) |`` (all ``B×1×H×W``;
     ``weights``: ``B×2×H×W`` from :class:`LossGenerator`). Returns ``(total, {"intensity": …, "gradient": …,
     "w_ir": mean infrared weight})``."""
     inten = (weights[:, :1] * (fused - ir).abs() + weights[:, 1:] * (fused - y).abs()).mean()
     grad = gradient_loss(fused, ir, y) if gradient else fused.new_zeros(())
     total = inten + gradient * grad
-    return total, {"intensity": float(inten.detach()), "gradient": float(grad.detach()),
-                   "w_ir": float(weights[:, :1].detach().mean())}
+    return total, {
+        "intensity": float(inten.detach()),
+        "gradient": float(grad.detach()),
+        "w_ir": float(weights[:, :1].detach().mean()),
+    }

@@ -26,12 +26,12 @@ pulled towards the modality that owns the region (positive) relative to the othe
 * ``D`` for objects: ``Σ_l w_l · CS_l`` over VGG ``relu4`` and ``relu5`` (VGG16: relu4_3, relu5_3 — the default,
   weights in the shared folder; VGG19 as in the paper: relu4_4, relu5_4, for users who pass its weights), with the
   contextual similarity ``CS(x, y) = −log(CX(x, y) + ε)`` where
-  ``CX = (1/N) Σ_j max_i (CX^cos_ij + ω3 · CX^L2_ij) / (1 + ω3)`` (Mechrez et al. 2018: ``d̃_ij = d_ij / (min_k d_ik + ε)``,
-  ``CX_ij = softmax_j((1 − d̃_ij) / h)``, bandwidth ``h = 1``; ``d^cos`` cosine distance after centring on
-  ``y``'s mean feature, ``d^L2`` squared Euclidean distance). ``ω3 = 0`` gives the plain contextual loss of the
-  paper's ablation. The division by ``1 + ω3`` (not in the paper's formula) keeps ``CX ≤ 1``, so ``CS ≥ 0`` and
-  the positive/negative ratio stays meaningful (without it ``CS`` can be negative); at ``ω3 = 1`` it is the
-  code's ``0.5 · CX^cos + 0.5 · CX^L2`` blend;
+  ``CX = (1/N) Σ_j max_i (CX^cos_ij + ω3 · CX^L2_ij) / (1 + ω3)`` (Mechrez et al. 2018:
+  ``d̃_ij = d_ij / (min_k d_ik + ε)``, ``CX_ij = softmax_j((1 − d̃_ij) / h)``, bandwidth ``h = 1``; ``d^cos`` cosine
+  distance after centring on ``y``'s mean feature, ``d^L2`` squared Euclidean distance). ``ω3 = 0`` gives the plain
+  contextual loss of the paper's ablation. The division by ``1 + ω3`` (not in the paper's formula) keeps ``CX ≤ 1``, so
+  ``CS ≥ 0`` and the positive/negative ratio stays meaningful (without it ``CS`` can be negative); at ``ω3 = 1`` it is
+  the code's ``0.5 · CX^cos + 0.5 · CX^L2`` blend;
 * ``D`` for the background: mean squared error of VGG ``relu1_1`` (conv1) features — a contextual matrix at full
   resolution (``(HW)²`` entries) is not computable; the official code uses this MSE ratio for the background too.
 
@@ -104,8 +104,9 @@ def texture_term(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor) -> to
     return (_sobel_mag(fused) - torch.maximum(_sobel_mag(vis), _sobel_mag(ir))).abs().mean()
 
 
-def occo_pixel_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, w4: float = OMEGAS["w4"],
-                    w5: float = OMEGAS["w5"]) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def occo_pixel_loss(
+    fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, w4: float = OMEGAS["w4"], w5: float = OMEGAS["w5"]
+) -> tuple[torch.Tensor, dict[str, float]]:
     """``L_pixel = L_ssim + ω4·L_int + ω5·L_texture`` on ``B×1×H×W`` luminance; returns ``(total, parts)``."""
     parts = {
         "ssim": 2 * ssim_loss(fused, ir, vis),
@@ -137,8 +138,9 @@ def _cx(dist: torch.Tensor, band_width: float, eps: float) -> torch.Tensor:
     return torch.softmax((1 - rel) / band_width, dim=2)
 
 
-def contextual_similarity(x: torch.Tensor, y: torch.Tensor, omega3: float = OMEGAS["w3"], band_width: float = 1.0,
-                          eps: float = 1e-5) -> torch.Tensor:  # fmt: skip
+def contextual_similarity(
+    x: torch.Tensor, y: torch.Tensor, omega3: float = OMEGAS["w3"], band_width: float = 1.0, eps: float = 1e-5
+) -> torch.Tensor:
     """Contextual similarity term ``CS(x, y) = −log(CX + ε)`` per sample (see module docstring).
 
     Args:
@@ -180,8 +182,13 @@ class VGGFeatures(nn.Module):
         features, layers: a custom ``nn.Sequential`` and ``{name: index}`` map instead (tests).
     """
 
-    def __init__(self, arch: str = "vgg16", weights: str | Path | None = None, features: nn.Sequential | None = None,
-                 layers: Mapping[str, int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        arch: str = "vgg16",
+        weights: str | Path | None = None,
+        features: nn.Sequential | None = None,
+        layers: Mapping[str, int] | None = None,
+    ) -> None:
         super().__init__()
         if features is not None:
             if not layers:
@@ -204,7 +211,9 @@ class VGGFeatures(nn.Module):
         from ..weights import weights_path
 
         if arch == "vgg19" and weights is None:
-            raise InputError("VGG19 weights are not in the shared folder; pass vgg_weights=FILE (torchvision vgg19 state dict)")
+            raise InputError(
+                "VGG19 weights are not in the shared folder; pass vgg_weights=FILE (torchvision vgg19 state dict)"
+            )
         path = weights_path("vgg16_features", weights)  # a local file wins; vgg19 always has one here
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -250,8 +259,9 @@ def _shifts(b: int, groups: int = 4) -> list[int]:
     return [(k * g) % b if b > 1 else 0 for k in range(groups)]
 
 
-def _ratio(anchor: dict, pos: dict, neg: dict, valid: torch.Tensor, dist, shifts: list[int],
-           eps: float = 1e-8) -> torch.Tensor:  # fmt: skip
+def _ratio(
+    anchor: dict, pos: dict, neg: dict, valid: torch.Tensor, dist, shifts: list[int], eps: float = 1e-8
+) -> torch.Tensor:
     """mean over valid samples of D(a, p) / Σ_k D(a, roll(n, k))."""
     num = dist(anchor, pos)
     den = sum(dist(anchor, {k: v.roll(-s, 0) for k, v in neg.items()}) for s in shifts)
@@ -261,11 +271,18 @@ def _ratio(anchor: dict, pos: dict, neg: dict, valid: torch.Tensor, dist, shifts
     return r[valid].mean()
 
 
-def contextual_contrastive_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, m_ir: torch.Tensor,
-                                m_vis: torch.Tensor,
-                                vgg: VGGFeatures, omega: Mapping[str, float] | None = None,
-                                layer_weights: Mapping[str, float] | None = None, band_width: float = 1.0,
-                                groups: int = 4) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def contextual_contrastive_loss(
+    fused: torch.Tensor,
+    ir: torch.Tensor,
+    vis: torch.Tensor,
+    m_ir: torch.Tensor,
+    m_vis: torch.Tensor,
+    vgg: VGGFeatures,
+    omega: Mapping[str, float] | None = None,
+    layer_weights: Mapping[str, float] | None = None,
+    band_width: float = 1.0,
+    groups: int = 4,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """``L_CCL = L_unique + L_share + L_bg`` (module docstring).
 
     Args:
@@ -339,9 +356,15 @@ class ContextualContrastiveLoss(nn.Module):
         omega, layer_weights, band_width, groups: see :func:`contextual_contrastive_loss`.
     """
 
-    def __init__(self, vgg: str | VGGFeatures = "vgg16", vgg_weights: str | Path | None = None,
-                 omega: Mapping[str, float] | None = None, layer_weights: Mapping[str, float] | None = None,
-                 band_width: float = 1.0, groups: int = 4) -> None:  # fmt: skip
+    def __init__(
+        self,
+        vgg: str | VGGFeatures = "vgg16",
+        vgg_weights: str | Path | None = None,
+        omega: Mapping[str, float] | None = None,
+        layer_weights: Mapping[str, float] | None = None,
+        band_width: float = 1.0,
+        groups: int = 4,
+    ) -> None:
         super().__init__()
         self.vgg = vgg if isinstance(vgg, VGGFeatures) else VGGFeatures(vgg, vgg_weights)
         self.omega, self.layer_weights = dict(omega or {}), dict(layer_weights or {"relu4": 1.0, "relu5": 1.0})
@@ -351,8 +374,9 @@ class ContextualContrastiveLoss(nn.Module):
             raise InputError(f"contextual contrastive loss: VGG has no layer(s) {missing}")
 
     def forward(self, fused, ir, vis, m_ir, m_vis):
-        return contextual_contrastive_loss(fused, ir, vis, m_ir, m_vis, self.vgg, self.omega, self.layer_weights,
-                                           self.band_width, self.groups)  # fmt: skip
+        return contextual_contrastive_loss(
+            fused, ir, vis, m_ir, m_vis, self.vgg, self.omega, self.layer_weights, self.band_width, self.groups
+        )
 
 
 class OCCOLoss(nn.Module):
@@ -362,8 +386,14 @@ class OCCOLoss(nn.Module):
     visible luminance. ``contrastive=False`` trains with the pixel loss only (ablation).
     """
 
-    def __init__(self, vgg: str | VGGFeatures = "vgg16", vgg_weights: str | Path | None = None,
-                 omega: Mapping[str, float] | None = None, contrastive: bool = True, **ccl) -> None:  # fmt: skip
+    def __init__(
+        self,
+        vgg: str | VGGFeatures = "vgg16",
+        vgg_weights: str | Path | None = None,
+        omega: Mapping[str, float] | None = None,
+        contrastive: bool = True,
+        **ccl,
+    ) -> None:
         super().__init__()
         self.omega = {**OMEGAS, **(omega or {})}
         self.pixel = OCCOPixelLoss(self.omega["w4"], self.omega["w5"])

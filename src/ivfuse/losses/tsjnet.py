@@ -94,8 +94,13 @@ class DiversityLoss(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ reconstruction
-def reconstruction_loss(ir: torch.Tensor, ir_hat: torch.Tensor, vis: torch.Tensor, vis_hat: torch.Tensor,
-                        weights: tuple[float, float] = (ALPHA[1], ALPHA[2])) -> torch.Tensor:  # fmt: skip
+def reconstruction_loss(
+    ir: torch.Tensor,
+    ir_hat: torch.Tensor,
+    vis: torch.Tensor,
+    vis_hat: torch.Tensor,
+    weights: tuple[float, float] = (ALPHA[1], ALPHA[2]),
+) -> torch.Tensor:
     """``α2·MSE(I, Î) + α3·MSE(V, V̂)``; all ``B×1×H×W``; ``weights = (α2 on IR, α3 on visible)``."""
     return weights[0] * F.mse_loss(ir_hat, ir) + weights[1] * F.mse_loss(vis_hat, vis)
 
@@ -112,8 +117,14 @@ class ReconstructionLoss(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- L_MFF
-def mff_loss(out: TSJNetOutput, alpha: Sequence[float] = ALPHA, ssim: float = 1.0, intensity: float = 0.0,
-             gradient: float = 0.0, div_on: str = "fused") -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def mff_loss(
+    out: TSJNetOutput,
+    alpha: Sequence[float] = ALPHA,
+    ssim: float = 1.0,
+    intensity: float = 0.0,
+    gradient: float = 0.0,
+    div_on: str = "fused",
+) -> tuple[torch.Tensor, dict[str, float]]:
     """``L_MFF = α1·L_div + ssim·L_ssim + α2·||I - Î||² + α3·||V - V̂||² (+ intensity·L_int + gradient·L_grad)``.
 
     Args:
@@ -159,14 +170,26 @@ def mff_loss(out: TSJNetOutput, alpha: Sequence[float] = ALPHA, ssim: float = 1.
 class MFFLoss(nn.Module):
     """Module form of :func:`mff_loss` (same keyword options): ``loss(out) -> (total, parts)``."""
 
-    def __init__(self, alpha: Sequence[float] = ALPHA, ssim: float = 1.0, intensity: float = 0.0,
-                 gradient: float = 0.0, div_on: str = "fused") -> None:  # fmt: skip
+    def __init__(
+        self,
+        alpha: Sequence[float] = ALPHA,
+        ssim: float = 1.0,
+        intensity: float = 0.0,
+        gradient: float = 0.0,
+        div_on: str = "fused",
+    ) -> None:
         super().__init__()
         if len(alpha) != 3:
             raise InputError(f"L_MFF alpha must be (α1, α2, α3), got {tuple(alpha)}")
         if div_on not in ("fused", "all"):
             raise InputError(f"div_on must be 'fused' or 'all', got '{div_on}'")
-        self.alpha, self.ssim, self.intensity, self.gradient, self.div_on = tuple(alpha), ssim, intensity, gradient, div_on
+        self.alpha, self.ssim, self.intensity, self.gradient, self.div_on = (
+            tuple(alpha),
+            ssim,
+            intensity,
+            gradient,
+            div_on,
+        )
 
     def forward(self, out: TSJNetOutput) -> tuple[torch.Tensor, dict[str, float]]:
         return mff_loss(out, self.alpha, self.ssim, self.intensity, self.gradient, self.div_on)
@@ -179,8 +202,9 @@ def _as_detector_input(fused: torch.Tensor) -> torch.Tensor:
     return fused.expand(-1, 3, -1, -1) if fused.shape[1] == 1 else fused
 
 
-def detection_loss(fused: torch.Tensor, boxes: Sequence[Boxes], detector: nn.Module,
-                   terms: str = "auto") -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def detection_loss(
+    fused: torch.Tensor, boxes: Sequence[Boxes], detector: nn.Module, terms: str = "auto"
+) -> tuple[torch.Tensor, dict[str, float]]:
     """``L_Det`` of a detector on the fused image.
 
     Args:
@@ -224,14 +248,17 @@ class DetectionLoss(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- L_Seg
-def fused_segmentation_loss(fused: torch.Tensor, masks: torch.Tensor, segmenter: nn.Module,
-                            ignore_index: int = 255) -> torch.Tensor:  # fmt: skip
+def fused_segmentation_loss(
+    fused: torch.Tensor, masks: torch.Tensor, segmenter: nn.Module, ignore_index: int = 255
+) -> torch.Tensor:
     """``L_Seg``: cross-entropy of ``segmenter(fused)`` (logits ``B×K×H×W``) against ``masks`` (``B×H×W`` class
     ids, ``ignore_index`` ignored). ``fused``: ``B×{1,3}×H×W`` in [0, 1]."""
     from ..tasks.segmenters import segmentation_loss
 
     if masks.ndim != 3 or masks.shape[0] != fused.shape[0]:
-        raise InputError(f"segmentation loss expects B×H×W masks for a batch of {fused.shape[0]}, got {tuple(masks.shape)}")
+        raise InputError(
+            f"segmentation loss expects B×H×W masks for a batch of {fused.shape[0]}, got {tuple(masks.shape)}"
+        )
     return segmentation_loss(segmenter(fused), masks, ignore_index)
 
 
@@ -263,16 +290,22 @@ class TSJNetLoss(nn.Module):
     ``out.fused`` (RGB when the visible input is RGB) and are skipped when their guide or labels are missing.
     """
 
-    def __init__(self, mff: MFFLoss | None = None, detection: DetectionLoss | None = None,
-                 segmentation: SegmentationLoss | None = None, det_weight: float = 1.0,
-                 seg_weight: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        mff: MFFLoss | None = None,
+        detection: DetectionLoss | None = None,
+        segmentation: SegmentationLoss | None = None,
+        det_weight: float = 1.0,
+        seg_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         self.mff = mff or MFFLoss()
         self.detection, self.segmentation = detection, segmentation
         self.det_weight, self.seg_weight = float(det_weight), float(seg_weight)
 
-    def forward(self, out: TSJNetOutput, boxes: Sequence[Boxes] | None = None,
-                masks: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    def forward(
+        self, out: TSJNetOutput, boxes: Sequence[Boxes] | None = None, masks: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         total, parts = self.mff(out)
         parts = {f"mff/{k}": v for k, v in parts.items()}
         if self.detection is not None and self.det_weight and boxes is not None:

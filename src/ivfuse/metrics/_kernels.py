@@ -497,7 +497,8 @@ _K: dict | None = None
 
 
 def kernels() -> dict | None:
-    """The compiled kernels (ssim_sum, vif_sums, qabf_sums, nabf_sums, exp, atan; compiled once, cached on disk), or None without numba."""
+    """The compiled kernels (ssim_sum, vif_sums, qabf_sums, nabf_sums, exp, atan; compiled once, cached on disk), or
+    None without numba."""
     global _K, _LOG, _EXP, _ATAN
     if _K is None:
         try:
@@ -509,6 +510,14 @@ def kernels() -> dict | None:
 
             jit = numba.njit(cache=True, nogil=True, error_model="numpy")
             _LOG, _EXP, _ATAN = jit(_log_loops), jit(_exp_loops), jit(_atan_loops)
-            _K = {"ssim_sum": jit(_ssim_sum), "vif_sums": jit(_vif_sums), "qabf_sums": jit(_qabf_sums),
-                  "nabf_sums": jit(_nabf_sums), "fmi_rows": jit(_fmi_rows), "qcb_sum": jit(_qcb_sum), "exp": _EXP, "atan": _ATAN}  # fmt: skip
+            _K = {
+                "ssim_sum": jit(_ssim_sum),
+                "vif_sums": jit(_vif_sums),
+                "qabf_sums": jit(_qabf_sums),
+                "nabf_sums": jit(_nabf_sums),
+                "fmi_rows": jit(_fmi_rows),
+                "qcb_sum": jit(_qcb_sum),
+                "exp": _EXP,
+                "atan": _ATAN,
+            }
     return _K or None

@@ -39,8 +39,20 @@ METRICS: Registry[Metric] = Registry("metric")
 
 #: The default suite of ``ivfuse eval`` (the common IVIF table plus Nabf and CC).
 DEFAULT_METRICS: tuple[str, ...] = (
-    "en", "sd", "sf", "ag", "mi", "scd", "vif", "qabf", "nabf", "ssim", "mse", "psnr", "cc",
-)  # fmt: skip
+    "en",
+    "sd",
+    "sf",
+    "ag",
+    "mi",
+    "scd",
+    "vif",
+    "qabf",
+    "nabf",
+    "ssim",
+    "mse",
+    "psnr",
+    "cc",
+)
 
 
 @dataclass(frozen=True)
@@ -193,9 +205,7 @@ def _batch(x: Any, role: str) -> list[np.ndarray]:
     return [to_gray255(x, role)]
 
 
-def compute_metrics(
-    fused: Any, ir: Any, vis: Any, metrics: Sequence[str] | None = None
-) -> dict[str, float]:
+def compute_metrics(fused: Any, ir: Any, vis: Any, metrics: Sequence[str] | None = None) -> dict[str, float]:
     """Score one triple with several metrics; returns ``{name: value}`` in the order asked.
 
     Intermediates are shared between the metrics (:func:`ivfuse.metrics.fast.compute_all`).

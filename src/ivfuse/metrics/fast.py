@@ -69,7 +69,8 @@ class _Triple:
         return self.get(("sobel", k, norm), lambda: _sobel_zero(x))
 
     def sobel_mirror(self, k: str) -> tuple[np.ndarray, np.ndarray]:
-        """(dx, dy) with a mirrored border (Tang's ``sobel_fn.m``, unscaled): the zero-border result, outer frame redone."""
+        """(dx, dy) with a mirrored border (Tang's ``sobel_fn.m``, unscaled): the zero-border result, outer frame
+        redone."""
         return self.get(("sobel_m", k), lambda: _to_mirror(self.img[k], *self.sobel(k)))
 
     def norm1(self, k: str) -> np.ndarray:
@@ -84,8 +85,10 @@ class _Triple:
 
 
 def _sobel_zero(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return (cv2.filter2D(x, cv2.CV_64F, _DX, borderType=cv2.BORDER_CONSTANT),
-            cv2.filter2D(x, cv2.CV_64F, _DY, borderType=cv2.BORDER_CONSTANT))  # fmt: skip
+    return (
+        cv2.filter2D(x, cv2.CV_64F, _DX, borderType=cv2.BORDER_CONSTANT),
+        cv2.filter2D(x, cv2.CV_64F, _DY, borderType=cv2.BORDER_CONSTANT),
+    )
 
 
 def _to_mirror(x: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -297,8 +300,16 @@ def _vif(t: _Triple) -> float:
         for i, ref in enumerate(refs):
             w = mu2.shape[1]
             buf, lbuf, ibuf = np.empty(2 * w), np.empty(2 * w), np.empty(2 * w, np.int64)
-            nu, de = K["vif_sums"](filter2_valid_sep(ref, g), filter2_valid_sep(ref * ref, g), mu2, s2,
-                                   filter2_valid_sep(ref * dist, g), buf, lbuf, ibuf)  # fmt: skip
+            nu, de = K["vif_sums"](
+                filter2_valid_sep(ref, g),
+                filter2_valid_sep(ref * ref, g),
+                mu2,
+                s2,
+                filter2_valid_sep(ref * dist, g),
+                buf,
+                lbuf,
+                ibuf,
+            )
             num[i] += nu / _LN10  # the reference sums log10
             den[i] += de / _LN10
     return sum(float(nu / de) if de != 0 else 1.0 for nu, de in zip(num, den))

@@ -48,9 +48,7 @@ def ssim_skimage(F, A, B) -> float:
     """Sum over both sources of scikit-image SSIM as CDDFuse calls it (7×7 uniform, data_range=2)."""
     from skimage.metrics import structural_similarity
 
-    return float(
-        structural_similarity(F, A, data_range=2.0) + structural_similarity(F, B, data_range=2.0)
-    )
+    return float(structural_similarity(F, A, data_range=2.0) + structural_similarity(F, B, data_range=2.0))
 
 
 _MS_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
@@ -141,9 +139,7 @@ def _mef_ssim_single(seq: list[np.ndarray], f: np.ndarray, K: float = 0.03) -> f
     return float(q.mean())
 
 
-@register_metric(
-    "mef_ssim_single", reference="Tang Evaluation mef_ssim.m (Ma et al. MEF-SSIM, one scale)", min_size=11
-)
+@register_metric("mef_ssim_single", reference="Tang Evaluation mef_ssim.m (Ma et al. MEF-SSIM, one scale)", min_size=11)
 def mef_ssim_single(F, A, B) -> float:
     """Ma et al.'s single-scale MEF-SSIM of F against the [IR, VIS] stack (K = 0.03)."""
     return _mef_ssim_single([A, B], F)
@@ -239,5 +235,3 @@ def _vifp_many(refs: list[np.ndarray], dist: np.ndarray) -> list[float]:
 def vif(F, A, B) -> float:
     """Multi-scale pixel VIF (Sheikh-Bovik vifp, 4 scales) of F against IR plus against VIS."""
     return sum(_vifp_many([A, B], F))
-
-

@@ -1,13 +1,13 @@
 """Shared helpers for the peers whose official code is TensorFlow 1 (U2Fusion, STDFusionNet, SDNet, PMGI, CSF,
 DenseFuse): weights, TF layout conversion, TF padding/normalisation semantics, and the official 8-bit I/O.
 
-Weights (:data:`ivfuse.weights.WEIGHTS` entries ``u2fusion`` … ``densefuse``, :func:`load_tf_npz`): each TF checkpoint of the VIF-Benchmark collection (Linfeng Tang;
-public copy ``ycc568/my-seafusion`` @ cff58e5, ``Checkpoint/``) was written once to a ``.npz`` holding every
-checkpoint variable under its TF name, float32, conv kernels in TF layout HWIO (``../shared/weights/peers/``,
-``README_more.md`` there). ``np.load`` needs no TensorFlow. Resolution: an explicit file (``weights=FILE``) → the
-shared folder (``$IVFUSE_SHARED/weights/peers`` or ``../shared/weights/peers``) → a one-line error. No one publishes
-the ``.npz`` files, so there is no download URL; each entry's description names the original checkpoint the arrays
-come from, and its ``sha256`` pins the shared file (checked by ``tests/test_peers_tf.py``).
+Weights (:data:`ivfuse.weights.WEIGHTS` entries ``u2fusion`` … ``densefuse``, :func:`load_tf_npz`): each TF checkpoint
+of the VIF-Benchmark collection (Linfeng Tang; public copy ``ycc568/my-seafusion`` @ cff58e5, ``Checkpoint/``) was
+written once to a ``.npz`` holding every checkpoint variable under its TF name, float32, conv kernels in TF layout HWIO
+(``../shared/weights/peers/``, ``README_more.md`` there). ``np.load`` needs no TensorFlow. Resolution: an explicit file
+(``weights=FILE``) → the shared folder (``$IVFUSE_SHARED/weights/peers`` or ``../shared/weights/peers``) → a one-line
+error. No one publishes the ``.npz`` files, so there is no download URL; each entry's description names the original
+checkpoint the arrays come from, and its ``sha256`` pins the shared file (checked by ``tests/test_peers_tf.py``).
 
 TF → PyTorch (:func:`assign_tf`): kernels ``[kh, kw, in, out]`` → ``[out, in, kh, kw]`` (``permute(3, 2, 0, 1)``);
 :class:`TFConv` pads the way the official graph does — ``"same"`` (TF ``padding='SAME'``, stride 1: zeros, the odd
@@ -21,9 +21,10 @@ channel, biased variance.
 Presets. ``preset="ivfuse"`` (the **default**) computes in float end to end: BT.601 luminance of the float inputs,
 the network's own output range mapped to [0, 1] (no stretch), clamped, colour through
 :class:`~ivfuse.models.base.FusionModel`'s BT.601 YCbCr (the same full-range matrix as PIL's, without 8-bit steps).
-It is the default because it keeps ivfuse's method contract — a pure, differentiable tensor computation on any
-device and dtype (``--device cuda``, ``--amp``, ONNX export; docs/peers.md), 16-bit inputs not rounded to 8 bit, and each pixel's
-value independent of the image's extremes (tiles and video frames stay consistent) — while the network is the same.
+It is the default because it keeps ivfuse's method contract — a pure, differentiable tensor computation on any device
+and dtype (``--device cuda``, ``--amp``, ONNX export; docs/peers.md), 16-bit inputs not rounded to 8 bit, and each
+pixel's value independent of the image's extremes (tiles and video frames stay consistent) — while the network is the
+same.
 ``preset="official"`` reproduces the official file (the parity tests use it); it is inference-only (Pillow in the
 loop, CPU round trip) and not exportable.
 
@@ -71,7 +72,6 @@ __all__ = [
 ]
 
 
-
 def tf_weights_path(key: str, method: str, weights: str | os.PathLike | None = None, opt: str = "weights") -> Path:
     """The ``.npz`` of the :data:`~ivfuse.weights.WEIGHTS` entry ``key``: ``weights`` if given (must exist), else the
     shared copy."""
@@ -105,9 +105,12 @@ def load_tf_npz(path: Path, method: str) -> dict[str, np.ndarray]:
 
 
 def assign_tf(
-    targets: dict[str, torch.Tensor], arrays: dict[str, np.ndarray], path: Path, method: str,
+    targets: dict[str, torch.Tensor],
+    arrays: dict[str, np.ndarray],
+    path: Path,
+    method: str,
     unused: tuple[str, ...] = (),
-) -> None:  # fmt: skip
+) -> None:
     """Copy TF arrays into parameters: ``targets`` maps a TF variable name to the tensor it fills (4-D kernels
     HWIO → OIHW). Strict: every target must be in the file with the right shape, and every array of the file must be
     used or start with one of the ``unused`` prefixes (documented unused variables)."""

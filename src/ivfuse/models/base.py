@@ -23,9 +23,24 @@ from torch import nn
 from ..errors import InputError, UnknownNameError
 from ..registry import Registry
 
-__all__ = ["FusionModel", "MODELS", "register_model", "create_model", "list_models", "check_pair", "check_options",
-           "method_options", "read_weights", "load_state", "Weights", "load_checked", "DEFAULT_WEIGHTS",
-           "default_weights_path", "resolve_weights"]
+__all__ = [
+    "FusionModel",
+    "MODELS",
+    "register_model",
+    "create_model",
+    "list_models",
+    "check_pair",
+    "check_options",
+    "method_options",
+    "read_weights",
+    "load_state",
+    "Weights",
+    "load_checked",
+    "DEFAULT_WEIGHTS",
+    "default_weights_path",
+    "resolve_weights",
+]
+
 
 def _plugin(name: str, obj: Any) -> Any:
     """An ``ivfuse.methods`` entry point: a :class:`FusionModel` subclass (named ``name``) or a factory."""
@@ -50,7 +65,8 @@ def check_pair(ir: torch.Tensor, vis: torch.Tensor, min_size: int = 1, name: str
         raise InputError(f"visible input must have 1 or 3 channels, got {vis.shape[1]}")
     if ir.shape[0] != vis.shape[0] or ir.shape[-2:] != vis.shape[-2:]:
         raise InputError(
-            f"infrared {ir.shape[-1]}x{ir.shape[-2]} and visible {vis.shape[-1]}x{vis.shape[-2]} differ in size or batch"
+            f"infrared {ir.shape[-1]}x{ir.shape[-2]} and visible {vis.shape[-1]}x{vis.shape[-2]} "
+            "differ in size or batch"
         )
     if min(ir.shape[-2:]) < min_size:
         raise InputError(
@@ -113,8 +129,10 @@ def default_weights_path(method: str) -> Path:
         raise InputError(f"method '{method}' ships no default weights; pass weights=FILE")
     p = Path(str(resources.files("ivfuse") / "weights" / DEFAULT_WEIGHTS[method]))
     if not p.is_file():
-        raise InputError(f"{p}: the shipped {method} model is missing from the package; train one (ivfuse train "
-                         f"{method} preset=cpu export=FILE) and pass weights=FILE")  # fmt: skip
+        raise InputError(
+            f"{p}: the shipped {method} model is missing from the package; train one (ivfuse train "
+            f"{method} preset=cpu export=FILE) and pass weights=FILE"
+        )
     return p
 
 
@@ -196,8 +214,10 @@ def check_options(name: str, options: dict[str, Any]) -> None:
         if key not in params:
             if key == "weights":
                 learned = [n for n in MODELS.names() if "weights" in (method_options(n) or {})]
-                raise InputError(f"method '{method}' has no learned weights, so --weights (weights=) does not apply "
-                                 f"(methods with weights: {', '.join(learned) or 'none'})")  # fmt: skip
+                raise InputError(
+                    f"method '{method}' has no learned weights, so --weights (weights=) does not apply "
+                    f"(methods with weights: {', '.join(learned) or 'none'})"
+                )
             if not params:
                 raise UnknownNameError(f"method '{method}' takes no options (got '{key}')")
             close = difflib.get_close_matches(key, list(params), n=1, cutoff=0.5)
@@ -301,8 +321,10 @@ def load_state(path: str | os.PathLike, method: str, module: str | None = None, 
         if module is None or not isinstance(mods, dict) or module not in mods:
             has = ", ".join(map(str, mods)) if isinstance(mods, dict) else type(mods).__name__
             want = "does not load training checkpoints" if module is None else f"needs its network '{module}'"
-            raise InputError(f"{path}: an ivfuse training checkpoint (networks: {has}); {method} {want}: pass the "
-                             "run's export (ivfuse train ... export=FILE)")
+            raise InputError(
+                f"{path}: an ivfuse training checkpoint (networks: {has}); {method} {want}: pass the "
+                "run's export (ivfuse train ... export=FILE)"
+            )
         cfg = obj.get("config")
         if section is not None:
             cfg = cfg.get(section) if isinstance(cfg, dict) else None
@@ -323,5 +345,7 @@ def load_checked(model: nn.Module, state: Any, path: str | os.PathLike, method: 
     except RuntimeError as e:  # shape mismatch
         raise InputError(f"{path}: not {method} weights ({' '.join(str(e).split())[:200]})") from None
     if res.missing_keys or res.unexpected_keys:
-        raise InputError(f"{path}: keys do not match {method} (missing {res.missing_keys[:3]}, unexpected {res.unexpected_keys[:3]})")
+        raise InputError(
+            f"{path}: keys do not match {method} (missing {res.missing_keys[:3]}, unexpected {res.unexpected_keys[:3]})"
+        )
     return model.eval()

@@ -103,6 +103,7 @@ def box_mean(x: torch.Tensor, r: int) -> torch.Tensor:
     Integral images keep the 91×91 window of GFF's base-layer guided filter cheap (kornia's guided_blur
     convolves with the dense window, ~100× slower at that size).
     """
+
     def csum(t: torch.Tensor, dim: int) -> torch.Tensor:
         n = t.shape[dim]
         c = F.pad(t.cumsum(dim), (0, 0, 1, 0) if dim == -2 else (1, 0))

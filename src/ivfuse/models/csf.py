@@ -123,8 +123,10 @@ class CSF(TFPeer):
 
     name = "csf"
     min_size = 17
-    onnx_unsupported = ("its fusion weights are a softmax of gradient differences divided by 0.00015, which amplifies "
-                        "float round-off: onnxruntime differs from PyTorch by about 1e-3, above the 1e-4 export check")
+    onnx_unsupported = (
+        "its fusion weights are a softmax of gradient differences divided by 0.00015, which amplifies "
+        "float round-off: onnxruntime differs from PyTorch by about 1e-3, above the 1e-4 export check"
+    )
     input_mode = "luma"
 
     def __init__(self, preset: str = "ivfuse") -> None:
@@ -224,7 +226,8 @@ def _pick(folder: str | os.PathLike, names: tuple[str, ...]) -> Path:
 def csf(
     preset: str = "ivfuse", weights: str | os.PathLike | None = None, classifier: str | os.PathLike | None = None
 ) -> CSF:
-    """CSF (Xu et al., IEEE TCI 2021; not task-driven; licence: none stated) from official TF weights (weights=ED, classifier=EC)."""
+    """CSF (Xu et al., IEEE TCI 2021; not task-driven; licence: none stated) from official TF weights
+    (weights=ED, classifier=EC)."""
     ed, ec = weights, classifier
     if weights is not None and Path(weights).is_dir():  # a folder holding both files
         ed = _pick(weights, ("CSF_ED.npz", "ED.npz"))
@@ -233,6 +236,7 @@ def csf(
     path_ec = tf_weights_path("csf_ec", "csf", ec, opt="classifier")
     model = CSF(preset)
     assign_tf(model.tf_targets_ed(), load_tf_npz(path_ed, "csf"), path_ed, "CSF encoder/decoder", unused=("Variable",))
-    assign_tf(model.tf_targets_ec(), load_tf_npz(path_ec, "csf"), path_ec, "CSF classifier",
-              unused=("Variable", "Encoder/"))  # fmt: skip
+    assign_tf(
+        model.tf_targets_ec(), load_tf_npz(path_ec, "csf"), path_ec, "CSF classifier", unused=("Variable", "Encoder/")
+    )
     return model.eval()

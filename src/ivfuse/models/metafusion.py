@@ -90,13 +90,19 @@ class MetaFusionNet(FusionModel):
         self.feature_channels = [2 * o for o in outs[:blocks]]
         b2 = self.feature_channels[-1]
         self.block2 = nn.Sequential(
-            nn.Conv2d(b2, c128, 3, 1, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(c128, c128, 3, 1, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(c128, c128, 3, 1, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(c128, c128, 3, 1, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(c128, c64, 3, 1, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(c64, 2, 1, 1, 0), nn.Sigmoid(),
-        )  # fmt: skip
+            nn.Conv2d(b2, c128, 3, 1, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c128, c128, 3, 1, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c128, c128, 3, 1, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c128, c128, 3, 1, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c128, c64, 3, 1, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c64, 2, 1, 1, 0),
+            nn.Sigmoid(),
+        )
 
     # ------------------------------------------------------------------------------------------------ colour
     def split(self, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -127,7 +133,9 @@ class MetaFusionNet(FusionModel):
             feats.append(x)
         return feats, self.block2(x)
 
-    def fuse_with_features(self, ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def fuse_with_features(
+        self, ir: torch.Tensor, vis: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Returns (fused luminance B×1×H×W, fused image with the visible input's channels, features)."""
         vin, lum, colour = self.split(vis)
         feats, w = self.features_and_weights(ir, vin)
@@ -196,21 +204,28 @@ class MetaFusionNet(FusionModel):
         from .official import is_state_dict, not_weights_error
 
         sd, cfg, _, _ = load_state(path, "MetaFusion", module="F", section="fusion")
-        accepted = ("an ivfuse MetaFusion export (.safetensors), an ivfuse MetaFusion checkpoint, or the official "
-                    "MetaFusion state dict (weight/model_weight.pth)")  # fmt: skip
+        accepted = (
+            "an ivfuse MetaFusion export (.safetensors), an ivfuse MetaFusion checkpoint, or the official "
+            "MetaFusion state dict (weight/model_weight.pth)"
+        )
         if not is_state_dict(sd) or "block1.0.conv1_1.weight" not in sd:
             raise not_weights_error(path, "MetaFusion", accepted)
         if not cfg:  # a bare state dict: read the layout off the weights
             w0 = sd["block1.0.conv1_1.weight"]
             if w0.ndim != 4:
                 raise not_weights_error(path, "MetaFusion", accepted)
-            cfg = {"width": w0.shape[0] / 64, "colour": "hsv" if w0.shape[1] == 4 else "ycbcr",
-                   "blocks": len({k.split(".")[1] for k in sd if k.startswith("block1.")})}  # fmt: skip
+            cfg = {
+                "width": w0.shape[0] / 64,
+                "colour": "hsv" if w0.shape[1] == 4 else "ycbcr",
+                "blocks": len({k.split(".")[1] for k in sd if k.startswith("block1.")}),
+            }
             if cfg["colour"] == "hsv" and cfg["width"] == 1.0:  # the authors' FusionNet
                 model = cls(width=1.0, colour="hsv", blocks=int(cfg["blocks"]))
                 model.checkpoint_format = "official"
                 return OFFICIAL_KEYS.load(model, sd, path)
-        model = cls(width=float(cfg.get("width", 1.0)), colour=cfg.get("colour", "ycbcr"), blocks=int(cfg.get("blocks", 3)))
+        model = cls(
+            width=float(cfg.get("width", 1.0)), colour=cfg.get("colour", "ycbcr"), blocks=int(cfg.get("blocks", 3))
+        )
         return load_checked(model, sd, path, "MetaFusion F")
 
 
@@ -241,8 +256,13 @@ class MetaFeatureEmbedding(nn.Module):
         mid: channel width of the embedding (64 in the paper-scale config).
     """
 
-    def __init__(self, fusion_channels: Sequence[int], detector_channels: Sequence[int], levels: Sequence[int] = (1, 2, 3),
-                 mid: int = 64) -> None:  # fmt: skip
+    def __init__(
+        self,
+        fusion_channels: Sequence[int],
+        detector_channels: Sequence[int],
+        levels: Sequence[int] = (1, 2, 3),
+        mid: int = 64,
+    ) -> None:
         super().__init__()
         self.levels = tuple(levels)
         for j in self.levels:
@@ -270,18 +290,26 @@ def guide_loss(fm: Sequence[torch.Tensor], ft: Sequence[torch.Tensor]) -> torch.
 
 
 @register_model("metafusion", default_weights="metafusion_default.safetensors")
-def metafusion(weights: str | os.PathLike | None = "default", width: float | None = None, colour: str = "ycbcr",
-               preset: str = "ivfuse") -> MetaFusionNet:  # fmt: skip
+def metafusion(
+    weights: str | os.PathLike | None = "default",
+    width: float | None = None,
+    colour: str = "ycbcr",
+    preset: str = "ivfuse",
+) -> MetaFusionNet:
     """MetaFusion fusion network F (Zhao et al., CVPR 2023); default: ivfuse's trained CPU-scale model.
     ``weights=FILE`` also loads the authors' ``model_weight.pth``; ``preset="official"`` (with that file) reproduces
     the official ``test.py`` output (512×384, see docs/metafusion.md). ``weights=None``: an untrained network of
     ``width`` and ``colour``."""
     check_preset(preset, "metafusion")
     path = resolve_weights("metafusion", weights)
-    model = MetaFusionNet(width=width or 1.0, colour=colour).eval() if path is None else MetaFusionNet.from_checkpoint(path)
+    model = (
+        MetaFusionNet(width=width or 1.0, colour=colour).eval() if path is None else MetaFusionNet.from_checkpoint(path)
+    )
     if preset == "official":
         if model.colour != "hsv" or model.width != 1.0 or model.blocks != 3:
-            raise InputError("metafusion: preset='official' needs the official network (4-channel input, width 1, 3 blocks): "
-                             "pass the authors' weights (weights=model_weight.pth)")  # fmt: skip
+            raise InputError(
+                "metafusion: preset='official' needs the official network (4-channel input, width 1, 3 blocks): "
+                "pass the authors' weights (weights=model_weight.pth)"
+            )
         model.preset = "official"
     return model

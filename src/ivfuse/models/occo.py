@@ -59,9 +59,13 @@ class EncoderLevel(nn.Sequential):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(
-            nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        )  # fmt: skip
+            nn.Conv2d(cin, cout, 3, 1, 1),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
 
 
 class Encoder(nn.Module):
@@ -141,9 +145,12 @@ class ChannelEmbed(nn.Module):
         super().__init__()
         self.residual = nn.Conv2d(cin, cout, 1, bias=False)
         self.channel_embed = nn.Sequential(
-            nn.Conv2d(cin, cout, 1), nn.Conv2d(cout, cout, 3, 1, 1, groups=cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 1), nn.BatchNorm2d(cout),
-        )  # fmt: skip
+            nn.Conv2d(cin, cout, 1),
+            nn.Conv2d(cout, cout, 3, 1, 1, groups=cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 1),
+            nn.BatchNorm2d(cout),
+        )
         self.norm = nn.BatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +179,11 @@ class FIFB(nn.Module):
         b, c, h, w = x1.shape
         w1, w2 = self.channel_weight(x1, x2)
         s1 = (self.space_weight_vis(x1) * x1).flatten(2).transpose(1, 2)
-        s2 = ((self.space_weight_vis if self.shared_spatial else self.space_weight_ir)(x2) * x2).flatten(2).transpose(1, 2)
+        s2 = (
+            ((self.space_weight_vis if self.shared_spatial else self.space_weight_ir)(x2) * x2)
+            .flatten(2)
+            .transpose(1, 2)
+        )
         c1 = F.relu(self.proj_vis((w1 * x1).flatten(2).transpose(1, 2)))
         c2 = F.relu(self.proj_ir((w2 * x2).flatten(2).transpose(1, 2)))
         o1, o2 = self.cross_attn(c1, c2)
@@ -281,15 +292,17 @@ class OCCONet(FusionModel):
             model.checkpoint_format = "official"
             return OFFICIAL_KEYS.load(model, sd, path)
         if not is_state_dict(sd) or not any(k.startswith("enc_vis.") for k in sd):
-            raise InputError(f"{path}: keys do not match OCCO (not an OCCO checkpoint; accepted: an ivfuse OCCO export "
-                             "(.safetensors) or checkpoint, or the official OCCO checkpoint ({'meta', 'state_dict'} of "
-                             "main.py))")  # fmt: skip
+            raise InputError(
+                f"{path}: keys do not match OCCO (not an OCCO checkpoint; accepted: an ivfuse OCCO export "
+                "(.safetensors) or checkpoint, or the official OCCO checkpoint ({'meta', 'state_dict'} of "
+                "main.py))"
+            )
         model = cls(channels=cfg.get("channels", CHANNELS), heads=cfg.get("heads", HEADS))
         return load_checked(model, sd, path, "OCCO's FIFN")
 
 
-#: official ``occo`` (``models/net.py``) -> :class:`OCCONet`. Encoders ``v1..v4`` (visible) / ``i1..i4`` (infrared)
-#: -> ``enc_vis`` / ``enc_ir`` levels 0-3; ``fusion1..4`` -> ``fifb.0..3`` (``cross.channel_proj3/4`` -> ``proj_vis/ir``,
+#: official ``occo`` (``models/net.py``) -> :class:`OCCONet`. Encoders ``v1..v4`` (visible) / ``i1..i4`` (infrared) ->
+#: ``enc_vis`` / ``enc_ir`` levels 0-3; ``fusion1..4`` -> ``fifb.0..3`` (``cross.channel_proj3/4`` -> ``proj_vis/ir``,
 #: ``cross.end_proj1/2`` -> ``end_proj_vis/ir``, ``cross.norm1/2`` -> ``norm_vis/ir``, ``space_weight1/2`` ->
 #: ``space_weight_vis/ir``); ``up_concat3/2/1`` -> ``up3/2/1``. ``space_weight2`` is loaded but, as in the official
 #: forward, never used.

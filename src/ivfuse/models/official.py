@@ -26,7 +26,16 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["PRESETS", "KeyTable", "apply_official_preset", "batch_stat_norms", "check_preset", "is_state_dict", "not_weights_error", "to_u8"]
+__all__ = [
+    "PRESETS",
+    "KeyTable",
+    "apply_official_preset",
+    "batch_stat_norms",
+    "check_preset",
+    "is_state_dict",
+    "not_weights_error",
+    "to_u8",
+]
 
 #: the pre/post-processing presets of the authors' models
 PRESETS = ("ivfuse", "official")
@@ -48,15 +57,21 @@ def apply_official_preset(model: nn.Module, preset: str, method: str, script: st
     naming ``script`` (what the preset reproduces) and an ``example`` file name. ``"ivfuse"`` leaves it as it is."""
     if check_preset(preset, method) == "official":
         if getattr(model, "checkpoint_format", None) != "official":
-            raise InputError(f"{method}: preset='official' reproduces {script} with the authors' network: pass their "
-                             f"checkpoint (weights={example})")  # fmt: skip
+            raise InputError(
+                f"{method}: preset='official' reproduces {script} with the authors' network: pass their "
+                f"checkpoint (weights={example})"
+            )
         model.preset = "official"
     return model
 
 
 def is_state_dict(obj: Any) -> bool:
     """A non-empty mapping of string keys to tensors."""
-    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+    )
 
 
 def not_weights_error(path: str | os.PathLike, method: str, accepted: str) -> InputError:
@@ -117,7 +132,9 @@ class KeyTable:
             if fn is not None:
                 want = fn(tuple(value.shape))
                 if value.shape != want.shape or not torch.allclose(value.float(), want.float(), atol=1e-6):
-                    raise InputError(f"{path}: official {self.method} key '{key}' should hold a fixed kernel, it does not")
+                    raise InputError(
+                        f"{path}: official {self.method} key '{key}' should hold a fixed kernel, it does not"
+                    )
                 continue
             if self._dropped(key):
                 continue
@@ -127,29 +144,41 @@ class KeyTable:
                 stacked.setdefault(part.group(1), {})[int(part.group(2))] = (key, value)
                 continue
             if tgt not in own:
-                raise InputError(f"{path}: official {self.method} key '{key}' (-> '{tgt}') has no place in ivfuse's "
-                                 f"network ({len(official)} keys in the file, {len(own)} in the network)")  # fmt: skip
+                raise InputError(
+                    f"{path}: official {self.method} key '{key}' (-> '{tgt}') has no place in ivfuse's "
+                    f"network ({len(official)} keys in the file, {len(own)} in the network)"
+                )
             if tgt in source:
                 raise InputError(f"{path}: official {self.method} keys '{source[tgt]}' and '{key}' both map to '{tgt}'")
             if tuple(value.shape) != tuple(own[tgt].shape):
-                raise InputError(f"{path}: official {self.method} key '{key}' has shape {tuple(value.shape)}, "
-                                 f"ivfuse's '{tgt}' {tuple(own[tgt].shape)}")  # fmt: skip
+                raise InputError(
+                    f"{path}: official {self.method} key '{key}' has shape {tuple(value.shape)}, "
+                    f"ivfuse's '{tgt}' {tuple(own[tgt].shape)}"
+                )
             out[tgt], source[tgt] = value, key
         for tgt, parts in stacked.items():
             first = next(iter(parts.values()))[0]
             if tgt not in own:
-                raise InputError(f"{path}: official {self.method} key '{first}' (-> '{tgt}') has no place in ivfuse's network")
+                raise InputError(
+                    f"{path}: official {self.method} key '{first}' (-> '{tgt}') has no place in ivfuse's network"
+                )
             if sorted(parts) != list(range(len(parts))):
-                raise InputError(f"{path}: official {self.method} keys for '{tgt}' are incomplete (have {sorted(parts)})")
+                raise InputError(
+                    f"{path}: official {self.method} keys for '{tgt}' are incomplete (have {sorted(parts)})"
+                )
             value = torch.cat([parts[i][1] for i in range(len(parts))], 0)
             if tuple(value.shape) != tuple(own[tgt].shape) or tgt in out:
-                raise InputError(f"{path}: official {self.method} keys like '{first}' stack to {tuple(value.shape)}, "
-                                 f"ivfuse's '{tgt}' is {tuple(own[tgt].shape)}")  # fmt: skip
+                raise InputError(
+                    f"{path}: official {self.method} keys like '{first}' stack to {tuple(value.shape)}, "
+                    f"ivfuse's '{tgt}' is {tuple(own[tgt].shape)}"
+                )
             out[tgt] = value
         missing = [k for k in own if k not in out]
         if missing:
-            raise InputError(f"{path}: the official {self.method} file does not fill {len(missing)} tensor(s) of "
-                             f"ivfuse's network (first: {', '.join(missing[:3])})")  # fmt: skip
+            raise InputError(
+                f"{path}: the official {self.method} file does not fill {len(missing)} tensor(s) of "
+                f"ivfuse's network (first: {', '.join(missing[:3])})"
+            )
         return out
 
     def load(self, model: nn.Module, official: Mapping[str, torch.Tensor], path: str | os.PathLike) -> nn.Module:

@@ -21,7 +21,8 @@ ONNX_PREFIX = "onnx:"
 
 
 def need_module(module: str, extra: str = "deploy"):
-    """``import module``, or a one-line :class:`IvfuseError` naming the ``pip install 'ivfuse[extra]'`` that brings it."""
+    """``import module``, or a one-line :class:`IvfuseError` naming the ``pip install 'ivfuse[extra]'`` that brings
+    it."""
     import importlib
 
     try:
@@ -67,12 +68,14 @@ class OnnxFusionModel(FusionModel):
         check_pair(ir, vis, self.min_size, self.name)
         gray = vis.shape[1] == 1
         v = vis.expand(-1, 3, -1, -1) if gray else vis
-        feed = {"ir": ir.detach().to("cpu", torch.float32).contiguous().numpy(),
-                "vis": v.detach().to("cpu", torch.float32).contiguous().numpy()}  # fmt: skip
+        feed = {
+            "ir": ir.detach().to("cpu", torch.float32).contiguous().numpy(),
+            "vis": v.detach().to("cpu", torch.float32).contiguous().numpy(),
+        }
         out = torch.from_numpy(self.session.run(["fused"], feed)[0]).to(ir.device)
         return out[:, :1] if gray else out
 
 
 def load_onnx_model(name: str) -> OnnxFusionModel:
     """``onnx:PATH`` -> :class:`OnnxFusionModel`."""
-    return OnnxFusionModel(name[len(ONNX_PREFIX):])
+    return OnnxFusionModel(name[len(ONNX_PREFIX) :])

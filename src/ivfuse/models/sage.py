@@ -150,7 +150,9 @@ class SAGE(FusionModel):
 
 @register_model("sage")
 def sage(preset: str = "ivfuse", weights: str | os.PathLike | None = None) -> SAGE:
-    """SAGE (Wu et al., CVPR 2025; SAM-guided, segmentation-distilled; MIT) from official weights; preset ivfuse|official."""
+    """
+    SAGE (Wu et al., CVPR 2025; SAM-guided, segmentation-distilled; MIT) from official weights; preset ivfuse|official.
+    """
     p = check_preset(preset, "sage")
     path, sd = load_peer_state("sage", "sage", weights)
     model = SAGE(preset=p)

@@ -57,8 +57,9 @@ class SDNet(TFPeer):
         self.fuse = TFConv(128, 1, 1)
         # decomposition network (training only): layer6_sept, layer7..9 per modality
         self.sept = TFConv(1, 128, 1)
-        self.decomp = nn.ModuleDict({m: nn.ModuleList([TFConv(128, 16, 3), TFConv(16, 4, 3), TFConv(4, 1, 3)])
-                                     for m in ("ir", "vi")})  # fmt: skip
+        self.decomp = nn.ModuleDict(
+            {m: nn.ModuleList([TFConv(128, 16, 3), TFConv(16, 4, 3), TFConv(4, 1, 3)]) for m in ("ir", "vi")}
+        )
 
     @staticmethod
     def _features(branch: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:

@@ -75,8 +75,9 @@ class _Extraction(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = TFConv(1, 16, 5)
-        self.blocks = nn.ModuleList([_Block(16, 16, 16, False, "lrelu"), _Block(16, 16, 32, True, "lrelu"),
-                                     _Block(32, 32, 64, True, "lrelu")])  # fmt: skip
+        self.blocks = nn.ModuleList(
+            [_Block(16, 16, 16, False, "lrelu"), _Block(16, 16, 32, True, "lrelu"), _Block(32, 32, 64, True, "lrelu")]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = lrelu(self.conv1(x))
@@ -102,10 +103,14 @@ class STDFusionNet(TFPeer):
         super().__init__(preset)
         self.vi_extraction = _Extraction()
         self.ir_extraction = _Extraction()
-        self.reconstruction = nn.ModuleList([
-            _Block(128, 128, 64, True, "elu"), _Block(64, 64, 32, True, "elu"),
-            _Block(32, 32, 16, True, "lrelu"), _Block(16, 16, 1, True, "tanh"),
-        ])  # fmt: skip
+        self.reconstruction = nn.ModuleList(
+            [
+                _Block(128, 128, 64, True, "elu"),
+                _Block(64, 64, 32, True, "elu"),
+                _Block(32, 32, 16, True, "lrelu"),
+                _Block(16, 16, 1, True, "tanh"),
+            ]
+        )
 
     def network(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.vi_extraction(vis), self.ir_extraction(ir)], 1)
@@ -130,7 +135,8 @@ class STDFusionNet(TFPeer):
 
 @register_model("stdfusionnet")
 def stdfusionnet(preset: str = "ivfuse", weights: str | os.PathLike | None = None) -> STDFusionNet:
-    """STDFusionNet (Ma et al., IEEE TIM 2021; salient-target-driven, not task-driven; licence MIT) from official TF weights."""
+    """STDFusionNet (Ma et al., IEEE TIM 2021; salient-target-driven, not task-driven; licence MIT)
+    from official TF weights."""
     path = tf_weights_path("stdfusionnet", "stdfusionnet", weights)
     model = STDFusionNet(preset)
     assign_tf(model.tf_targets(), load_tf_npz(path, "stdfusionnet"), path, "STDFusionNet")

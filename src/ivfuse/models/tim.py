@@ -98,9 +98,18 @@ OPS: tuple[str, ...] = tuple(
 #: 5×5 / dilated siblings (non-local attention is in the library but not a default candidate: its attention matrix
 #: is (HW)² and the search runs on whole crops).
 DEFAULT_CANDIDATES: tuple[str, ...] = (
-    "res_k3_d1", "res_k3_d2", "res_k5_d1", "dense_k3_d1", "dense_k5_d1", "dil_k3_d2", "dil_k5_d2",
-    "sep_k3_d1", "sep_k5_d1", "eca_k3", "spa_k3",
-)  # fmt: skip
+    "res_k3_d1",
+    "res_k3_d2",
+    "res_k5_d1",
+    "dense_k3_d1",
+    "dense_k5_d1",
+    "dil_k3_d2",
+    "dil_k5_d2",
+    "sep_k3_d1",
+    "sep_k5_d1",
+    "eca_k3",
+    "spa_k3",
+)
 
 
 def _dw(c: int, k: int, d: int) -> nn.Conv2d:
@@ -198,9 +207,15 @@ def _sep_conv(c: int, k: int, d: int) -> nn.Module:
     """Separable conv (DARTS style): twice ReLU → DW k×k (dil d) → 1×1 → BN. (The official op passes the dilation
     as the *stride* and pads by 1 whatever k is, which changes the size for k=5 or d=2; here sizes are kept.)"""
     return nn.Sequential(
-        nn.ReLU(), _dw(c, k, d), nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c),
-        nn.ReLU(), _dw(c, k, d), nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c),
-    )  # fmt: skip
+        nn.ReLU(),
+        _dw(c, k, d),
+        nn.Conv2d(c, c, 1, bias=False),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        _dw(c, k, d),
+        nn.Conv2d(c, c, 1, bias=False),
+        nn.BatchNorm2d(c),
+    )
 
 
 def _eca_op(c: int, k: int) -> nn.Module:
@@ -247,7 +262,9 @@ def make_op(name: str, c: int, layout: str = "ivfuse") -> nn.Module:
     if m:
         if m.group(1) == "eca":
             return _eca_op(c, int(m.group(2)))
-        return _SpatialAttnOfficial(int(m.group(2))) if layout == "official" else SpatialAttn(kernel_size=int(m.group(2)))
+        return (
+            _SpatialAttnOfficial(int(m.group(2))) if layout == "official" else SpatialAttn(kernel_size=int(m.group(2)))
+        )
     if name == "nonlocal":
         return _NonLocalOp(c)
     raise InputError(f"unknown TIM operation '{name}' (known: {', '.join(OPS)})")
@@ -277,8 +294,14 @@ class _Cell(nn.Module):
 
     n_scales = 1
 
-    def __init__(self, c: int, ops: Sequence[str] | None, candidates: Sequence[str] | None, slots: int = 2,
-                 layout: str = "ivfuse") -> None:  # fmt: skip
+    def __init__(
+        self,
+        c: int,
+        ops: Sequence[str] | None,
+        candidates: Sequence[str] | None,
+        slots: int = 2,
+        layout: str = "ivfuse",
+    ) -> None:
         super().__init__()
         if (ops is None) == (candidates is None):
             raise ValueError("give either the cell's operations (derived) or the candidates (supernet)")
@@ -328,9 +351,13 @@ class _ResidualDown(nn.Module):
     def __init__(self, c: int) -> None:
         super().__init__()
         self.top = nn.Sequential(
-            nn.Conv2d(c, c, 1, bias=False), nn.PReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.PReLU(),
-            BlurPool2d(c, filt_size=3, stride=2), nn.Conv2d(c, 2 * c, 1, bias=False),
-        )  # fmt: skip
+            nn.Conv2d(c, c, 1, bias=False),
+            nn.PReLU(),
+            nn.Conv2d(c, c, 3, padding=1, bias=False),
+            nn.PReLU(),
+            BlurPool2d(c, filt_size=3, stride=2),
+            nn.Conv2d(c, 2 * c, 1, bias=False),
+        )
         self.bot = nn.Sequential(BlurPool2d(c, filt_size=3, stride=2), nn.Conv2d(c, 2 * c, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -343,10 +370,12 @@ class _ResidualUp(nn.Module):
     def __init__(self, c: int) -> None:
         super().__init__()
         self.top = nn.Sequential(
-            nn.Conv2d(c, c, 1, bias=False), nn.PReLU(),
-            nn.ConvTranspose2d(c, c, 3, stride=2, padding=1, output_padding=1, bias=False), nn.PReLU(),
+            nn.Conv2d(c, c, 1, bias=False),
+            nn.PReLU(),
+            nn.ConvTranspose2d(c, c, 3, stride=2, padding=1, output_padding=1, bias=False),
+            nn.PReLU(),
             nn.Conv2d(c, c // 2, 1, bias=False),
-        )  # fmt: skip
+        )
         self.bot = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(c, c // 2, 1, bias=False)
         )
@@ -361,8 +390,14 @@ class FusionCell(_Cell):
     kind = "fusion"
     n_scales = 3
 
-    def __init__(self, c: int, ops: Sequence[str] | None = None, candidates: Sequence[str] | None = None,
-                 slots: int = 2, layout: str = "ivfuse") -> None:  # fmt: skip
+    def __init__(
+        self,
+        c: int,
+        ops: Sequence[str] | None = None,
+        candidates: Sequence[str] | None = None,
+        slots: int = 2,
+        layout: str = "ivfuse",
+    ) -> None:
         super().__init__(c, ops, candidates, slots, layout)
         self.down2 = _ResidualDown(c)
         self.down4 = nn.Sequential(_ResidualDown(c), _ResidualDown(2 * c))
@@ -457,8 +492,9 @@ def _stem(c: int, bn: bool) -> nn.Sequential:
 class _Stage2(nn.Module):
     """Two-branch refinement with a learned mask (see module docstring)."""
 
-    def __init__(self, c: int, ir_cells: nn.ModuleList, vis_cells: nn.ModuleList, aux: bool = True,
-                 layout: str = "ivfuse") -> None:  # fmt: skip
+    def __init__(
+        self, c: int, ir_cells: nn.ModuleList, vis_cells: nn.ModuleList, aux: bool = True, layout: str = "ivfuse"
+    ) -> None:
         super().__init__()
         self.stem_ir, self.stem_vis = _stem(c, True), _stem(c, True)
         self.cells_ir, self.cells_vis = ir_cells, vis_cells
@@ -505,8 +541,14 @@ class TIMNet(FusionModel):
     #: official light script calls ``model_1(vis, ir)``; set for the authors' light checkpoint)
     stage1_order: str = "ir_vis"
 
-    def __init__(self, genotype: str | os.PathLike | dict = "ivif", width: int = 48, aux: bool = True,
-                 _candidates: Sequence[str] | None = None, layout: str = "ivfuse") -> None:  # fmt: skip
+    def __init__(
+        self,
+        genotype: str | os.PathLike | dict = "ivif",
+        width: int = 48,
+        aux: bool = True,
+        _candidates: Sequence[str] | None = None,
+        layout: str = "ivfuse",
+    ) -> None:
         super().__init__()
         if width < 8 or width % 2:
             raise InputError(f"TIM width must be an even number >= 8, got {width}")
@@ -616,19 +658,29 @@ class TIMNet(FusionModel):
         if official and "stem.0.conv2d.weight" in sd:
             return cls._from_official(path, sd, stage2)
         if official and "stem2.0.conv2d.weight" in sd:
-            raise InputError(f"{path}: this is the stage-2 file of the official TIM network; pass the stage-1 file "
-                             "(weights_1_*.pt) as the weights and this one as stage2=FILE (--opt stage2=FILE)")  # fmt: skip
+            raise InputError(
+                f"{path}: this is the stage-2 file of the official TIM network; pass the stage-1 file "
+                "(weights_1_*.pt) as the weights and this one as stage2=FILE (--opt stage2=FILE)"
+            )
         if stage2 is not None:
             raise InputError(f"{path}: stage2= applies to the authors' two-file TIM network only")
         if kind != "export" and "genotype" not in meta:  # a container must record its genotype (an export may not)
-            raise not_weights_error(path, "TIM", "an ivfuse TIM export (.safetensors) or checkpoint ({state_dict, "
-                                    "genotype}), or the official TIMFusion state dicts (weights_1_*.pt [+ weights_2_*.pt])")  # fmt: skip
+            raise not_weights_error(
+                path,
+                "TIM",
+                "an ivfuse TIM export (.safetensors) or checkpoint ({state_dict, "
+                "genotype}), or the official TIMFusion state dicts (weights_1_*.pt [+ weights_2_*.pt])",
+            )
         geno, width = meta.get("genotype"), int(meta.get("width", 48))
         layout, order = meta.get("layout", "ivfuse"), meta.get("stage1_order", "ir_vis")
         if geno is None:
             raise InputError(f"{path}: the checkpoint does not record its TIM genotype")
-        model = cls(validate_genotype(geno, str(path)), width=width, aux=any(k.startswith("stage2.aux_") for k in sd),
-                    layout=layout)  # fmt: skip
+        model = cls(
+            validate_genotype(geno, str(path)),
+            width=width,
+            aux=any(k.startswith("stage2.aux_") for k in sd),
+            layout=layout,
+        )
         if order not in ("ir_vis", "vis_ir"):
             raise InputError(f"{path}: stage1_order must be 'ir_vis' or 'vis_ir', got {order!r}")
         model.stage1_order = order
@@ -643,8 +695,10 @@ class TIMNet(FusionModel):
                 p = Path(path)
                 guess = p.with_name(p.name.replace("weights_1", "weights_2"))
                 if guess == p or not guess.is_file():
-                    raise InputError(f"{path}: the official full TIM network has a second file (weights_2_*.pt): pass "
-                                     "it as stage2=FILE (--opt stage2=FILE)")  # fmt: skip
+                    raise InputError(
+                        f"{path}: the official full TIM network has a second file (weights_2_*.pt): pass "
+                        "it as stage2=FILE (--opt stage2=FILE)"
+                    )
                 stage2 = guess
             obj2, _, _, kind2 = load_state(stage2, "TIM stage-2")
             if kind2 != "raw" or not is_state_dict(obj2) or "stem2.0.conv2d.weight" not in obj2:
@@ -683,8 +737,13 @@ class TIMSupernet(TIMNet):
     (:meth:`arch_parameters`); the rest are the network weights (:meth:`weight_parameters`).
     """
 
-    def __init__(self, layout: str | os.PathLike | dict = "ivif", width: int = 48,
-                 candidates: Sequence[str] = DEFAULT_CANDIDATES, aux: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        layout: str | os.PathLike | dict = "ivif",
+        width: int = 48,
+        candidates: Sequence[str] = DEFAULT_CANDIDATES,
+        aux: bool = True,
+    ) -> None:
         bad = [c for c in candidates if c not in OPS]
         if bad or not candidates:
             raise InputError(f"TIM supernet: unknown candidate operations {bad} (known: {', '.join(OPS)})")
@@ -772,8 +831,12 @@ OFFICIAL_KEYS = KeyTable(
 
 
 @register_model("tim", default_weights="tim_default.safetensors")
-def tim(weights: str | os.PathLike | None = "default", genotype: str | None = None, preset: str = "ivfuse",
-        stage2: str | os.PathLike | None = None) -> TIMNet:  # fmt: skip
+def tim(
+    weights: str | os.PathLike | None = "default",
+    genotype: str | None = None,
+    preset: str = "ivfuse",
+    stage2: str | os.PathLike | None = None,
+) -> TIMNet:
     """TIM (Liu et al., TPAMI 2024); default: ivfuse's searched, meta-initialised, task-guided CPU-scale model
     (``weights/tim_default.safetensors``, its genotype in the file's metadata); ``weights=FILE`` loads another,
     including the authors' ``weights_1_*.pt`` (``stage2=weights_2_*.pt`` for the full network, found next to it by
@@ -781,8 +844,10 @@ def tim(weights: str | os.PathLike | None = "default", genotype: str | None = No
     ``weights=None, genotype=NAME``: an untrained network of that genotype."""
     check_preset(preset, "tim")
     if weights is None and genotype is None:
-        raise InputError("TIM needs trained weights: use the shipped default (no weights=), pass weights=FILE, or "
-                         "weights=None with genotype=NAME (ivif, ivif_light) for an untrained network")  # fmt: skip
+        raise InputError(
+            "TIM needs trained weights: use the shipped default (no weights=), pass weights=FILE, or "
+            "weights=None with genotype=NAME (ivif, ivif_light) for an untrained network"
+        )
     if weights is None:
         return apply_official_preset(TIMNet(genotype).eval(), preset, "tim", "the official scripts", "weights_1_*.pt")
     if weights == "default" and stage2 is not None:

@@ -139,9 +139,12 @@ def conjugate_gradient(
 
 
 def neumann_series(
-    matvec: Callable[[Tensors], Tensors], b: Tensors, iters: int = 100, lr: float | None = None,
+    matvec: Callable[[Tensors], Tensors],
+    b: Tensors,
+    iters: int = 100,
+    lr: float | None = None,
     reduce: Reduce | None = None,
-) -> tuple[Tensors, dict]:  # fmt: skip
+) -> tuple[Tensors, dict]:
     """``A⁻¹ b ≈ η Σ_{j=0..K} (I - ηA)^j b`` (converges for 0 < η < 2/λ_max(A), A positive definite).
 
     ``lr`` (η) defaults to ``1/λ̂`` with λ̂ from 20 power iterations (×1.05 for safety) from a random start
@@ -173,18 +176,26 @@ def _mean(reduce: Reduce | None, ts: Tensors) -> Tensors:
     return ts if reduce is None else list(reduce(ts))
 
 
-def _upper_grads(upper: Closure, weights: Sequence[torch.Tensor], arch: Sequence[torch.Tensor],
-                 reduce: Reduce | None = None):  # fmt: skip
+def _upper_grads(
+    upper: Closure, weights: Sequence[torch.Tensor], arch: Sequence[torch.Tensor], reduce: Reduce | None = None
+):
     F = upper()
     g = _mean(reduce, _grads(F, list(weights) + list(arch)))
     return F.detach(), g[: len(weights)], g[len(weights) :]
 
 
 def implicit_hypergrad(
-    upper: Closure, lower: Closure, weights: Sequence[torch.Tensor], arch: Sequence[torch.Tensor], method: str = "cg",
-    iters: int = 50, tol: float = 1e-12, damping: float = 0.0, neumann_lr: float | None = None,
+    upper: Closure,
+    lower: Closure,
+    weights: Sequence[torch.Tensor],
+    arch: Sequence[torch.Tensor],
+    method: str = "cg",
+    iters: int = 50,
+    tol: float = 1e-12,
+    damping: float = 0.0,
+    neumann_lr: float | None = None,
     reduce: Reduce | None = None,
-) -> tuple[Tensors, dict]:  # fmt: skip
+) -> tuple[Tensors, dict]:
     """Exact implicit-function-theorem hyper-gradient ``∇_α F - H_αω (H_ωω + δI)⁻¹ ∇_ω F`` (module docstring, IFT).
 
     Args:
@@ -219,9 +230,15 @@ def implicit_hypergrad(
 
 
 def gauss_newton_hypergrad(
-    upper: Closure, lower: Closure, weights: Sequence[torch.Tensor], arch: Sequence[torch.Tensor],
-    variant: str = "derived", eta: float | None = None, eps: float = 1e-20, reduce: Reduce | None = None,
-) -> tuple[Tensors, dict]:  # fmt: skip
+    upper: Closure,
+    lower: Closure,
+    weights: Sequence[torch.Tensor],
+    arch: Sequence[torch.Tensor],
+    variant: str = "derived",
+    eta: float | None = None,
+    eps: float = 1e-20,
+    reduce: Reduce | None = None,
+) -> tuple[Tensors, dict]:
     """Gauss–Newton hyper-gradient ``∇_α F - c ∇_α f``, ``c = ⟨∇_ω F, ∇_ω f⟩ / ‖∇_ω f‖²`` (``variant="derived"``),
     or the official code's ``∇_α F + η c ∇_α f`` (``variant="official"``, needs ``eta``). See the module docstring.
 
@@ -251,8 +268,9 @@ def hypergradient(
         return gauss_newton_hypergrad(upper, lower, weights, arch, "derived", eps=kw.get("eps", 1e-20), reduce=reduce)
     if method == "gn_official":
         eps = kw.get("eps", 1e-20)
-        return gauss_newton_hypergrad(upper, lower, weights, arch, "official", eta=kw.get("eta"), eps=eps,
-                                      reduce=reduce)  # fmt: skip
+        return gauss_newton_hypergrad(
+            upper, lower, weights, arch, "official", eta=kw.get("eta"), eps=eps, reduce=reduce
+        )
     if method in ("cg", "neumann"):
         keys = ("iters", "tol", "damping", "neumann_lr", "reduce")
         return implicit_hypergrad(upper, lower, weights, arch, method, **{k: kw[k] for k in keys if k in kw})
@@ -315,12 +333,14 @@ class Architect:
                 lat_box.append(float(lat.detach()))
                 return upper() + self.latency_weight * lat
 
-            grads, info = hypergradient(self.method, total, lower, self.weights, self.arch, reduce=self.reduce,
-                                        **self.solver)  # fmt: skip
+            grads, info = hypergradient(
+                self.method, total, lower, self.weights, self.arch, reduce=self.reduce, **self.solver
+            )
             info["latency"] = lat_box[-1]
         else:
-            grads, info = hypergradient(self.method, upper, lower, self.weights, self.arch, reduce=self.reduce,
-                                        **self.solver)  # fmt: skip
+            grads, info = hypergradient(
+                self.method, upper, lower, self.weights, self.arch, reduce=self.reduce, **self.solver
+            )
         grads = {p: g.detach().to(p.dtype) for p, g in zip(self.arch, grads)}
         if self.stepper is not None:
             self.stepper.step_with_grads(grads)

@@ -30,10 +30,18 @@ from ..weights import weights_path
 from .yolov5 import COCO_NAMES, Detections, YOLOv5, YOLOv5Loss, yolov5_config
 
 __all__ = [
-    "DETECTORS", "DEFAULT_DETECTOR", "DETECT_CONF", "PRETRAINED", "create_detector", "list_detectors",
-    "detector_optimizer", "DETECTOR_SGD", "DETECTOR_CLIP",
-    "YOLOv5Detector", "FasterRCNNDetector",
-]  # fmt: skip
+    "DETECTORS",
+    "DEFAULT_DETECTOR",
+    "DETECT_CONF",
+    "PRETRAINED",
+    "create_detector",
+    "list_detectors",
+    "detector_optimizer",
+    "DETECTOR_SGD",
+    "DETECTOR_CLIP",
+    "YOLOv5Detector",
+    "FasterRCNNDetector",
+]
 
 DETECTORS: Registry = Registry("detector")
 #: detector used when none is named (``ivfuse detect``, ``downstream detect``, the bench's judge, ``masks`` prompts)
@@ -62,16 +70,29 @@ class YOLOv5Detector(nn.Module):
         self.class_names = net.names
         self._loss = YOLOv5Loss(net)
 
-    def predict(self, images, mode: str = "detect", conf: float | None = None, iou: float | None = None,
-                classes: Sequence[int] | None = None) -> list[Detections]:  # fmt: skip
+    def predict(
+        self,
+        images,
+        mode: str = "detect",
+        conf: float | None = None,
+        iou: float | None = None,
+        classes: Sequence[int] | None = None,
+    ) -> list[Detections]:
         was = self.training
         self.eval()
         try:
             if mode == "val":
-                return self.net.predict(images, conf=0.001 if conf is None else conf, iou=0.6 if iou is None else iou,
-                                        multi_label=True, rect_val=True, classes=classes)  # fmt: skip
-            return self.net.predict(images, conf=DETECT_CONF if conf is None else conf,
-                                    iou=0.45 if iou is None else iou, classes=classes)
+                return self.net.predict(
+                    images,
+                    conf=0.001 if conf is None else conf,
+                    iou=0.6 if iou is None else iou,
+                    multi_label=True,
+                    rect_val=True,
+                    classes=classes,
+                )
+            return self.net.predict(
+                images, conf=DETECT_CONF if conf is None else conf, iou=0.45 if iou is None else iou, classes=classes
+            )
         finally:
             self.train(was)
 
@@ -83,7 +104,9 @@ class YOLOv5Detector(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Write ``{state_dict, yaml, names}`` (the format :meth:`YOLOv5.from_checkpoint` reads), atomically."""
-        return save_checkpoint(path, {"state_dict": self.net.state_dict(), "yaml": self.net.cfg, "names": list(self.class_names)})
+        return save_checkpoint(
+            path, {"state_dict": self.net.state_dict(), "yaml": self.net.cfg, "names": list(self.class_names)}
+        )
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Backbone stages at strides 8/16/32 (MetaFusion's DFB1-3)."""
@@ -91,10 +114,14 @@ class YOLOv5Detector(nn.Module):
 
 
 def _yolo_factory(variant: str):
-    def make(weights: str | Path | None = "default", num_classes: int | None = None, class_names: Sequence[str] | None = None):
+    def make(
+        weights: str | Path | None = "default", num_classes: int | None = None, class_names: Sequence[str] | None = None
+    ):
         if weights == "default":
             if f"yolov5{variant}" not in PRETRAINED:
-                raise InputError(f"yolov5{variant}: no default weights here; pass weights=FILE or weights=None (scratch)")
+                raise InputError(
+                    f"yolov5{variant}: no default weights here; pass weights=FILE or weights=None (scratch)"
+                )
             weights = weights_path(PRETRAINED[f"yolov5{variant}"])
         if weights is None:
             nc = num_classes or (len(class_names) if class_names else 80)
@@ -126,8 +153,14 @@ class FasterRCNNDetector(nn.Module):
         # torchvision reserves label 0 for background
         return [{"boxes": b.xyxy.to(device), "labels": (b.labels + 1).to(device)} for b in boxes]
 
-    def predict(self, images, mode: str = "detect", conf: float | None = None, iou: float | None = None,
-                classes: Sequence[int] | None = None) -> list[Detections]:  # fmt: skip
+    def predict(
+        self,
+        images,
+        mode: str = "detect",
+        conf: float | None = None,
+        iou: float | None = None,
+        classes: Sequence[int] | None = None,
+    ) -> list[Detections]:
         was = self.training
         self.model.eval()
         thr = (0.001 if mode == "val" else DETECT_CONF) if conf is None else conf
@@ -174,13 +207,17 @@ class FasterRCNNDetector(nn.Module):
 
 
 def _frcnn_factory(arch: str):
-    def make(weights: str | Path | None = None, num_classes: int | None = None, class_names: Sequence[str] | None = None):
+    def make(
+        weights: str | Path | None = None, num_classes: int | None = None, class_names: Sequence[str] | None = None
+    ):
         import torchvision.models.detection as tvd
 
         builder = getattr(tvd, arch)
         if weights == "coco":  # torchvision's own download (URL + hash check)
-            enum = {"fasterrcnn_resnet50_fpn": tvd.FasterRCNN_ResNet50_FPN_Weights,
-                    "fasterrcnn_mobilenet_v3_large_fpn": tvd.FasterRCNN_MobileNet_V3_Large_FPN_Weights}[arch]  # fmt: skip
+            enum = {
+                "fasterrcnn_resnet50_fpn": tvd.FasterRCNN_ResNet50_FPN_Weights,
+                "fasterrcnn_mobilenet_v3_large_fpn": tvd.FasterRCNN_MobileNet_V3_Large_FPN_Weights,
+            }[arch]
             model = builder(weights=enum.COCO_V1)
             names = enum.COCO_V1.meta["categories"][1:]  # keep "N/A" slots: labels index this list
             return FasterRCNNDetector(model, class_names or names)
@@ -202,7 +239,9 @@ def _frcnn_factory(arch: str):
             try:
                 res = model.load_state_dict(sd, strict=False)
             except RuntimeError as e:
-                raise InputError(f"{weights}: does not fit {arch} with {nc} classes ({str(e).splitlines()[1].strip()})") from None
+                raise InputError(
+                    f"{weights}: does not fit {arch} with {nc} classes ({str(e).splitlines()[1].strip()})"
+                ) from None
             if res.missing_keys:
                 raise InputError(f"{weights}: {len(res.missing_keys)} keys missing (e.g. {res.missing_keys[0]})")
         return FasterRCNNDetector(model, names)
@@ -236,6 +275,9 @@ def detector_optimizer(detector: nn.Module, lr: float) -> torch.optim.SGD:
     params = [p for p in detector.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
-    return torch.optim.SGD([{"params": decay, "weight_decay": DETECTOR_SGD["weight_decay"]},
-                            {"params": no_decay, "weight_decay": 0.0}],
-                           lr=lr, momentum=DETECTOR_SGD["momentum"], nesterov=DETECTOR_SGD["nesterov"])  # fmt: skip
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": DETECTOR_SGD["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        momentum=DETECTOR_SGD["momentum"],
+        nesterov=DETECTOR_SGD["nesterov"],
+    )

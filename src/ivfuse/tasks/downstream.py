@@ -25,9 +25,16 @@ from ..errors import InputError, warn
 from .evaluation import confusion_matrix, detection_map, segmentation_iou
 
 __all__ = [
-    "DetectionSet", "load_detection_set", "class_mapping", "evaluate_detector",
-    "SegmentationSet", "load_segmentation_set", "evaluate_segmenter", "letterbox_batch",
-]  # fmt: skip
+    "DetectionSet",
+    "load_detection_set",
+    "class_mapping",
+    "evaluate_detector",
+    "SegmentationSet",
+    "load_segmentation_set",
+    "evaluate_segmenter",
+    "letterbox_batch",
+]
+
 
 class DetectionSet:
     """Image paths with their ground-truth boxes (pixel xyxy, dataset class ids) and class names."""
@@ -39,7 +46,9 @@ class DetectionSet:
         return len(self.paths)
 
     def subset(self, idx: Sequence[int]) -> DetectionSet:
-        return DetectionSet([self.names[i] for i in idx], [self.paths[i] for i in idx], [self.boxes[i] for i in idx], self.class_names)
+        return DetectionSet(
+            [self.names[i] for i in idx], [self.paths[i] for i in idx], [self.boxes[i] for i in idx], self.class_names
+        )
 
 
 def _read_class_names(labels: Path) -> tuple[str, ...] | None:
@@ -57,11 +66,18 @@ def _names(keys: Sequence[str], limit: int = 5) -> str:
 
 
 def _label_stems(source: Path, coco: dict | None) -> set[str]:
-    """Stems of the per-image label files of a YOLO/VOC folder (``classes.txt`` excluded), or of a COCO file's images."""
+    """Stems of the per-image label files of a YOLO/VOC folder (``classes.txt`` excluded), or of a COCO file's
+    images."""
     if coco is not None:
         return set(coco)
-    return {f.stem for f in source.iterdir() if f.is_file() and f.suffix.lower() in (".txt", ".xml")
-            and f.name != "classes.txt" and not f.name.startswith(".")}  # fmt: skip
+    return {
+        f.stem
+        for f in source.iterdir()
+        if f.is_file()
+        and f.suffix.lower() in (".txt", ".xml")
+        and f.name != "classes.txt"
+        and not f.name.startswith(".")
+    }
 
 
 def _check_label_match(images: str | Path, source: Path, n_images: int, stems: set[str], keys: set[str]) -> None:
@@ -77,15 +93,20 @@ def _check_label_match(images: str | Path, source: Path, n_images: int, stems: s
         )
     no_label, no_image = keys - stems, stems - keys
     if no_label:
-        warn(f"{source}: {len(no_label)} of {n_images} images have no label file and count as images without "
-             f"objects: {_names(no_label)}")  # fmt: skip
+        warn(
+            f"{source}: {len(no_label)} of {n_images} images have no label file and count as images without "
+            f"objects: {_names(no_label)}"
+        )
     if no_image:
         warn(f"{source}: {len(no_image)} of {len(stems)} label files have no image in {images}: {_names(no_image)}")
 
 
 def load_detection_set(
-    images: str | Path, labels: str | Path | Sequence[str | Path], class_names: Sequence[str] | None = None,
-    *, merge_iou: float | None = UNION_IOU,
+    images: str | Path,
+    labels: str | Path | Sequence[str | Path],
+    class_names: Sequence[str] | None = None,
+    *,
+    merge_iou: float | None = UNION_IOU,
 ) -> DetectionSet:
     """Read a folder of images and one or more label sources (YOLO dirs, VOC dirs, or COCO json files).
 
@@ -154,12 +175,15 @@ def class_mapping(dataset_names: Sequence[str], detector_names: Sequence[str]) -
         else:
             missing.append(n)
     if missing:
-        raise InputError(f"dataset classes {missing} are not detector classes; fine-tune with --reset-head or rename them")
+        raise InputError(
+            f"dataset classes {missing} are not detector classes; fine-tune with --reset-head or rename them"
+        )
     return out
 
 
-def evaluate_detector(detector, data: DetectionSet, mapping: dict[int, int] | None = None, progress: bool = True,
-                      matches: bool = False) -> dict:  # fmt: skip
+def evaluate_detector(
+    detector, data: DetectionSet, mapping: dict[int, int] | None = None, progress: bool = True, matches: bool = False
+) -> dict:
     """mAP of ``detector`` on ``data`` (val.py settings), in the dataset's class space (``matches``: also the
     per-image matches, :func:`~ivfuse.tasks.evaluation.detection_map`)."""
     from tqdm.auto import tqdm
@@ -175,7 +199,8 @@ def evaluate_detector(detector, data: DetectionSet, mapping: dict[int, int] | No
 
 
 def letterbox_batch(images: list[torch.Tensor], boxes: list[Boxes], imgsz: int = 640, stride: int = 32):
-    """Resize each image so its long side is ``imgsz`` and pad (grey 114) to a common stride multiple; boxes move along."""
+    """Resize each image so its long side is ``imgsz`` and pad (grey 114) to a common stride multiple; boxes move
+    along."""
     scaled, sboxes = [], []
     for im, b in zip(images, boxes):
         h, w = im.shape[-2:]
@@ -209,8 +234,10 @@ def load_segmentation_set(images: str | Path, masks: str | Path) -> Segmentation
     if not imgs:
         raise InputError(f"{images}: no images found")
     if not set(imgs) & set(ms):
-        raise InputError(f"{masks}: none of its {len(ms)} mask images matches an image in {images} (matched by file "
-                         f"stem; masks e.g. {_names(ms, 3) or 'none'}, images e.g. {_names(imgs, 3)})")  # fmt: skip
+        raise InputError(
+            f"{masks}: none of its {len(ms)} mask images matches an image in {images} (matched by file "
+            f"stem; masks e.g. {_names(ms, 3) or 'none'}, images e.g. {_names(imgs, 3)})"
+        )
     missing = sorted(set(imgs) - set(ms))
     if missing:
         raise InputError(f"{masks}: no mask for {len(missing)} of {len(imgs)} images in {images}: {_names(missing, 8)}")
@@ -221,8 +248,14 @@ def load_segmentation_set(images: str | Path, masks: str | Path) -> Segmentation
     return SegmentationSet(keys, [imgs[k] for k in keys], [ms[k] for k in keys])
 
 
-def evaluate_segmenter(segmenter, data: SegmentationSet, num_classes: int, class_names: Sequence[str] | None = None,
-                       ignore_index: int = 255, progress: bool = True) -> dict:  # fmt: skip
+def evaluate_segmenter(
+    segmenter,
+    data: SegmentationSet,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int = 255,
+    progress: bool = True,
+) -> dict:
     from tqdm.auto import tqdm
 
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)

@@ -20,8 +20,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["detection_map", "map_from_matches", "PreparedMatches", "encode_matches", "decode_matches", "confusion_matrix",
-           "segmentation_iou"]  # fmt: skip
+__all__ = [
+    "detection_map",
+    "map_from_matches",
+    "PreparedMatches",
+    "encode_matches",
+    "decode_matches",
+    "confusion_matrix",
+    "segmentation_iou",
+]
 
 #: COCO's IoU thresholds (0.50:0.05:0.95) and 101 recall points, as ``COCOeval.Params``
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -54,13 +61,27 @@ def detection_map(
         for j in range(len(g)):
             x1, y1, x2, y2 = xyxy[j].tolist()
             crowd = int(bool(g.difficult[j])) if g.difficult is not None else 0
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(g.labels[j]) + 1,
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": crowd})  # fmt: skip
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(g.labels[j]) + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": crowd,
+                }
+            )
         pxy = p.xyxy.double()
         for j in range(len(p)):
             x1, y1, x2, y2 = pxy[j].tolist()
-            dets.append({"image_id": i + 1, "category_id": int(p.labels[j]) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                         "score": float(p.scores[j])})  # fmt: skip
+            dets.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": int(p.labels[j]) + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(p.scores[j]),
+                }
+            )
     cats = [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]
     gt = COCO()
     gt.dataset = {"images": images, "annotations": anns, "categories": cats}
@@ -75,8 +96,14 @@ def detection_map(
             for a in anns:
                 n_gt_img[a["image_id"] - 1, a["category_id"] - 1] += 0 if a["iscrowd"] else 1
             e = np.zeros(0)
-            out["matches"] = {"img": e.astype(np.int32), "cls": e.astype(np.int32), "score": e, "tp": e.astype(np.uint16),
-                              "ig": e.astype(np.uint16), "n_gt": n_gt_img}  # fmt: skip
+            out["matches"] = {
+                "img": e.astype(np.int32),
+                "cls": e.astype(np.int32),
+                "score": e,
+                "tp": e.astype(np.uint16),
+                "ig": e.astype(np.uint16),
+                "n_gt": n_gt_img,
+            }
         return out
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(dets)
@@ -126,8 +153,14 @@ def _collect_matches(ev, n_images: int, n_classes: int) -> dict:
             tp.append(((m & ~g) * bits[:, None]).sum(0).astype(np.uint16))
             ig.append((g * bits[:, None]).sum(0).astype(np.uint16))
     cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
-    return {"img": cat(img, np.int32), "cls": cat(cls, np.int32), "score": cat(score, np.float64),
-            "tp": cat(tp, np.uint16), "ig": cat(ig, np.uint16), "n_gt": n_gt}  # fmt: skip
+    return {
+        "img": cat(img, np.int32),
+        "cls": cat(cls, np.int32),
+        "score": cat(score, np.float64),
+        "tp": cat(tp, np.uint16),
+        "ig": cat(ig, np.uint16),
+        "n_gt": n_gt,
+    }
 
 
 def map_from_matches(m: dict, weights: np.ndarray | None = None, class_names: Sequence[str] | None = None) -> dict:
@@ -223,26 +256,44 @@ class PreparedMatches:
         }
 
 
-_MATCH_DTYPES = {"img": np.int32, "cls": np.int32, "score": np.float64, "tp": np.uint16, "ig": np.uint16, "n_gt": np.int32}
+_MATCH_DTYPES = {
+    "img": np.int32,
+    "cls": np.int32,
+    "score": np.float64,
+    "tp": np.uint16,
+    "ig": np.uint16,
+    "n_gt": np.int32,
+}
 
 
 def encode_matches(m: dict) -> dict:
     """``matches`` as JSON: each array little-endian, base64, with its shape (exact, unlike decimal floats)."""
     import base64
 
-    return {k: {"shape": list(np.shape(m[k])), "b64": base64.b64encode(np.ascontiguousarray(m[k], dtype=np.dtype(t).newbyteorder("<")).tobytes()).decode()}
-            for k, t in _MATCH_DTYPES.items()}  # fmt: skip
+    return {
+        k: {
+            "shape": list(np.shape(m[k])),
+            "b64": base64.b64encode(np.ascontiguousarray(m[k], dtype=np.dtype(t).newbyteorder("<")).tobytes()).decode(),
+        }
+        for k, t in _MATCH_DTYPES.items()
+    }
 
 
 def decode_matches(d: dict) -> dict:
     """Inverse of :func:`encode_matches`."""
     import base64
 
-    return {k: np.frombuffer(base64.b64decode(d[k]["b64"]), dtype=np.dtype(t).newbyteorder("<")).astype(t).reshape(d[k]["shape"])
-            for k, t in _MATCH_DTYPES.items()}  # fmt: skip
+    return {
+        k: np.frombuffer(base64.b64decode(d[k]["b64"]), dtype=np.dtype(t).newbyteorder("<"))
+        .astype(t)
+        .reshape(d[k]["shape"])
+        for k, t in _MATCH_DTYPES.items()
+    }
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """``K×K`` int64 counts (rows: ground truth, columns: prediction), ignoring ``ignore_index`` pixels."""
     pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
     keep = (target != ignore_index) & (target >= 0) & (target < num_classes)

@@ -42,10 +42,15 @@ MSRS_SEG_CLASSES = ("unlabelled", "car", "person", "bike", "curve", "car_stop", 
 """MSRS ``Segmentation_labels`` class ids 0..8."""
 
 CITYSCAPES_TO_MSRS = {
-    "car": "car", "truck": "car", "bus": "car", "train": "car",
-    "person": "person", "rider": "person",
-    "bicycle": "bike", "motorcycle": "bike",
-}  # fmt: skip
+    "car": "car",
+    "truck": "car",
+    "bus": "car",
+    "train": "car",
+    "person": "person",
+    "rider": "person",
+    "bicycle": "bike",
+    "motorcycle": "bike",
+}
 """Cityscapes class -> MSRS class; every other Cityscapes class (road, sidewalk, building, wall, fence, pole, traffic
 light/sign, vegetation, terrain, sky, background) -> ``unlabelled`` (0). MSRS' curve, car_stop, guardrail,
 color_cone and bump have no Cityscapes counterpart and never occur in the pseudo-masks (Cityscapes' *fence* is not
@@ -91,8 +96,9 @@ class MergedSegmenter(nn.Module):
 
 
 @torch.no_grad()
-def pseudo_mask(ir: torch.Tensor, vis: torch.Tensor, segmenter: nn.Module, source: str = "auto",
-                night: float = 0.2) -> torch.Tensor:  # fmt: skip
+def pseudo_mask(
+    ir: torch.Tensor, vis: torch.Tensor, segmenter: nn.Module, source: str = "auto", night: float = 0.2
+) -> torch.Tensor:
     """MSRS class-id mask (``H×W`` uint8) of one pair (``ir`` 1×H×W, ``vis`` 3×H×W or 1×H×W in [0, 1]) from a
     Cityscapes segmenter (``predict`` at its training resolution, argmax, :func:`map_to_msrs`).
 
@@ -111,7 +117,6 @@ def pseudo_mask(ir: torch.Tensor, vis: torch.Tensor, segmenter: nn.Module, sourc
     dev = next(segmenter.parameters()).device
     lab = segmenter.predict(x[None].to(dev))[0]
     return map_to_msrs(lab).cpu()
-
 
 
 #: COCO classes used as prompts (the paper's prompt asks for pedestrians or cars)
@@ -143,7 +148,9 @@ class MaskGenerator:
         from .sam import load_sam
 
         if not detector_weights and detector.startswith("fasterrcnn"):
-            raise InputError(f"prompt detector '{detector}' has no default weights here; pass --detector-weights FILE (or 'coco')")
+            raise InputError(
+                f"prompt detector '{detector}' has no default weights here; pass --detector-weights FILE (or 'coco')"
+            )
         kw = {"weights": detector_weights} if detector_weights else {}
         self.detector = create_detector(detector, **kw).to(device).eval()
         self.sam = load_sam(sam_weights, device)
@@ -163,7 +170,11 @@ class MaskGenerator:
         x = image.expand(3, -1, -1) if image.shape[0] == 1 else image
         d = self.detector.predict([x.to(self.device)], conf=self.conf)[0]
         labels = d.labels.cpu()
-        keep = torch.ones(len(d), dtype=torch.bool) if self.class_ids is None else torch.isin(labels, torch.tensor(self.class_ids))
+        keep = (
+            torch.ones(len(d), dtype=torch.bool)
+            if self.class_ids is None
+            else torch.isin(labels, torch.tensor(self.class_ids))
+        )
         return d.xyxy.cpu()[keep], d.scores.cpu()[keep], d.labels.cpu()[keep]
 
     def masks_for_boxes(self, image: torch.Tensor, boxes: torch.Tensor):
@@ -180,10 +191,16 @@ class MaskGenerator:
             masks, iou = self.masks_for_boxes(image, xyxy)
             union = masks.any(0)
             for b, s, c, m, q in zip(xyxy, scores, labels, masks, iou):
-                inst.append({
-                    "modality": modality, "class": self.detector.class_names[int(c)], "score": round(float(s), 4),
-                    "box": [round(float(v), 1) for v in b], "mask_area": int(m.sum()), "sam_pred_iou": round(float(q), 4),
-                })  # fmt: skip
+                inst.append(
+                    {
+                        "modality": modality,
+                        "class": self.detector.class_names[int(c)],
+                        "score": round(float(s), 4),
+                        "box": [round(float(v), 1) for v in b],
+                        "mask_area": int(m.sum()),
+                        "sam_pred_iou": round(float(q), 4),
+                    }
+                )
         return union, inst
 
     def __call__(self, ir: torch.Tensor, vis: torch.Tensor) -> dict:

@@ -183,8 +183,9 @@ class TinyViTEncoder(nn.Module):
 
     img_size = IMG_SIZE
 
-    def __init__(self, dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), heads=(2, 4, 5, 10),
-                 windows=(7, 7, 14, 7)) -> None:  # fmt: skip
+    def __init__(
+        self, dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), heads=(2, 4, 5, 10), windows=(7, 7, 14, 7)
+    ) -> None:
         super().__init__()
         self.patch_embed = _Stem(3, dims[0])
         self.layers = nn.ModuleList()
@@ -268,9 +269,14 @@ class PromptEncoder(nn.Module):
         self.point_embeddings = nn.ModuleList(nn.Embedding(1, dim) for _ in range(4))  # neg, pos, corner 1, corner 2
         self.not_a_point_embed = nn.Embedding(1, dim)
         self.mask_downscaling = nn.Sequential(
-            nn.Conv2d(1, mask_ch // 4, 2, 2), LayerNorm2d(mask_ch // 4), nn.GELU(),
-            nn.Conv2d(mask_ch // 4, mask_ch, 2, 2), LayerNorm2d(mask_ch), nn.GELU(), nn.Conv2d(mask_ch, dim, 1),
-        )  # fmt: skip
+            nn.Conv2d(1, mask_ch // 4, 2, 2),
+            LayerNorm2d(mask_ch // 4),
+            nn.GELU(),
+            nn.Conv2d(mask_ch // 4, mask_ch, 2, 2),
+            LayerNorm2d(mask_ch),
+            nn.GELU(),
+            nn.Conv2d(mask_ch, dim, 1),
+        )
         self.no_mask_embed = nn.Embedding(1, dim)
 
     def dense_pe(self) -> torch.Tensor:

@@ -27,19 +27,62 @@ from ..errors import InputError
 from ..registry import Registry
 
 __all__ = [
-    "ESPNetv2Seg", "DeepLabV3Plus", "CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "segmentation_loss",
-    "SEGMENTERS", "DEFAULT_SEGMENTER", "PRETRAINED", "create_segmenter", "list_segmenters",
-]  # fmt: skip
+    "ESPNetv2Seg",
+    "DeepLabV3Plus",
+    "CITYSCAPES_CLASSES",
+    "CITYSCAPES_PALETTE",
+    "segmentation_loss",
+    "SEGMENTERS",
+    "DEFAULT_SEGMENTER",
+    "PRETRAINED",
+    "create_segmenter",
+    "list_segmenters",
+]
 
 CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle", "background",
-)  # fmt: skip
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+    "background",
+)
 CITYSCAPES_PALETTE = (
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
-    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
-    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32), (0, 0, 0),
-)  # fmt: skip
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
+    (0, 0, 0),
+)
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
@@ -153,8 +196,13 @@ class _DownSampler(nn.Module):
 class _EESPNet(nn.Module):
     """ESPNetv2 encoder (levels 1-4 of the ImageNet model; level 5 is unused by segmentation)."""
 
-    CHANNELS = {0.5: (16, 32, 64, 128), 1.0: (32, 64, 128, 256), 1.25: (32, 80, 160, 320),
-                1.5: (32, 96, 192, 384), 2.0: (32, 128, 256, 512)}  # fmt: skip
+    CHANNELS = {
+        0.5: (16, 32, 64, 128),
+        1.0: (32, 64, 128, 256),
+        1.25: (32, 80, 160, 320),
+        1.5: (32, 96, 192, 384),
+        2.0: (32, 128, 256, 512),
+    }
 
     def __init__(self, s: float = 2.0):
         super().__init__()
@@ -184,7 +232,9 @@ class _Shuffle(nn.Module):
 class _CBRSeq(nn.Module):  # conv-bn-prelu stored as Sequential 'cbr' (EdgeNets cnn_utils)
     def __init__(self, cin, cout, k, groups=1):
         super().__init__()
-        self.cbr = nn.Sequential(nn.Conv2d(cin, cout, k, 1, (k - 1) // 2, bias=False, groups=groups), nn.BatchNorm2d(cout), nn.PReLU(cout))
+        self.cbr = nn.Sequential(
+            nn.Conv2d(cin, cout, k, 1, (k - 1) // 2, bias=False, groups=groups), nn.BatchNorm2d(cout), nn.PReLU(cout)
+        )
 
     def forward(self, x):
         return self.cbr(x)
@@ -206,8 +256,12 @@ class _EfficientPyrPool(nn.Module):
         self.projection_layer = _CBRSeq(cin, proj, 1)
         self.stages = nn.ModuleList(nn.Conv2d(proj, proj, 3, 1, 1, bias=False, groups=proj) for _ in self.scales)
         n = len(self.scales)
-        self.merge_layer = nn.Sequential(_BRSeq(proj * n), _Shuffle(n), _CBRSeq(proj * n, proj, 3, groups=proj),
-                                         nn.Conv2d(proj, cout, 1, bias=not last_br))  # fmt: skip
+        self.merge_layer = nn.Sequential(
+            _BRSeq(proj * n),
+            _Shuffle(n),
+            _CBRSeq(proj * n, proj, 3, groups=proj),
+            nn.Conv2d(proj, cout, 1, bias=not last_br),
+        )
         if last_br:
             self.br = _BRSeq(cout)
         self.last_br = last_br
@@ -219,9 +273,13 @@ class _EfficientPyrPool(nn.Module):
         for s, stage in zip(self.scales, self.stages):
             hh, ww = max(int(math.ceil(h * s)), 5), max(int(math.ceil(w * s)), 5)
             if s < 1.0:
-                y = F.interpolate(stage(F.adaptive_avg_pool2d(x, (hh, ww))), (h, w), mode="bilinear", align_corners=True)
+                y = F.interpolate(
+                    stage(F.adaptive_avg_pool2d(x, (hh, ww))), (h, w), mode="bilinear", align_corners=True
+                )
             elif s > 1.0:
-                y = F.adaptive_avg_pool2d(stage(F.interpolate(x, (hh, ww), mode="bilinear", align_corners=True)), (h, w))
+                y = F.adaptive_avg_pool2d(
+                    stage(F.interpolate(x, (hh, ww), mode="bilinear", align_corners=True)), (h, w)
+                )
             else:
                 y = stage(x)
             hs.append(y)
@@ -249,8 +307,14 @@ class ESPNetv2Seg(nn.Module):
         class_names: names of the output classes.
     """
 
-    def __init__(self, num_classes: int = 20, s: float = 2.0, dataset: str = "city",
-                 class_names: Sequence[str] | None = None, train_size: tuple[int, int] = (512, 1024)) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_classes: int = 20,
+        s: float = 2.0,
+        dataset: str = "city",
+        class_names: Sequence[str] | None = None,
+        train_size: tuple[int, int] = (512, 1024),
+    ) -> None:
         super().__init__()
         self.base_net = _EESPNet(s)
         c = self.base_net.config
@@ -268,8 +332,11 @@ class ESPNetv2Seg(nn.Module):
         self.bu_br_l3 = nn.Sequential(nn.BatchNorm2d(dec[1]), nn.PReLU(dec[1]))
         self.bu_br_l4 = nn.Sequential(nn.BatchNorm2d(dec[2]), nn.PReLU(dec[2]))
         self.num_classes = num_classes
-        self.class_names = tuple(class_names) if class_names else (
-            CITYSCAPES_CLASSES if num_classes == 20 else tuple(f"class{i}" for i in range(num_classes)))  # fmt: skip
+        self.class_names = (
+            tuple(class_names)
+            if class_names
+            else (CITYSCAPES_CLASSES if num_classes == 20 else tuple(f"class{i}" for i in range(num_classes)))
+        )
         self.train_size = train_size
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -320,7 +387,10 @@ class ESPNetv2Seg(nn.Module):
         model = cls(nc, s)
         res = model.load_state_dict(sd, strict=False)
         if res.missing_keys or res.unexpected_keys:
-            raise InputError(f"{p}: keys do not match ESPNetv2 (missing {res.missing_keys[:3]}, unexpected {res.unexpected_keys[:3]})")
+            raise InputError(
+                f"{p}: keys do not match ESPNetv2 (missing {res.missing_keys[:3]}, "
+                f"unexpected {res.unexpected_keys[:3]})"
+            )
         return model.eval()
 
 
@@ -336,8 +406,14 @@ class DeepLabV3Plus(nn.Module):
         atrous_rates: ASPP rates (output stride 16: 6, 12, 18).
     """
 
-    def __init__(self, num_classes: int, backbone: str = "resnet50", backbone_weights: str | None = None,
-                 atrous_rates: Sequence[int] = (6, 12, 18), class_names: Sequence[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        backbone_weights: str | None = None,
+        atrous_rates: Sequence[int] = (6, 12, 18),
+        class_names: Sequence[str] | None = None,
+    ) -> None:
         super().__init__()
         import timm
         from torchvision.models.segmentation.deeplabv3 import ASPP
@@ -352,10 +428,14 @@ class DeepLabV3Plus(nn.Module):
         self.aspp = ASPP(high_c, list(atrous_rates), 256)
         self.low_proj = nn.Sequential(nn.Conv2d(low_c, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU(inplace=True))
         self.decoder = nn.Sequential(
-            nn.Conv2d(256 + 48, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True),
+            nn.Conv2d(256 + 48, 256, 3, padding=1, bias=False),
+            nn.BatchNorm2d(256),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1, bias=False),
+            nn.BatchNorm2d(256),
+            nn.ReLU(inplace=True),
             nn.Conv2d(256, num_classes, 1),
-        )  # fmt: skip
+        )
         self.num_classes = num_classes
         self.class_names = tuple(class_names) if class_names else tuple(f"class{i}" for i in range(num_classes))
 
@@ -380,8 +460,12 @@ PRETRAINED = {"espnetv2": "espnetv2_city"}
 
 
 @SEGMENTERS.register("espnetv2")
-def _espnetv2(weights: str | os.PathLike | None = None, num_classes: int | None = None,
-              class_names: Sequence[str] | None = None, s: float = 2.0) -> ESPNetv2Seg:  # fmt: skip
+def _espnetv2(
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    s: float = 2.0,
+) -> ESPNetv2Seg:
     """ESPNetv2 (EdgeNets); default weights: the Cityscapes checkpoint (shared weights folder or EdgeNets download).
     ``weights=None`` with ``num_classes`` builds an untrained network."""
     if weights is None and num_classes:
@@ -393,8 +477,12 @@ def _espnetv2(weights: str | os.PathLike | None = None, num_classes: int | None 
 
 
 @SEGMENTERS.register("deeplabv3plus")
-def _deeplabv3plus(weights: str | os.PathLike | None = None, num_classes: int | None = None,
-                   class_names: Sequence[str] | None = None, backbone: str = "resnet50") -> DeepLabV3Plus:  # fmt: skip
+def _deeplabv3plus(
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    backbone: str = "resnet50",
+) -> DeepLabV3Plus:
     """DeepLabV3+ with a timm backbone; ``weights`` = a state dict saved from this class (no public default)."""
     k = num_classes or (len(class_names) if class_names else None)
     if not k:
@@ -407,7 +495,9 @@ def _deeplabv3plus(weights: str | os.PathLike | None = None, num_classes: int | 
         try:
             res = m.load_state_dict(torch.load(p, map_location="cpu", weights_only=True), strict=False)
         except RuntimeError as e:
-            raise InputError(f"{p}: does not fit deeplabv3plus/{backbone} with {k} classes ({str(e).splitlines()[1].strip()})") from None
+            raise InputError(
+                f"{p}: does not fit deeplabv3plus/{backbone} with {k} classes ({str(e).splitlines()[1].strip()})"
+            ) from None
         if res.missing_keys:
             raise InputError(f"{p}: {len(res.missing_keys)} keys missing (e.g. {res.missing_keys[0]})")
     return m

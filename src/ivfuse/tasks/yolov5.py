@@ -43,25 +43,117 @@ from ..errors import InputError
 __all__ = ["YOLOv5", "YOLOv5Loss", "Detections", "letterbox", "non_max_suppression", "VARIANTS", "yolov5_config"]
 
 COCO_NAMES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
-)  # fmt: skip
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
+)
 
-_BACKBONE = [[-1, 1, "Conv", [64, 6, 2, 2]], [-1, 1, "Conv", [128, 3, 2]], [-1, 3, "C3", [128]],
-             [-1, 1, "Conv", [256, 3, 2]], [-1, 6, "C3", [256]], [-1, 1, "Conv", [512, 3, 2]], [-1, 9, "C3", [512]],
-             [-1, 1, "Conv", [1024, 3, 2]], [-1, 3, "C3", [1024]], [-1, 1, "SPPF", [1024, 5]]]  # fmt: skip
-_HEAD = [[-1, 1, "Conv", [512, 1, 1]], [-1, 1, "nn.Upsample", [None, 2, "nearest"]], [[-1, 6], 1, "Concat", [1]],
-         [-1, 3, "C3", [512, False]], [-1, 1, "Conv", [256, 1, 1]], [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
-         [[-1, 4], 1, "Concat", [1]], [-1, 3, "C3", [256, False]], [-1, 1, "Conv", [256, 3, 2]],
-         [[-1, 14], 1, "Concat", [1]], [-1, 3, "C3", [512, False]], [-1, 1, "Conv", [512, 3, 2]],
-         [[-1, 10], 1, "Concat", [1]], [-1, 3, "C3", [1024, False]], [[17, 20, 23], 1, "Detect", ["nc", "anchors"]]]  # fmt: skip
+_BACKBONE = [
+    [-1, 1, "Conv", [64, 6, 2, 2]],
+    [-1, 1, "Conv", [128, 3, 2]],
+    [-1, 3, "C3", [128]],
+    [-1, 1, "Conv", [256, 3, 2]],
+    [-1, 6, "C3", [256]],
+    [-1, 1, "Conv", [512, 3, 2]],
+    [-1, 9, "C3", [512]],
+    [-1, 1, "Conv", [1024, 3, 2]],
+    [-1, 3, "C3", [1024]],
+    [-1, 1, "SPPF", [1024, 5]],
+]
+_HEAD = [
+    [-1, 1, "Conv", [512, 1, 1]],
+    [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+    [[-1, 6], 1, "Concat", [1]],
+    [-1, 3, "C3", [512, False]],
+    [-1, 1, "Conv", [256, 1, 1]],
+    [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+    [[-1, 4], 1, "Concat", [1]],
+    [-1, 3, "C3", [256, False]],
+    [-1, 1, "Conv", [256, 3, 2]],
+    [[-1, 14], 1, "Concat", [1]],
+    [-1, 3, "C3", [512, False]],
+    [-1, 1, "Conv", [512, 3, 2]],
+    [[-1, 10], 1, "Concat", [1]],
+    [-1, 3, "C3", [1024, False]],
+    [[17, 20, 23], 1, "Detect", ["nc", "anchors"]],
+]
 _ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 
 #: official v6.x multiples of the five sizes
@@ -73,7 +165,14 @@ def yolov5_config(variant: str = "n", nc: int = 80) -> dict:
     if variant not in VARIANTS:
         raise InputError(f"unknown YOLOv5 size '{variant}' (choose from {', '.join(VARIANTS)})")
     d, w = VARIANTS[variant]
-    return {"nc": nc, "depth_multiple": d, "width_multiple": w, "anchors": _ANCHORS, "backbone": _BACKBONE, "head": _HEAD}
+    return {
+        "nc": nc,
+        "depth_multiple": d,
+        "width_multiple": w,
+        "anchors": _ANCHORS,
+        "backbone": _BACKBONE,
+        "head": _HEAD,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- building blocks
@@ -170,7 +269,9 @@ class Detect(nn.Module):
         for i, p in enumerate(raw):
             b, na, ny, nx, no = p.shape
             yv, xv = torch.meshgrid(
-                torch.arange(ny, device=p.device, dtype=p.dtype), torch.arange(nx, device=p.device, dtype=p.dtype), indexing="ij"
+                torch.arange(ny, device=p.device, dtype=p.dtype),
+                torch.arange(nx, device=p.device, dtype=p.dtype),
+                indexing="ij",
             )
             grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2) - 0.5
             agrid = (self.anchors[i] * self.stride[i]).view(1, na, 1, 1, 2)
@@ -185,8 +286,16 @@ def _make_divisible(x: float, divisor: int = 8) -> int:
     return int(math.ceil(x / divisor) * divisor)
 
 
-_BLOCKS = {"Conv": Conv, "C3": C3, "SPPF": SPPF, "Bottleneck": Bottleneck, "Concat": Concat, "Detect": Detect,
-           "nn.Upsample": nn.Upsample, "Upsample": nn.Upsample}  # fmt: skip
+_BLOCKS = {
+    "Conv": Conv,
+    "C3": C3,
+    "SPPF": SPPF,
+    "Bottleneck": Bottleneck,
+    "Concat": Concat,
+    "Detect": Detect,
+    "nn.Upsample": nn.Upsample,
+    "Upsample": nn.Upsample,
+}
 
 
 # ------------------------------------------------------------------------------------------------------- model
@@ -214,7 +323,9 @@ class YOLOv5(nn.Module):
         super().__init__()
         self.cfg = dict(cfg)
         nc = int(self.cfg["nc"])
-        self.names = tuple(names) if names is not None else (COCO_NAMES if nc == 80 else tuple(f"class{i}" for i in range(nc)))
+        self.names = (
+            tuple(names) if names is not None else (COCO_NAMES if nc == 80 else tuple(f"class{i}" for i in range(nc)))
+        )
         if len(self.names) != nc:
             raise InputError(f"YOLOv5: {len(self.names)} class names for nc={nc}")
         self.model, self.save = self._parse(self.cfg)
@@ -351,11 +462,14 @@ class YOLOv5(nn.Module):
         unexpected = sorted(set(sd) - set(own))
         if missing or unexpected:
             raise InputError(
-                f"{source}: keys do not match the architecture (missing {missing[:4]}..., unexpected {unexpected[:4]}...)"
+                f"{source}: keys do not match the architecture (missing {missing[:4]}..., "
+                f"unexpected {unexpected[:4]}...)"
             )
         bad = [k for k in own if own[k].shape != sd[k].shape]
         if bad:
-            raise InputError(f"{source}: shape mismatch for {bad[:3]} (e.g. {tuple(sd[bad[0]].shape)} vs {tuple(own[bad[0]].shape)})")
+            raise InputError(
+                f"{source}: shape mismatch for {bad[:3]} (e.g. {tuple(sd[bad[0]].shape)} vs {tuple(own[bad[0]].shape)})"
+            )
         self.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=True)
 
     # -- inference ---------------------------------------------------------------------------------------------
@@ -516,8 +630,16 @@ class YOLOv5Loss:
     detached components.
     """
 
-    def __init__(self, model: YOLOv5, box: float = 0.05, obj: float = 1.0, cls: float = 0.5, anchor_t: float = 4.0,
-                 imgsz: int = 640, label_smoothing: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: YOLOv5,
+        box: float = 0.05,
+        obj: float = 1.0,
+        cls: float = 0.5,
+        anchor_t: float = 4.0,
+        imgsz: int = 640,
+        label_smoothing: float = 0.0,
+    ) -> None:
         det = model.detect_layer
         self.det, self.nc, self.na, self.nl = det, det.nc, det.na, det.nl
         # train.py scales the gains by the number of levels, classes and image size
@@ -558,8 +680,10 @@ class YOLOv5Loss:
                 tb = tbox[i]
                 ciou_loss = torchvision.ops.complete_box_iou_loss(
                     torchvision.ops.box_convert(pbox, "cxcywh", "xyxy"),
-                    torchvision.ops.box_convert(tb, "cxcywh", "xyxy"), reduction="none", eps=1e-7,
-                )  # fmt: skip
+                    torchvision.ops.box_convert(tb, "cxcywh", "xyxy"),
+                    reduction="none",
+                    eps=1e-7,
+                )
                 lbox = lbox + ciou_loss.mean()
                 iou = (1.0 - ciou_loss).detach().clamp(0).to(tobj.dtype)
                 tobj[b, a, gj, gi] = iou
