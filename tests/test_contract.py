@@ -144,3 +144,25 @@ def test_method_contract(name, channels):
     assert torch.isfinite(out).all() and float(out.min()) >= 0 and float(out.max()) <= 1
     assert float(out.std()) > 1e-3, f"{name}: constant output"
     torch.testing.assert_close(single, out[1:], atol=1e-4, rtol=1e-4, msg=f"{name}: batch and single results differ")
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_channels_last_weights_give_the_same_images(name):
+    """``create_model`` stores the convolution weights channels-last where the class says so (oneDNN then runs every
+    convolution channels-last, ``docs/deployment.md``); the images equal those of the same weights in the default
+    layout."""
+    model = build_or_skip(name)
+    convs = [p for p in model.parameters() if p.ndim == 4]
+    if model.channels_last:
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs), name
+    else:
+        assert all(p.is_contiguous() for p in convs), name
+    if not convs:
+        return
+    ir, vis = _pair(max(72, model.min_size), max(88, model.min_size), 3)
+    with torch.no_grad():
+        got = model(ir, vis)
+        model.to(memory_format=torch.contiguous_format)
+        assert all(p.is_contiguous() for p in convs)
+        want = model(ir, vis)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0, msg=f"{name}: channels-last changes the image")

@@ -96,6 +96,7 @@ class STDFusionNet(TFPeer):
     """STDFusionNet (see module docstring). Build it with ``create_model("stdfusionnet")``."""
 
     name = "stdfusionnet"
+    channels_last = False  # 4 % slower channels-last (2026-12-07, one thread, 640×480)
     min_size = 1
     input_mode = "luma"
 

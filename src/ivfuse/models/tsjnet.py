@@ -817,6 +817,8 @@ class TSJNet(FusionModel):
     """
 
     min_size = 1
+    #: the eval path converts its maps itself (``_channels_last``), next to its fused convolutions
+    channels_last = False
     #: ``"ivfuse"`` or ``"official"`` (loaded from the authors' file)
     checkpoint_format: str = "ivfuse"
 
