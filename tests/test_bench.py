@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ivfuse.bench import PRESETS, parse_data
-from ivfuse.bench.cache import method_key, state_hash
+from ivfuse.bench.cache import code_hash, method_key, state_hash
 from ivfuse.bench.protocols import SourceImage
 from ivfuse.bench.report import tables
 from ivfuse.cli import main
@@ -43,6 +43,46 @@ def test_state_hash_follows_the_weights():
     k3, ident = method_key("conv", {}, a)
     assert k1 != k2 and k1.startswith("laplacian-") and len(k1) == len("laplacian-") + 12
     assert ident["weights_sha256"] == state_hash(a) and ident["code_sha256"]
+
+
+def _hash_of_module_file(path: Path, text: str, monkeypatch) -> str:
+    """``code_hash`` of an instance of the class ``Net`` defined by ``text``, written to ``path`` and imported."""
+    import importlib.util
+    import sys
+
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(f"codehash_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)
+    spec.loader.exec_module(mod)
+    return code_hash(mod.Net())
+
+
+def test_code_hash_follows_the_code_not_its_layout(tmp_path, monkeypatch):
+    base = '''"""A module."""
+import torch
+
+
+class Net(torch.nn.Module):
+    """A net."""
+
+    def forward(self, x):
+        return x * 2 + 1
+'''
+    reformatted = '''"""The same module, documented differently."""
+import torch
+class Net(torch.nn.Module):
+    """Another docstring."""
+    def forward(self, x):  # a comment
+        """Doubles and adds one."""
+        return (x * 2
+                + 1)
+'''
+    changed = base.replace("+ 1", "+ 2")
+    h = _hash_of_module_file(tmp_path / "a.py", base, monkeypatch)
+    assert h is not None and h == _hash_of_module_file(tmp_path / "b.py", reformatted, monkeypatch)
+    assert h != _hash_of_module_file(tmp_path / "c.py", changed, monkeypatch)
+    assert code_hash(torch.nn.ReLU()) is not None  # a library class: its own file
 
 
 def test_parse_data_splits_and_aliases():

@@ -3,7 +3,8 @@
 Keys:
 
 * a **method key** ``<name>-<12 hex>``: the hash covers the method name, its options, the SHA-256 of its
-  state dict (every parameter and buffer, in key order) and the SHA-256 of the source file defining its class.
+  state dict (every parameter and buffer, in key order) and the SHA-256 of the code of the source file defining
+  its class (its syntax tree without docstrings: :func:`code_hash`; reformatting and comments keep the key).
   Learned methods therefore change key when their weights change, whichever file they came from;
   parameter-free (classical) methods hash name + options (+ source file) only.
 * a **data key** ``<dataset>-<split>-<8 hex>``: the hash covers the resolved root folder, the split, the IR
@@ -29,6 +30,7 @@ is reported by a one-line warning on the ``ivfuse`` logger.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 import json
@@ -99,12 +101,32 @@ def state_hash(module: torch.nn.Module) -> str | None:
 
 
 def code_hash(module: torch.nn.Module) -> str | None:
-    """SHA-256 of the source file that defines the module's class (a code change must not reuse stale images)."""
+    """SHA-256 of the code of the source file that defines the module's class (a code change must not reuse stale
+    images): its syntax tree (``ast.dump``, no line numbers) with the docstrings removed, so that reformatting,
+    comments and docstrings keep the key and any change of a statement changes it. A file Python cannot parse is
+    hashed byte for byte. (Only that file: an edit of a helper module it imports keeps the key.)"""
     try:
         src = inspect.getsourcefile(type(module))
     except TypeError:
         return None
-    return hashlib.sha256(Path(src).read_bytes()).hexdigest() if src and Path(src).is_file() else None
+    if not src or not Path(src).is_file():
+        return None
+    data = Path(src).read_bytes()
+    try:
+        tree = ast.parse(data)
+    except (SyntaxError, ValueError):
+        return hashlib.sha256(data).hexdigest()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
 def method_key(name: str, options: dict | None, module: torch.nn.Module | None) -> tuple[str, dict]:
