@@ -149,14 +149,16 @@ def test_method_contract(name, channels):
 @pytest.mark.parametrize("name", METHODS)
 def test_channels_last_weights_give_the_same_images(name):
     """``create_model`` stores the convolution weights channels-last where the class says so (oneDNN then runs every
-    convolution channels-last, ``docs/deployment.md``); the images equal those of the same weights in the default
-    layout."""
+    convolution channels-last, ``docs/deployment.md``) and hands out its state dict in the standard layout; the images
+    equal those of the same weights in the default layout."""
     model = build_or_skip(name)
     convs = [p for p in model.parameters() if p.ndim == 4]
     if model.channels_last:
         assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs), name
     else:
         assert all(p.is_contiguous() for p in convs), name
+    # ... while its state dict is in the standard layout (safetensors refuses anything else)
+    assert all(v.is_contiguous() for v in model.state_dict().values()), name
     if not convs:
         return
     ir, vis = _pair(max(72, model.min_size), max(88, model.min_size), 3)

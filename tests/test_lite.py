@@ -89,6 +89,7 @@ def test_lite_recipe_trains_exports_and_refuses_held_out_data(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert len(summary["history"]["train"]) == 2
     net = LiteFusionNet.from_checkpoint(tmp_path / "run" / "final.pt")
+    net.to(memory_format=torch.channels_last)  # the layout create_model gives (same summation order)
     exported = ivfuse.create_model("lite", weights=str(tmp_path / "l.safetensors"))
     x, v = torch.rand(1, 1, 32, 40), torch.rand(1, 3, 32, 40)
     assert torch.equal(net(x, v), exported(x, v))

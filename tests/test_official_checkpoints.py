@@ -393,6 +393,7 @@ def test_tim_official_light_saved_by_ivfuse_keeps_layout_and_input_order(tmp_pat
     model = ivfuse.create_model("tim", weights=f)
     model.save(tmp_path / "light.pt")
     again = TIMNet.from_checkpoint(tmp_path / "light.pt").eval()
+    again.to(memory_format=torch.channels_last)  # the layout create_model gives (same summation order)
     assert again.layout == "official" and again.stage1_order == "vis_ir"
     ir, vis = torch.rand(1, 1, 24, 32), torch.rand(1, 3, 24, 32)
     with torch.inference_mode():

@@ -490,3 +490,14 @@ def test_official_inputs_and_save_use_pillow_conventions():
     assert torch.equal((out[0] * 255).round().byte().permute(1, 2, 0), torch.from_numpy(want))
     gray = _tf.official_save(fused, vis[:, :1])
     assert gray.shape == (1, 1, 9, 11) and torch.equal((gray[0, 0] * 255).round().byte(), torch.from_numpy(y8))
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", ["densefuse", "sdnet", "pmgi"])
+def test_official_preset_keeps_the_authors_memory_layout(name):
+    """``preset="official"`` keeps the default (NCHW) weights, whose summation order its 8-bit round trips need;
+    the default preset runs them channels-last (``FusionModel.channels_last``)."""
+    convs = {p: [w for w in peer(name, p).parameters() if w.ndim == 4] for p in ("official", "ivfuse")}
+    assert convs["official"] and all(w.is_contiguous() for w in convs["official"])
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs["ivfuse"])
+    assert not all(w.is_contiguous() for w in convs["ivfuse"])  # (1-channel kernels are both)

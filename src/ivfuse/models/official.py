@@ -54,8 +54,7 @@ def check_preset(preset: str, method: str) -> str:
 def apply_official_preset(model: nn.Module, preset: str, method: str, script: str, example: str) -> nn.Module:
     """Switch ``model`` to ``preset="official"`` (its ``preset`` attribute), which only the authors' network can run:
     a model not loaded from an official checkpoint (``model.checkpoint_format``) is a one-line :class:`InputError`
-    naming ``script`` (what the preset reproduces) and an ``example`` file name. The official preset also keeps the
-    default memory layout (``channels_last = False``). ``"ivfuse"`` leaves the model as it is."""
+    naming ``script`` (what the preset reproduces) and an ``example`` file name. ``"ivfuse"`` leaves it as it is."""
     if check_preset(preset, method) == "official":
         if getattr(model, "checkpoint_format", None) != "official":
             raise InputError(
@@ -63,9 +62,6 @@ def apply_official_preset(model: nn.Module, preset: str, method: str, script: st
                 f"checkpoint (weights={example})"
             )
         model.preset = "official"
-        # the authors' layout too: channels-last weights change the summation order, and the train-mode BatchNorm
-        # of some official scripts (OCCO) amplifies that to 6e-3; the official preset stays bit-exact instead
-        model.channels_last = False
     return model
 
 
