@@ -168,3 +168,15 @@ def test_channels_last_weights_give_the_same_images(name):
         assert all(p.is_contiguous() for p in convs)
         want = model(ir, vis)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0, msg=f"{name}: channels-last changes the image")
+
+
+def test_runner_channels_last_converts_with_a_standard_state_dict():
+    """``Runner(channels_last=True)`` converts a model that keeps the default layout through the same
+    :func:`ivfuse.models.base.to_channels_last` as ``create_model``: its state dict stays in the standard layout."""
+    from ivfuse.fusion import Runner
+
+    model = ivfuse.create_model("tsjnet", weights=None)  # TSJNet keeps the default layout
+    assert all(p.is_contiguous() for p in model.parameters())
+    Runner(model, channels_last=True)
+    assert not all(p.is_contiguous() for p in model.parameters() if p.ndim == 4)
+    assert all(v.is_contiguous() for v in model.state_dict().values())

@@ -41,6 +41,7 @@ from .data.images import IMAGE_EXTENSIONS, image_size, read_pair, write_image
 from .data.pairing import pair_by_stem
 from .errors import InputError, IvfuseError, OutputError, PairingError, warn
 from .models import FusionModel, create_model
+from .models.base import to_channels_last
 from .tiling import check_memory, check_tile, fuse_tiled
 from .utils import check_amp, check_device, write_error
 
@@ -118,7 +119,7 @@ class Runner:
             raise InputError(f"{model.name}: --amp and --compile apply to PyTorch methods, not to ONNX models")
         self.channels_last = bool(channels_last) and not onnx
         if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+            to_channels_last(model)
         self.fn = torch.compile(model) if compile else model
 
     def check_memory(self, height: int, width: int, batch: int = 1, channels: int = 3) -> None:

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..config import Limit, check_limits
 from ..errors import InputError
+from ..models.base import to_channels_last
 from ..registry import Registry
 from ..utils import NOTICE, atomic_write_text
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -300,7 +301,7 @@ def train(
         dist.broadcast_modules(rec.modules)  # replicas start from rank 0's weights (the seed makes them equal anyway)
         if cfg.get("channels_last"):
             for m in rec.modules.values():
-                m.to(memory_format=torch.channels_last)
+                to_channels_last(m)
         tr = Trainer(out, rec.modules, rec.optimizers, cfg, progress)
         rec.trainer = tr
         if ck is not None:

@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "default_weights_path",
     "resolve_weights",
+    "to_channels_last",
 ]
 
 
@@ -254,9 +255,20 @@ def create_model(name: str, **kwargs: Any) -> FusionModel:
     # the official presets keep the authors' layout: channels-last changes the summation order, which their 8-bit
     # round trips or train-mode BatchNorm (OCCO: 6e-3) can amplify; they stay bit-exact against the official code
     if isinstance(model, FusionModel) and model.channels_last and getattr(model, "preset", None) != "official":
-        model.to(memory_format=torch.channels_last)
-        model.register_state_dict_post_hook(_standard_layout)
+        to_channels_last(model)
     return model.eval()
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """``module`` (in place) with its 4-D weights in ``torch.channels_last`` memory format, so that oneDNN/cuDNN run
+    its convolutions channels-last, while its ``state_dict()`` stays in the standard layout (:func:`_standard_layout`).
+    The one conversion of :func:`create_model`, ``Runner(channels_last=True)`` and the training key
+    ``channels_last=true``."""
+    module.to(memory_format=torch.channels_last)
+    if not getattr(module, "_standard_state_dict", False):
+        module.register_state_dict_post_hook(_standard_layout)
+        module._standard_state_dict = True
+    return module
 
 
 def _standard_layout(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
