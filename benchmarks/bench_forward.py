@@ -10,7 +10,9 @@ Each method is built like ``ivfuse bench --methods`` builds it (``name``, ``name
 ``seed`` below selects the official-format seed checkpoints of ``shared/seed_reference``, the weights the official
 code was timed with), in eval mode. Input: MSRS ``00004N`` (IR + RGB visible) from the shared data, else a random
 pair of ``--size``. One warm-up call, then ``--repeat`` calls of ``model(ir, vis)`` under ``torch.inference_mode``
-(the whole forward: colour conversion included), methods interleaved round by round; reported: median wall seconds
+(the whole forward: colour conversion included), methods interleaved round by round, with the C allocator as ivfuse
+sets it (``--malloc tuned``, ``ivfuse.allocator``) or glibc's default (``--malloc system``, the setting of the
+official code's process); reported: median wall seconds
 and median process CPU seconds per pair, with the load average. On a shared machine compare only numbers taken in
 the same run (ratios); the CPU seconds of a one-thread run are the least sensitive to other jobs.
 """
@@ -53,6 +55,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")
     ap.add_argument("--size", default="480x640", help="HxW of the random pair used when MSRS is absent")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--malloc",
+        choices=("tuned", "system"),
+        default="tuned",
+        help="tuned: freed memory kept for reuse, as ivfuse runs models (ivfuse.allocator); system: glibc's default",
+    )
     ap.add_argument("--out", help="also write the markdown table here")
     a = ap.parse_args(argv)
     threads = [int(t) for t in a.threads.split(",")]
@@ -60,10 +68,12 @@ def main(argv=None) -> int:
     import torch
 
     import ivfuse
+    from ivfuse import allocator
     from ivfuse.bench.protocols import build_method
     from ivfuse.errors import IvfuseError
     from ivfuse.utils import shared_root
 
+    malloc = "tuned" if a.malloc == "tuned" and allocator.tune() else "system"
     shared = shared_root()
     msrs = shared / "data" / "MSRS"
     if (msrs / "ir" / "00004N.png").is_file():
@@ -110,7 +120,7 @@ def main(argv=None) -> int:
             )
     title = (
         f"ivfuse forward at {ir.shape[-1]}x{ir.shape[-2]} ({source}, fp32, CPU; torch {torch.__version__}; "
-        f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d')})"
+        f"{os.cpu_count()} cores; malloc {malloc}; {time.strftime('%Y-%m-%d')})"
     )
     lines = [title, "", "| method | threads | s/pair (wall) | CPU s/pair | load average |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {n} | {t} | {w:.3f} | {c:.3f} | {ld:.1f} |" for n, t, w, c, ld in rows]

@@ -58,9 +58,11 @@ def _child_fuse(method: str, ir: str, vis: str, out: str, tile: int, overlap: in
 def _child_calibrate(method: str, h: int, w: int) -> dict:
     import torch
 
+    from ivfuse import allocator
     from ivfuse.fusion import get_model
 
     torch.set_num_threads(1)
+    allocator.tune()  # as ivfuse runs models (a no-op under --malloc system)
     os.environ["IVFUSE_AVAILABLE_MEMORY"] = "off"
     model = get_model(method)
     g = torch.Generator().manual_seed(0)
@@ -72,8 +74,10 @@ def _child_calibrate(method: str, h: int, w: int) -> dict:
     return {"seconds": time.perf_counter() - t, "rss_before": before, "peak": _status("VmHWM")}
 
 
-def _run_child(args: list[str], timeout: float) -> dict:
+def _run_child(args: list[str], timeout: float, malloc: str = "tuned") -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if malloc == "system":
+        env["IVFUSE_MALLOC"] = "system"
     try:
         r = subprocess.run(
             [sys.executable, __file__, "--child", json.dumps(args)],
@@ -126,6 +130,12 @@ def main(argv=None) -> int:
     ap.add_argument("--overlap", type=int, help="--tile-overlap (default: tile/8)")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per row before it is abandoned")
     ap.add_argument("--calibrate", action="store_true", help="measure bytes/pixel of an untiled forward per method")
+    ap.add_argument(
+        "--malloc",
+        choices=("tuned", "system"),
+        default="tuned",
+        help="tuned: the C allocator as ivfuse sets it (ivfuse.allocator); system: glibc's default",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", help="also write the markdown table here")
     a = ap.parse_args(argv)
@@ -137,7 +147,7 @@ def main(argv=None) -> int:
     print(f"# {' '.join(['python', *sys.argv])}")
     print(
         f"# one fresh process per row, 1 thread (OMP_NUM_THREADS=1); {os.cpu_count()} CPU cores; "
-        f"load average {os.getloadavg()[0]:.1f}; MemAvailable {_mem_available()}"
+        f"load average {os.getloadavg()[0]:.1f}; MemAvailable {_mem_available()}; malloc {a.malloc}"
     )
     if a.calibrate:
         return _calibrate(a)
@@ -152,7 +162,9 @@ def main(argv=None) -> int:
         for m in (a.methods or "lite,metafusion").split(","):
             for tile in (int(t) for t in a.tiles.split(",")):
                 ov = (a.overlap if a.overlap is not None else max(1, tile // 8)) if tile else None
-                r = _run_child(["fuse", m, str(ir), str(vis), str(Path(tmp) / "out.png"), tile, ov], a.timeout)
+                r = _run_child(
+                    ["fuse", m, str(ir), str(vis), str(Path(tmp) / "out.png"), tile, ov], a.timeout, a.malloc
+                )
                 secs = f"{r['seconds']:.1f}" if "seconds" in r else "—"
                 peak = _mib(r["peak"]) if "peak" in r else "—"
                 before = _mib(r["rss_before"]) if "rss_before" in r else "—"
@@ -190,7 +202,7 @@ def _calibrate(a: argparse.Namespace) -> int:
     for m in methods:
         vals, secs = [], "—"
         for h, w in sizes:
-            r = _run_child(["calibrate", m, h, w], a.timeout)
+            r = _run_child(["calibrate", m, h, w], a.timeout, a.malloc)
             if "error" in r:
                 vals.append(None)
                 print(f"# {m} {w}x{h}: {r['error']}", flush=True)

@@ -30,7 +30,8 @@ __all__ = ["LAYERS", "Import", "Violation", "check", "cycles", "imports", "rank"
 
 #: bottom first; one line = one layer of peers
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_lazy", "_layers", "errors"),  # no ivfuse imports (lazy re-exports, this list) / the exception types
+    ("_lazy", "_layers", "errors", "allocator"),  # no ivfuse imports (lazy re-exports, this list) / the exception
+    # types / the C allocator setting
     ("registry", "utils", "config", "regions", "tiling"),  # registries, files and devices, key=value configs, OCCO's
     # regions, tiled inference and the memory guard (torch only)
     ("checkpoint", "weights"),  # checkpoint files, shared weight paths

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from .allocator import tune as tune_allocator
 from .data.images import IMAGE_EXTENSIONS, image_size, read_pair, write_image
 from .data.pairing import pair_by_stem
 from .errors import InputError, IvfuseError, OutputError, PairingError, warn
@@ -111,6 +112,7 @@ class Runner:
     ) -> None:
         self.model, self.device = model, torch.device(device)
         self.name, self.min_size = model.name, model.min_size
+        tune_allocator()  # full-resolution maps reuse freed memory instead of faulting in new pages
         tiling = check_tile(tile, tile_overlap, model.min_size, model.name)
         self.tile, self.tile_overlap = tiling if tiling else (None, None)
         self.dtype = AMP_DTYPES.get(check_amp(amp, self.device))  # None: fp32

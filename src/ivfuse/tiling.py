@@ -32,14 +32,17 @@ instead of the whole image:
 
 **Memory guard** (:func:`check_memory`): before a forward pass, the peak memory it needs is estimated as
 ``batch × H × W × bytes_per_pixel`` plus the input/output buffers and compared with the available memory
-(``/proc/meminfo`` ``MemAvailable`` on the CPU, ``torch.cuda.mem_get_info`` on CUDA, no check elsewhere).
+(``/proc/meminfo`` ``MemAvailable`` plus the freed memory the heap keeps on the CPU, ``torch.cuda.mem_get_info`` on
+CUDA, no check elsewhere).
 ``bytes_per_pixel`` is, in order: the model's ``peak_bytes_per_pixel`` attribute, the value measured for the
 method in :data:`PEAK_BYTES_PER_PIXEL` (``python benchmarks/bench_tiling.py --calibrate``: growth of the peak RSS
 ``VmHWM`` of a fresh process over its RSS before the forward, at 640×480 and 1280×960 fp32 on the CPU, the larger
-of the two, ×1.25), or a generic estimate from the widest convolution (:func:`generic_bytes_per_pixel`). A pass
-that would not fit raises a one-line :class:`InputError` naming the size, the estimate, the memory available and
-the options that help (``--tile 1024``, ``--batch 1``). ``IVFUSE_AVAILABLE_MEMORY`` (bytes, or with a ``K``/``M``/``G``
-suffix) overrides the available memory (tests); ``IVFUSE_AVAILABLE_MEMORY=off`` disables the check.
+of the two, ×1.25; the larger of the values measured with glibc's default allocator and with the one
+:mod:`ivfuse.allocator` sets, which keeps freed memory and raised some peaks by up to 50 %), or a generic estimate
+from the widest convolution (:func:`generic_bytes_per_pixel`). A pass that would not fit raises a one-line
+:class:`InputError` naming the size, the estimate, the memory available and the options that help (``--tile 1024``,
+``--batch 1``). ``IVFUSE_AVAILABLE_MEMORY`` (bytes, or with a ``K``/``M``/``G`` suffix) overrides the available
+memory (tests); ``IVFUSE_AVAILABLE_MEMORY=off`` disables the check.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from collections.abc import Callable
 
 import torch
 
+from .allocator import retained
 from .errors import InputError
 
 __all__ = [
@@ -73,29 +77,31 @@ log = logging.getLogger("ivfuse")
 TILE_HINT = 1024
 
 #: measured peak working memory of one fp32 CPU forward pass, bytes per input pixel (batch 1), ×1.25 margin;
-#: ``python benchmarks/bench_tiling.py --calibrate`` prints this table
+#: ``python benchmarks/bench_tiling.py --calibrate [--malloc system]`` prints this table: each value is the larger of
+#: the two allocator settings (2026-12-07)
 PEAK_BYTES_PER_PIXEL: dict[str, float] = {
     "average": 126,
     "csf": 2140,
     "densefuse": 1429,
-    "didfuse": 6336,
+    "didfuse": 8727,
     "gff": 344,
     "ifcnn": 1767,
     "laplacian": 262,
     "lite": 286,
     "max": 118,
-    "metafusion": 1466,
-    "occo": 3109,
-    "pmgi": 2320,
-    "sage": 1244,
-    "sdnet": 1498,
-    "seafusion": 1926,
-    "stdfusionnet": 3540,
-    "tardal": 2384,
+    "metafusion": 1988,
+    "occo": 3758,
+    "pmgi": 2567,
+    "sage": 1513,
+    "sdnet": 1521,
+    "seafusion": 2171,
+    "stdfusionnet": 4451,
+    "tardal": 3256,
     "thermal_chroma": 128,
-    "tim": 1042,
-    "tsjnet": 3275,
-    "u2fusion": 4806,
+    "tim": 1084,
+    "tsjnet": 3684,
+    "u2fusion": 5183,
+    "warm_average": 131,
 }
 
 
@@ -264,7 +270,8 @@ def _parse_bytes(text: str) -> int | None:
 def available_memory(device: str | torch.device = "cpu") -> int | None:
     """Bytes available for a forward pass on ``device``: ``$IVFUSE_AVAILABLE_MEMORY`` if set (``off``: ``None``),
     ``torch.cuda.mem_get_info`` free bytes (plus the unused part of PyTorch's cache) on CUDA, ``MemAvailable`` of
-    ``/proc/meminfo`` on a Linux CPU, else ``None`` (unknown: no check)."""
+    ``/proc/meminfo`` on a Linux CPU (plus the freed memory the heap keeps, :func:`ivfuse.allocator.retained`), else
+    ``None`` (unknown: no check)."""
     env = os.environ.get("IVFUSE_AVAILABLE_MEMORY", "").strip()
     if env:
         return None if env.lower() in ("off", "none", "0") else _parse_bytes(env)
@@ -280,8 +287,8 @@ def available_memory(device: str | torch.device = "cpu") -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith("MemAvailable:"):  # + the freed memory the tuned heap keeps for reuse
+                    return int(line.split()[1]) * 1024 + retained()
     except OSError:
         pass
     return None

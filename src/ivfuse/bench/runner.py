@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..allocator import tune as tune_allocator
 from ..errors import InputError
 from ..metrics import DEFAULT_METRICS, create_metric
 from ..tasks.detectors import DEFAULT_DETECTOR
@@ -115,6 +116,7 @@ def run_bench(
             ESPNetv2 kept whole, its classes merged into MSRS'; for MSRS-class masks such as the pseudo-masks).
     Returns the results dict written to ``results.json``.
     """
+    tune_allocator()
     t_start = time.time()
     protos = _split_list(protocols)
     bad = [p for p in protos if p not in PROTOCOLS]

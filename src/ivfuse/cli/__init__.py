@@ -200,6 +200,9 @@ def _main(argv: Sequence[str] | None) -> int:
     mode = next((a for a in argv if not a.startswith("-")), None)  # the top level has flags only
     args = build_parser([mode] if mode in MODES else []).parse_args(argv)
     _setup_logging(args)
+    from ..allocator import tune
+
+    tune()  # every mode runs models or metrics on full-resolution images (ivfuse.allocator)
     try:
         if getattr(args, "device", None) is not None:  # the one device check of every mode with --device
             from ..utils import check_device

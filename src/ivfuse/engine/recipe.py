@@ -267,8 +267,11 @@ def train(
     to ``out/summary.json``; ``world_size`` and ``amp`` say how it ran.
     """
     from . import distributed as dist
+    from ..allocator import tune as tune_allocator
     from ..utils import check_amp
     from .step import reset_precision, set_precision
+
+    tune_allocator()
 
     cls = RECIPES.get(name)
     if resume not in RESUME_MODES:
