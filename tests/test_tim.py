@@ -320,6 +320,45 @@ def test_derived_network_odd_sizes_gray_and_rgb(genotype):
         net(torch.rand(1, 1, 3, 9), torch.rand(1, 1, 3, 9))
 
 
+@pytest.mark.parametrize("layout", ["ivfuse", "official"])
+def test_eval_fast_path_equals_the_plain_modules(layout, monkeypatch):
+    """Inference folds BatchNorm into the convolutions and runs PReLU/ReLU and the dense blocks' activations inside
+    oneDNN (ivfuse.models._fused), skips the auxiliary heads, and gives the fusion cell's attention the branches'
+    means: the same image as the modules run one by one, within float rounding."""
+    import ivfuse.models._fused as _fused
+    import ivfuse.models.tim as tim_mod
+    from ivfuse.models._fused import FoldedSequential
+
+    torch.manual_seed(0)
+    net = TIMNet("ivif", width=8, layout=layout)
+    for m in net.modules():  # non-trivial BatchNorm statistics and PReLU slopes
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+        if isinstance(m, torch.nn.PReLU):
+            m.weight.data.fill_(0.1)
+    net.eval().to(memory_format=torch.channels_last)
+    ir, vis = _pair(1, 36, 52)
+    calls = []
+    real = _fused.conv_fused
+    monkeypatch.setattr(
+        _fused, "conv_fused", lambda conv, x, bn=None, *a, **k: calls.append(bn) or real(conv, x, bn, *a, **k)
+    )
+    with torch.inference_mode():
+        fast = net.forward_train(ir, vis, aux=False)
+        full = net.forward_train(ir, vis)
+    assert set(fast) == {"stage1", "fused", "mask"} and {"aux_ir", "aux_vis"} <= set(full)
+    assert len(calls) > 40 and sum(bn is not None for bn in calls) >= 10  # the fast path ran, BatchNorms folded
+    monkeypatch.setattr(FoldedSequential, "forward", torch.nn.Sequential.forward)
+    monkeypatch.setattr(tim_mod, "act_of", lambda m: None)
+    with torch.inference_mode():
+        plain = net.forward_train(ir, vis)
+    assert (fast["fused"] - plain["fused"]).abs().max() < 1e-5
+    assert (fast["fused"] - full["fused"]).abs().max() == 0
+
+
 def _supernet(seed: int = 0) -> TIMSupernet:
     torch.manual_seed(seed)
     return TIMSupernet("ivif", width=8, candidates=SMALL)

@@ -62,6 +62,7 @@ from timm.layers.selective_kernel import SelectiveKernelAttn
 from torch import nn
 
 from ..errors import InputError
+from ._fused import FoldedSequential, act_of, conv_fused
 from .base import FusionModel, check_pair, load_checked, load_state, register_model, resolve_weights
 from .official import KeyTable, apply_official_preset, batch_stat_norms, check_preset, is_state_dict, not_weights_error
 
@@ -130,7 +131,7 @@ class _Residual(nn.Module):
 
 def _res_block(c: int, k: int, d: int) -> nn.Module:
     """Residual block: DW k×k (dil d) → DW 3×3 (dil 2) → 1×1 → BN → PReLU, plus identity."""
-    body = nn.Sequential(_dw(c, k, d), _dw(c, 3, 2), nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.PReLU())
+    body = FoldedSequential(_dw(c, k, d), _dw(c, 3, 2), nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.PReLU())
     return _Residual(body)
 
 
@@ -151,8 +152,10 @@ class _DenseBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = [x]
+        act = None if self.training else act_of(self.act)  # eval: the PReLU runs inside the convolution
         for conv in self.convs:
-            feats.append(self.act(conv(torch.cat(feats, 1))))
+            x_in = torch.cat(feats, 1)
+            feats.append(conv_fused(conv, x_in, act=act) if act else self.act(conv(x_in)))
         if self.scale is not None:
             return feats[-1] * self.scale + x
         return x + feats[-1] / 3
@@ -178,7 +181,7 @@ class _SKOfficial(nn.Module):
     def __init__(self, c: int, paths: int = 3) -> None:
         super().__init__()
         d = max(c // 8, 4)
-        self.reduce = nn.Sequential(nn.Conv2d(c, d, 1, bias=False), nn.PReLU())
+        self.reduce = FoldedSequential(nn.Conv2d(c, d, 1, bias=False), nn.PReLU())
         self.select = nn.ModuleList(nn.Conv2d(d, c, 1, bias=False) for _ in range(paths))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,13 +203,13 @@ class _MaskOfficial(nn.Module):
 
 def _dil_conv(c: int, k: int, d: int) -> nn.Module:
     """Dilated conv: ReLU → DW k×k (dil d) → 1×1 → BN, plus identity."""
-    return _Residual(nn.Sequential(nn.ReLU(), _dw(c, k, d), nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)))
+    return _Residual(FoldedSequential(nn.ReLU(), _dw(c, k, d), nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)))
 
 
 def _sep_conv(c: int, k: int, d: int) -> nn.Module:
     """Separable conv (DARTS style): twice ReLU → DW k×k (dil d) → 1×1 → BN. (The official op passes the dilation
     as the *stride* and pads by 1 whatever k is, which changes the size for k=5 or d=2; here sizes are kept.)"""
-    return nn.Sequential(
+    return FoldedSequential(
         nn.ReLU(),
         _dw(c, k, d),
         nn.Conv2d(c, c, 1, bias=False),
@@ -220,7 +223,7 @@ def _sep_conv(c: int, k: int, d: int) -> nn.Module:
 
 def _eca_op(c: int, k: int) -> nn.Module:
     """ECA channel attention (timm, 1-D kernel k) → 3×3 conv → PReLU."""
-    return nn.Sequential(EcaModule(c, kernel_size=k), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.PReLU())
+    return FoldedSequential(EcaModule(c, kernel_size=k), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.PReLU())
 
 
 class _NonLocalOp(nn.Module):
@@ -305,7 +308,7 @@ class _Cell(nn.Module):
         super().__init__()
         if (ops is None) == (candidates is None):
             raise ValueError("give either the cell's operations (derived) or the candidates (supernet)")
-        self.preprocess = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.preprocess = FoldedSequential(nn.ReLU(), nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
         self.candidates = tuple(candidates) if candidates is not None else None
         self.op_names = tuple(ops) if ops is not None else None
         n = slots if ops is None else len(ops)
@@ -350,7 +353,7 @@ class _ResidualDown(nn.Module):
 
     def __init__(self, c: int) -> None:
         super().__init__()
-        self.top = nn.Sequential(
+        self.top = FoldedSequential(
             nn.Conv2d(c, c, 1, bias=False),
             nn.PReLU(),
             nn.Conv2d(c, c, 3, padding=1, bias=False),
@@ -358,7 +361,7 @@ class _ResidualDown(nn.Module):
             BlurPool2d(c, filt_size=3, stride=2),
             nn.Conv2d(c, 2 * c, 1, bias=False),
         )
-        self.bot = nn.Sequential(BlurPool2d(c, filt_size=3, stride=2), nn.Conv2d(c, 2 * c, 1, bias=False))
+        self.bot = FoldedSequential(BlurPool2d(c, filt_size=3, stride=2), nn.Conv2d(c, 2 * c, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.top(x) + self.bot(x)
@@ -369,14 +372,14 @@ class _ResidualUp(nn.Module):
 
     def __init__(self, c: int) -> None:
         super().__init__()
-        self.top = nn.Sequential(
+        self.top = FoldedSequential(
             nn.Conv2d(c, c, 1, bias=False),
             nn.PReLU(),
             nn.ConvTranspose2d(c, c, 3, stride=2, padding=1, output_padding=1, bias=False),
             nn.PReLU(),
             nn.Conv2d(c, c // 2, 1, bias=False),
         )
-        self.bot = nn.Sequential(
+        self.bot = FoldedSequential(
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(c, c // 2, 1, bias=False)
         )
 
@@ -413,8 +416,11 @@ class FusionCell(_Cell):
         b0 = self._chain(x, 0)
         b1 = self.up2(self._chain(self.down2(x), 1))
         b2 = self.up4(self._chain(self.down4(x), 2))
-        branches = torch.stack([b0, b1, b2], 1)  # B×3×C×H×W
-        return x + (branches * self.sk(branches)).sum(1)
+        # The attention only needs each branch's global mean (it pools their sum), so it gets B×3×C×1×1 means, not
+        # the B×3×C×H×W stack; the weighted sum is written out: stacking channels-last maps and reducing over the
+        # stacked dimension was a strided copy and a strided sum (≈ 15 % of a 640×480 forward).
+        a = self.sk(torch.stack([b.mean((2, 3), keepdim=True) for b in (b0, b1, b2)], 1))
+        return x + b0 * a[:, 0] + b1 * a[:, 1] + b2 * a[:, 2]
 
 
 _CELLS = {"chain": ChainCell, "fusion": FusionCell}
@@ -481,12 +487,12 @@ class _ReflConv(nn.Sequential):
 
 def _head(c: int, act: bool = True) -> nn.Sequential:
     mid = [nn.PReLU()] if act else []
-    return nn.Sequential(_ReflConv(c, c, 3), *mid, _ReflConv(c, c // 2, 3), nn.Conv2d(c // 2, 1, 1))
+    return FoldedSequential(_ReflConv(c, c, 3), *mid, _ReflConv(c, c // 2, 3), nn.Conv2d(c // 2, 1, 1))
 
 
 def _stem(c: int, bn: bool) -> nn.Sequential:
     norm = [nn.BatchNorm2d(c)] if bn else []
-    return nn.Sequential(_ReflConv(2, 2 * c, 3), nn.PReLU(), _ReflConv(2 * c, c, 3), *norm, nn.PReLU())
+    return FoldedSequential(_ReflConv(2, 2 * c, 3), nn.PReLU(), _ReflConv(2 * c, c, 3), *norm, nn.PReLU())
 
 
 class _Stage2(nn.Module):
@@ -503,7 +509,7 @@ class _Stage2(nn.Module):
         self.aux_ir = _head(c) if aux else None
         self.aux_vis = _head(c) if aux else None
 
-    def forward(self, ir: torch.Tensor, y: torch.Tensor, f1: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, ir: torch.Tensor, y: torch.Tensor, f1: torch.Tensor, aux: bool = True) -> dict[str, torch.Tensor]:
         a = self.stem_ir(torch.cat([ir, f1], 1))
         b = self.stem_vis(torch.cat([y, f1], 1))
         for cell in self.cells_ir:
@@ -515,7 +521,7 @@ class _Stage2(nn.Module):
         else:
             m = torch.sigmoid(self.mask(torch.cat([b.amax(1, keepdim=True), b.mean(1, keepdim=True)], 1)))
         out = {"fused": self.head(m * b + (1 - m) * a), "mask": m}
-        if self.aux_ir is not None:
+        if aux and self.aux_ir is not None:
             out["aux_ir"] = torch.sigmoid(self.aux_ir(a))
             out["aux_vis"] = torch.sigmoid(self.aux_vis(b))
         return out
@@ -576,9 +582,10 @@ class TIMNet(FusionModel):
         self.stage2 = _Stage2(width, build(s2["ir"]), build(s2["vis"]), aux, layout) if s2 else None
 
     # -------------------------------------------------------------------------------------------- forward
-    def forward_train(self, ir: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_train(self, ir: torch.Tensor, y: torch.Tensor, aux: bool = True) -> dict[str, torch.Tensor]:
         """All outputs (unclamped, input size): ``stage1``, ``fused`` (final), and with stage 2 ``mask``,
-        ``aux_ir``, ``aux_vis``. ``ir`` and ``y`` are ``B×1×H×W``."""
+        ``aux_ir``, ``aux_vis``. ``ir`` and ``y`` are ``B×1×H×W``. ``aux=False`` skips the auxiliary heads (two
+        full-resolution convolution stacks, ≈ 12 % of the arithmetic), which only the training losses use."""
         h, w = ir.shape[-2:]
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
         if ph or pw:
@@ -590,11 +597,11 @@ class TIMNet(FusionModel):
         f1 = self.head(x)
         out = {"stage1": f1, "fused": f1}
         if self.stage2 is not None:
-            out.update(self.stage2(ir, y, f1))
+            out.update(self.stage2(ir, y, f1, aux))
         return {k: v[..., :h, :w] for k, v in out.items()}
 
     def fuse_luma(self, ir: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.forward_train(ir, y)["fused"]
+        return self.forward_train(ir, y, aux=False)["fused"]
 
     def genotype(self) -> dict:
         """The network's genotype (for the supernet: the arg-max derivation)."""
@@ -638,7 +645,7 @@ class TIMNet(FusionModel):
         g_ir, g_vis = self.official_inputs(ir, vis)
         stage2 = batch_stat_norms(self.stage2) if self.stage2 is not None else contextlib.nullcontext()
         with stage2:
-            raw = self.forward_train(g_ir, g_vis)["fused"]
+            raw = self.forward_train(g_ir, g_vis, aux=False)["fused"]
         return (raw * 255 + 0.5).clamp(0, 255).floor() / 255
 
     # -------------------------------------------------------------------------------------------- loading

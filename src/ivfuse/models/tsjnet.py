@@ -62,6 +62,7 @@ from timm.models.resnest import ResNestBottleneck
 from torch import nn
 
 from ..errors import InputError
+from ._fused import RELU, SIGMOID, act_of, conv_fused, run_folded
 from .base import FusionModel, check_pair, load_checked, load_state, register_model, resolve_weights
 from .official import KeyTable
 
@@ -447,11 +448,11 @@ class DSM(nn.Module):
         self.up = nn.ConvTranspose2d(c, c, 2, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:  # the same with fused convolutions (see _conv_fused); dropout is the identity
-            y = _run_folded(self.conv_in, x)
-            y = y + _conv_fused(self.coa, y, act=_RELU)
-            a = _conv_fused(self.conv_pool, x, act=_act_of(nn.LeakyReLU(0.2)))
-            return _conv_fused(self.conv_out[1], _run_folded(self.conv_mid, y), other=self._pooled(a, x))
+        if not self.training:  # the same with fused convolutions (see conv_fused); dropout is the identity
+            y = run_folded(self.conv_in, x)
+            y = y + conv_fused(self.coa, y, act=RELU)
+            a = conv_fused(self.conv_pool, x, act=act_of(nn.LeakyReLU(0.2)))
+            return conv_fused(self.conv_out[1], run_folded(self.conv_mid, y), other=self._pooled(a, x))
         y = self.conv_in(x)
         y = y + F.relu(self.coa(y))  # COA residual
         conv_branch = self.conv_out(self.conv_mid(y))
@@ -469,105 +470,7 @@ class DSM(nn.Module):
 # call, so they never go stale), the activation (and a residual sum) that follows a convolution runs inside it
 # (oneDNN post-ops, CPU float32 without autograd: exact), and the maps are kept channels-last (oneDNN's faster
 # layout; the NAT's ``B×H×W×C`` permutes are then free). Training mode runs the modules as they are.
-def _bn_foldable(bn: nn.Module) -> bool:
-    return isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.running_var is not None and bn.affine
-
-
-_MKLDNN_OK: bool | None = None
-
-
-def _mkldnn_fusable(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    """Whether ``conv`` on ``x`` can run as a oneDNN convolution with fused post-ops (checked once for the op)."""
-    global _MKLDNN_OK
-    if (
-        x.device.type != "cpu"
-        or x.dtype != torch.float32
-        or conv.padding_mode != "zeros"
-        or isinstance(conv.padding, str)
-        or torch.is_autocast_enabled("cpu")
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
-    ):
-        return False
-    if _MKLDNN_OK is None:
-        try:
-            xs, ws = torch.arange(18.0).view(1, 2, 3, 3) / 9 - 1, torch.arange(36.0).view(2, 2, 3, 3) / 36 - 0.5
-            got = torch.ops.mkldnn._convolution_pointwise(xs, ws, None, [1, 1], [1, 1], [1, 1], 1, "relu", [], "")
-            _MKLDNN_OK = bool(torch.allclose(got, F.relu(F.conv2d(xs, ws, padding=1)), rtol=0, atol=1e-5))
-        except Exception:  # noqa: BLE001 - no oneDNN or another signature: plain PyTorch ops
-            _MKLDNN_OK = False
-    return _MKLDNN_OK
-
-
-#: activation module -> (oneDNN post-op, its scalars, the plain PyTorch function)
-def _act_of(m: nn.Module) -> tuple[str, list[float], Any] | None:
-    if isinstance(m, nn.ReLU):
-        return "relu", [], F.relu
-    if isinstance(m, nn.ReLU6):
-        return "hardtanh", [0.0, 6.0], F.relu6
-    if isinstance(m, nn.LeakyReLU):
-        slope = m.negative_slope
-        return "leaky_relu", [slope], lambda t: F.leaky_relu(t, slope)
-    if isinstance(m, nn.Sigmoid):
-        return "sigmoid", [], torch.sigmoid
-    return None
-
-
-_RELU = ("relu", [], F.relu)
-_SIGMOID = ("sigmoid", [], torch.sigmoid)
-
-
-def _conv_fused(
-    conv: nn.Conv2d, x: torch.Tensor, bn: nn.Module | None = None, act=None, other: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``act(bn(conv(x)) + other)`` for inference: an eval ``bn`` folded into the weights, ``other`` (a residual
-    of the output's shape) and ``act`` (an :func:`_act_of` triple) fused into the oneDNN convolution when
-    :func:`_mkldnn_fusable`, else plain PyTorch ops."""
-    w, b = conv.weight, conv.bias
-    if bn is not None:
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        b = bn.bias - bn.running_mean * scale + (b * scale if b is not None else 0)
-        w = w * scale.view(-1, *[1] * (w.ndim - 1))
-    if _mkldnn_fusable(x, conv):
-        args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-        if other is not None:
-            return torch.ops.mkldnn._convolution_pointwise(
-                x,
-                other.contiguous(memory_format=torch.channels_last),
-                w,
-                b,
-                *args,
-                "add",
-                1.0,
-                act[0] if act else None,
-                act[1] if act else [],
-                "",
-            )
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, w, b, *args, act[0] if act else "none", act[1] if act else [], ""
-        )
-    y = conv._conv_forward(x, w, b)
-    if other is not None:
-        y = y + other
-    return act[2](y) if act else y
-
-
-def _run_folded(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """Run ``seq`` for inference with every ``Conv2d [-> eval BatchNorm2d] [-> activation]`` as one
-    :func:`_conv_fused` call."""
-    mods, i = list(seq), 0
-    while i < len(mods):
-        m = mods[i]
-        if type(m) is nn.Conv2d:
-            j, bn = i + 1, None
-            if j < len(mods) and _bn_foldable(mods[j]):
-                bn, j = mods[j], j + 1
-            act = _act_of(mods[j]) if j < len(mods) else None
-            x, i = _conv_fused(m, x, bn, act), j + (act is not None)
-        else:
-            x, i = m(x), i + 1
-    return x
+# The helpers are in ivfuse.models._fused (shared with TIM).
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -585,11 +488,11 @@ def _radix_combine(x: torch.Tensor, att: torch.Tensor, radix: int) -> torch.Tens
 
 
 def _timm_bottleneck_eval(blk: ResNestBottleneck, x: torch.Tensor) -> torch.Tensor:
-    """timm's :class:`ResNestBottleneck` / ``SplitAttn`` forward for inference (:func:`_conv_fused`; no
+    """timm's :class:`ResNestBottleneck` / ``SplitAttn`` forward for inference (:func:`.conv_fused`; no
     ``contiguous()`` back to NCHW). Only the configuration built here (no avd, drop block or drop path)."""
-    out = _conv_fused(blk.conv1, x, blk.bn1, _RELU)
+    out = conv_fused(blk.conv1, x, blk.bn1, RELU)
     sa = blk.conv2
-    y = _conv_fused(sa.conv, out, sa.bn0, _RELU)
+    y = conv_fused(sa.conv, out, sa.bn0, RELU)
     B, rc = y.shape[:2]
     r = sa.radix
     gap = y.mean((2, 3), keepdim=True)
@@ -597,8 +500,8 @@ def _timm_bottleneck_eval(blk: ResNestBottleneck, x: torch.Tensor) -> torch.Tens
         gap = gap.view(B, r, rc // r, 1, 1).sum(1)
     att = sa.rsoftmax(sa.fc2(sa.act1(sa.bn1(sa.fc1(gap))))).view(B, -1, 1, 1)
     out = _radix_combine(y, att, r) if r > 1 else y * att
-    shortcut = x if blk.downsample is None else _run_folded(blk.downsample, x)
-    return _conv_fused(blk.conv3, out, blk.bn3, _RELU, other=shortcut)
+    shortcut = x if blk.downsample is None else run_folded(blk.downsample, x)
+    return conv_fused(blk.conv3, out, blk.bn3, RELU, other=shortcut)
 
 
 def _fast_bottleneck(blk: nn.Module) -> bool:
@@ -634,10 +537,10 @@ class _SplitAttnOfficial(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            x = _run_folded(self.radix_conv, x)
+            x = run_folded(self.radix_conv, x)
             b, rc = x.shape[:2]
             gap = x.mean((2, 3), keepdim=True).view(b, self.radix, rc // self.radix, 1, 1).sum(1)
-            att = _run_folded(self.fc2, _run_folded(self.fc1, gap))
+            att = run_folded(self.fc2, run_folded(self.fc1, gap))
             att = att.view(b, 1, self.radix, -1).transpose(1, 2).softmax(1).reshape(b, -1, 1, 1)
             return _radix_combine(x, att, self.radix)
         x = self.radix_conv(x)
@@ -661,9 +564,9 @@ class _BottleneckOfficial(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            shortcut = x if self.downsample is None else _run_folded(self.downsample, x)
+            shortcut = x if self.downsample is None else run_folded(self.downsample, x)
             conv3, bn3 = self.conv3
-            return _conv_fused(conv3, self.conv2(_run_folded(self.conv1, x)), bn3, _RELU, other=shortcut)
+            return conv_fused(conv3, self.conv2(run_folded(self.conv1, x)), bn3, RELU, other=shortcut)
         out = self.conv3(self.conv2(self.conv1(x)))
         return F.relu(out + (x if self.downsample is None else self.downsample(x)))
 
@@ -701,7 +604,7 @@ class ResNeStBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self.blocks(self.stem(x))
-        x = _run_folded(self.stem, _channels_last(x))
+        x = run_folded(self.stem, _channels_last(x))
         for blk in self.blocks:
             x = (
                 _timm_bottleneck_eval(blk, x)
@@ -721,7 +624,7 @@ class SpatialAttention(nn.Module):
         self.conv = nn.Conv2d(channels, heads, 1, groups=heads)  # = one 1×1 conv per head
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        att = torch.sigmoid(self.conv(x)) if self.training else _conv_fused(self.conv, x, act=_SIGMOID)
+        att = torch.sigmoid(self.conv(x)) if self.training else conv_fused(self.conv, x, act=SIGMOID)
         B, C, H, W = x.shape
         y = (x.reshape(B, self.heads, C // self.heads, H, W) * att[:, :, None]).reshape(B, C, H, W)
         return y, att
@@ -748,7 +651,7 @@ class TSJEncoder(nn.Module):
         if self.training:
             f = self.convs(self.resnest(x))
         else:  # channels-last from here on, fused convolutions (see the ResNeSt section)
-            f = _run_folded(self.convs, self.resnest(_channels_last(x)))
+            f = run_folded(self.convs, self.resnest(_channels_last(x)))
         return self.base(f), self.detail(f)
 
 
@@ -776,7 +679,7 @@ class TSJDecoder(nn.Module):
         x, att = self.attention(_channels_last(x))
         h = self.resnest(self.reduce(x))
         conv, act, last = self.out
-        return _conv_fused(last, _conv_fused(conv, h, act=_act_of(act)), act=_SIGMOID), att
+        return conv_fused(last, conv_fused(conv, h, act=act_of(act)), act=SIGMOID), att
 
 
 # ------------------------------------------------------------------------------------------------ the network
