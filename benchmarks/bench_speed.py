@@ -1,6 +1,6 @@
 """Inference speed of every fusion method at 640×480: images/s by device × precision × batch (+ onnxruntime).
 
-    python benchmarks/bench_speed.py                          # CPU (2 threads) fp32 batch 1/8; CUDA fp32/bf16 batch 1/8
+    python benchmarks/bench_speed.py                  # CPU (2 threads) fp32 batch 1/8; CUDA fp32/bf16/fp16 batch 1/8
     python benchmarks/bench_speed.py --methods lite,average --onnx --threads 2 --out speed.md
 
 Each cell is images/s = batch / median wall time of ``--repeat`` forward passes after one warm-up pass (random
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     methods = a.methods.split(",") if a.methods else ivfuse.list_models()
     configs = [("cpu", None)] + ([("cpu", "bf16")] if a.cpu_bf16 else [])
     if "cuda" in a.devices and torch.cuda.is_available():
-        configs += [("cuda", None), ("cuda", "bf16")]
+        configs += [("cuda", None), ("cuda", "bf16"), ("cuda", "fp16")]
     g = torch.Generator().manual_seed(0)
     ir_full, vis_full = torch.rand(max(batches), 1, h, w, generator=g), torch.rand(max(batches), 3, h, w, generator=g)
     rows = []
