@@ -85,6 +85,33 @@ class Net(torch.nn.Module):
     assert code_hash(torch.nn.ReLU()) is not None  # a library class: its own file
 
 
+def test_code_hash_follows_the_helpers_a_network_imports_from_its_package(tmp_path, monkeypatch):
+    """An edit of a helper module the network's file imports from its own package (``from .helper import …``; for
+    ivfuse's networks ``models/base.py``, ``models/_fused.py``) changes the key; its docstrings do not; import cycles
+    end."""
+    import importlib
+    import sys
+
+    pkg = tmp_path / "codehash_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helper.py").write_text('"""Helper."""\nfrom . import net  # a cycle back\n\n\ndef k():\n    return 2\n')
+    (pkg / "net.py").write_text(
+        "import torch\nfrom .helper import k\n\n\nclass Net(torch.nn.Module):\n"
+        "    def forward(self, x):\n        return x * k()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("codehash_pkg", "codehash_pkg.net", "codehash_pkg.helper"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    net = importlib.import_module("codehash_pkg.net").Net()
+    h = code_hash(net)
+    helper = (pkg / "helper.py").read_text()
+    (pkg / "helper.py").write_text(helper.replace('"""Helper."""', '"""Another docstring."""'))
+    assert code_hash(net) == h
+    (pkg / "helper.py").write_text(helper.replace("return 2", "return 3"))
+    assert code_hash(net) != h
+
+
 def test_parse_data_splits_and_aliases():
     d = parse_data("msrs:val")
     assert (d.name, d.split, d.train_split) == ("msrs", "dev-val", "dev-train")

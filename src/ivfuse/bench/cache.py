@@ -4,7 +4,8 @@ Keys:
 
 * a **method key** ``<name>-<12 hex>``: the hash covers the method name, its options, the SHA-256 of its
   state dict (every parameter and buffer, in key order) and the SHA-256 of the code of the source file defining
-  its class (its syntax tree without docstrings: :func:`code_hash`; reformatting and comments keep the key).
+  its class and of the modules it imports from its own package (their syntax trees without docstrings:
+  :func:`code_hash`; reformatting and comments keep the key).
   Learned methods therefore change key when their weights change, whichever file they came from;
   parameter-free (classical) methods hash name + options (+ source file) only.
 * a **data key** ``<dataset>-<split>-<8 hex>``: the hash covers the resolved root folder, the split, the IR
@@ -100,22 +101,14 @@ def state_hash(module: torch.nn.Module) -> str | None:
     return h.hexdigest()
 
 
-def code_hash(module: torch.nn.Module) -> str | None:
-    """SHA-256 of the code of the source file that defines the module's class (a code change must not reuse stale
-    images): its syntax tree (``ast.dump``, no line numbers) with the docstrings removed, so that reformatting,
-    comments and docstrings keep the key and any change of a statement changes it. A file Python cannot parse is
-    hashed byte for byte. (Only that file: an edit of a helper module it imports keeps the key.)"""
-    try:
-        src = inspect.getsourcefile(type(module))
-    except TypeError:
-        return None
-    if not src or not Path(src).is_file():
-        return None
-    data = Path(src).read_bytes()
+def _code_text(path: Path) -> tuple[str, ast.Module | None]:
+    """A file's code as text for hashing: its syntax tree (``ast.dump``, no line numbers) with the docstrings removed;
+    a file Python cannot parse, its bytes' SHA-256."""
+    data = path.read_bytes()
     try:
         tree = ast.parse(data)
     except (SyntaxError, ValueError):
-        return hashlib.sha256(data).hexdigest()
+        return "sha256:" + hashlib.sha256(data).hexdigest(), None
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (
@@ -126,7 +119,48 @@ def code_hash(module: torch.nn.Module) -> str | None:
             and isinstance(body[0].value.value, str)
         ):
             node.body = body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+    return ast.dump(tree), tree
+
+
+def _sibling_imports(path: Path, tree: ast.Module) -> list[Path]:
+    """The files of the modules ``path`` imports from its own package (``from .x import …``, ``from . import x``)."""
+    out = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom) or node.level != 1:
+            continue
+        names = [node.module] if node.module else [a.name for a in node.names]
+        for name in names:
+            rel = Path(*name.split("."))
+            out += [f for f in (path.parent / rel.with_suffix(".py"), path.parent / rel / "__init__.py") if f.is_file()]
+    return out
+
+
+def code_hash(module: torch.nn.Module) -> str | None:
+    """SHA-256 of the code that defines the module's class (a code change must not reuse stale images): the source
+    file of the class and, transitively, the modules it imports from its own package (``from ._fused import …``,
+    ``from .base import …``: the helpers a network runs through). Each file counts by its syntax tree without
+    docstrings, so that reformatting, comments and docstrings keep the key and any change of a statement changes it;
+    a file Python cannot parse counts byte for byte. Imports from other packages (PyTorch, timm, ``ivfuse.errors``)
+    are not followed: their versions are the environment's."""
+    try:
+        src = inspect.getsourcefile(type(module))
+    except TypeError:
+        return None
+    if not src or not Path(src).is_file():
+        return None
+    root = Path(src).resolve()
+    parts, seen, todo = [], set(), [root]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        text, tree = _code_text(path)
+        label = "" if path == root else path.relative_to(root.parent).as_posix()  # the class's own file: unnamed
+        parts.append(f"{label}\n{text}")
+        if tree is not None:
+            todo += [p.resolve() for p in _sibling_imports(path, tree)]
+    return hashlib.sha256("\n\0".join(sorted(parts)).encode()).hexdigest()
 
 
 def method_key(name: str, options: dict | None, module: torch.nn.Module | None) -> tuple[str, dict]:
