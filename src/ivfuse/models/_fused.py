@@ -71,7 +71,12 @@ def act_of(m: nn.Module) -> Act | None:
     if isinstance(m, nn.LeakyReLU):
         slope = m.negative_slope
         return "leaky_relu", [slope], lambda t: F.leaky_relu(t, slope)
-    if isinstance(m, nn.PReLU) and m.weight.numel() == 1 and not (torch.is_grad_enabled() or torch.jit.is_tracing()):
+    if (
+        isinstance(m, nn.PReLU)
+        and m.weight.numel() == 1
+        and m.weight.device.type == "cpu"  # oneDNN's post-ops are CPU only; reading the slope on a GPU would sync
+        and not (torch.is_grad_enabled() or torch.jit.is_tracing())
+    ):
         # prelu(x) = x for x > 0, a·x otherwise: a leaky ReLU with slope a (the same product, so the same float)
         return "leaky_relu", [float(m.weight)], lambda t: F.prelu(t, m.weight)
     if isinstance(m, nn.Sigmoid):
